@@ -1,0 +1,469 @@
+"""The application side of trioraft: the :class:`StateMachine` protocol and the asynchronous
+:class:`SnapshotWriter` / :class:`SnapshotReader` that user code sees.
+
+Snapshot lifecycle, from the state machine's point of view:
+
+1. ``capture()`` is called on the FSM actor *between two applies*, exactly at the applied index.
+   It must be cheap and synchronous: take a consistent view (copy a dict, freeze a version, open
+   a database snapshot) and return a *saver*.
+2. ``await saver(writer)`` then runs in the snapshotter's own task while ``apply`` keeps being
+   called for newer entries. The saver writes any number of named files through ``writer``.
+   If it raises, or is cancelled, the half-written snapshot is discarded.
+3. ``await restore(reader)`` replaces the whole state with a snapshot's content, at start-up
+   (newest snapshot on disk) and when a leader streams a snapshot to this node.
+
+Writers and readers move data in chunks through a worker thread; memory use is bounded by the
+chunk size, whatever the snapshot size.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, runtime_checkable
+
+from trioraft.core.types import ConfState
+from trioraft.runtime.disk import DiskExecutor
+
+__all__ = [
+    "RESERVED_PREFIX",
+    "Saver",
+    "SnapshotFileReader",
+    "SnapshotFileWriter",
+    "SnapshotReader",
+    "SnapshotWriter",
+    "StateMachine",
+    "call_hook",
+    "validate_file_name",
+]
+
+#: File names starting with this prefix are reserved for trioraft's own data inside a snapshot.
+RESERVED_PREFIX = "_trioraft"
+
+_DEFAULT_CHUNK = 1 << 20
+
+
+class StateMachine(Protocol):
+    """What trioraft needs from an application.
+
+    Required methods:
+
+    * ``apply(index, data) -> result``: apply one committed command. Called on the FSM actor, in
+      log order, exactly once per index across restarts and snapshot installs. It must be
+      deterministic. The return value is handed to the proposer (``await node.propose``); for
+      proposals forwarded from another node it must be CBOR-encodable (None, bool, int, float,
+      str, bytes, lists, dicts). An exception here fails the node: skipping an entry would let
+      replicas diverge.
+    * ``capture() -> saver``: take a consistent, cheap, synchronous view of the state at the
+      current applied index and return an ``async def saver(writer: SnapshotWriter)``.
+    * ``async restore(reader)``: replace the entire state with the snapshot's content.
+
+    Optional hooks (looked up by name; plain or ``async`` functions; called on the FSM actor in
+    log order, between applies):
+
+    * ``on_leader_start(term: int)``: this node became leader.
+    * ``on_leader_stop(term: int)``: this node stopped being leader.
+    * ``on_conf_committed(index: int, conf: ConfState)``: a membership change was applied.
+    """
+
+    def apply(self, index: int, data: bytes) -> Any:
+        """Apply the committed command ``data`` at log ``index`` and return its result."""
+        ...
+
+    def capture(self) -> Saver:
+        """Capture the state at the current applied index; return the coroutine that saves it."""
+        ...
+
+    async def restore(self, reader: SnapshotReader) -> None:
+        """Replace the whole state with the snapshot readable through ``reader``."""
+        ...
+
+
+#: ``async def saver(writer)``: writes the captured state into a snapshot.
+Saver = Callable[["SnapshotWriter"], Awaitable[None]]
+
+
+async def call_hook(state_machine: object, name: str, *args: object) -> None:
+    """Call the optional hook ``name`` if the state machine defines it (sync or async)."""
+    hook = getattr(state_machine, name, None)
+    if hook is None:
+        return
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+def validate_file_name(name: str, *, allow_reserved: bool = False) -> None:
+    """Check a snapshot file name.
+
+    Raises:
+        ValueError: empty, contains a path separator or NUL, is ``.``/``..``, starts with a dot,
+            is the store's ``meta.cbor``, or uses the reserved ``_trioraft`` prefix.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("snapshot file name must be a non-empty str")
+    if len(name) > 200:
+        raise ValueError(f"snapshot file name too long: {name[:40]!r}...")
+    if any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ValueError(f"invalid snapshot file name {name!r}")
+    if name == "meta.cbor":
+        raise ValueError("'meta.cbor' is reserved for the snapshot's metadata")
+    if not allow_reserved and name.startswith(RESERVED_PREFIX):
+        raise ValueError(f"snapshot file names starting with {RESERVED_PREFIX!r} are reserved")
+
+
+# -- the storage objects the wrappers drive (structural, so tests can use fakes) ---------------
+
+
+@runtime_checkable
+class _SyncFile(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+    def close(self) -> None: ...
+
+
+class _Builder(Protocol):
+    def open_file(self, name: str) -> Any: ...
+
+
+class _Reader(Protocol):
+    def read_chunk(self, name: str, offset: int, size: int) -> bytes: ...
+
+
+class _FileInfo(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+class _Stored(Protocol):
+    @property
+    def index(self) -> int: ...
+    @property
+    def term(self) -> int: ...
+    @property
+    def conf(self) -> ConfState: ...
+    @property
+    def user_meta(self) -> bytes: ...
+    @property
+    def files(self) -> tuple[Any, ...]: ...
+
+
+# -- writer -----------------------------------------------------------------------------------
+
+
+class SnapshotFileWriter:
+    """One file being written into a snapshot. Writes are buffered and flushed to disk in
+    chunks from a worker thread. Obtain it with ``async with writer.open(name) as f``."""
+
+    def __init__(self, name: str, raw: _SyncFile, disk: DiskExecutor, chunk_bytes: int) -> None:
+        self._name = name
+        self._raw = raw
+        self._disk = disk
+        self._chunk = chunk_bytes
+        self._buf = bytearray()
+        self._size = 0
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The file's name inside the snapshot."""
+        return self._name
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (including buffered bytes)."""
+        return self._size
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the file.
+
+        Raises:
+            ValueError: the file is closed.
+        """
+        if self._closed:
+            raise ValueError(f"snapshot file {self._name!r} is closed")
+        self._size += len(data)
+        if not self._buf and len(data) >= self._chunk:
+            await self._disk(self._raw.write, bytes(data))
+            return
+        self._buf += data
+        if len(self._buf) >= self._chunk:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._buf:
+            chunk = bytes(self._buf)
+            self._buf.clear()
+            await self._disk(self._raw.write, chunk)
+
+    async def aclose(self) -> None:
+        """Flush and close the file (idempotent). Durability comes with the snapshot's commit."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._flush()
+        finally:
+            await self._disk(self._raw.close)
+
+
+class SnapshotWriter:
+    """Writes the named files of a snapshot being taken (handed to the state machine's saver).
+
+    Files are written into a temporary directory; the snapshot becomes visible atomically only
+    when the saver returns normally and trioraft commits it. Example::
+
+        async def saver(writer: SnapshotWriter) -> None:
+            async with writer.open("data") as f:
+                for chunk in encoded_state:
+                    await f.write(chunk)
+            writer.user_meta = b"format=1"
+
+    Attributes:
+        user_meta: small application metadata stored in the snapshot's meta (readable through
+            :attr:`SnapshotReader.user_meta` without opening any file).
+    """
+
+    def __init__(
+        self,
+        builder: _Builder,
+        disk: DiskExecutor,
+        *,
+        index: int,
+        term: int,
+        conf: ConfState,
+        chunk_bytes: int = _DEFAULT_CHUNK,
+        allow_reserved: bool = False,
+    ) -> None:
+        self._builder = builder
+        self._disk = disk
+        self._index = index
+        self._term = term
+        self._conf = conf
+        self._chunk = chunk_bytes
+        self._allow_reserved = allow_reserved
+        self._names: list[str] = []
+        self._open: set[SnapshotFileWriter] = set()
+        self.user_meta: bytes = b""
+
+    @property
+    def index(self) -> int:
+        """The last log index the snapshot covers."""
+        return self._index
+
+    @property
+    def term(self) -> int:
+        """The term of the entry at :attr:`index`."""
+        return self._term
+
+    @property
+    def conf(self) -> ConfState:
+        """The cluster configuration at :attr:`index`."""
+        return self._conf
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Names of the files created so far, in creation order."""
+        return tuple(self._names)
+
+    async def create(self, name: str) -> SnapshotFileWriter:
+        """Create file ``name`` and return its writer; call ``await f.aclose()`` when done
+        (:meth:`open` does that for you).
+
+        Raises:
+            ValueError: invalid or duplicate name.
+        """
+        validate_file_name(name, allow_reserved=self._allow_reserved)
+        if name in self._names:
+            raise ValueError(f"snapshot file {name!r} already written")
+        raw = await self._disk(self._builder.open_file, name)
+        self._names.append(name)
+        f = SnapshotFileWriter(name, raw, self._disk, self._chunk)
+        self._open.add(f)
+        return f
+
+    @asynccontextmanager
+    async def open(self, name: str) -> AsyncIterator[SnapshotFileWriter]:
+        """``async with writer.open(name) as f: await f.write(b)``; the file is closed on exit."""
+        f = await self.create(name)
+        try:
+            yield f
+        finally:
+            await f.aclose()
+            self._open.discard(f)
+
+    async def write_file(
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview | Iterable[bytes] | AsyncIterable[bytes],
+    ) -> int:
+        """Write a whole file from bytes, an iterable of chunks, or an async iterable of chunks.
+
+        Returns:
+            the number of bytes written.
+        """
+        async with self.open(name) as f:
+            if isinstance(data, bytes | bytearray | memoryview):
+                await f.write(data)
+            elif isinstance(data, AsyncIterable):
+                async for chunk in data:
+                    await f.write(chunk)
+            else:
+                for chunk in data:
+                    await f.write(chunk)
+            return f.size
+
+    async def aclose_all(self) -> None:
+        """Close files the saver left open (internal: called before commit or abort)."""
+        for f in list(self._open):
+            await f.aclose()
+        self._open.clear()
+
+
+# -- reader -----------------------------------------------------------------------------------
+
+
+class SnapshotFileReader:
+    """Sequential reader of one snapshot file (``async with reader.open(name) as f``)."""
+
+    def __init__(self, backend: _Reader, disk: DiskExecutor, name: str, size: int) -> None:
+        self._backend = backend
+        self._disk = disk
+        self._name = name
+        self._size = size
+        self._pos = 0
+
+    @property
+    def size(self) -> int:
+        """Total size of the file in bytes."""
+        return self._size
+
+    async def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes (everything left when ``n < 0``); ``b""`` at the end."""
+        left = self._size - self._pos
+        if n < 0 or n > left:
+            n = left
+        if n <= 0:
+            return b""
+        data = await self._disk(self._backend.read_chunk, self._name, self._pos, n)
+        self._pos += len(data)
+        return data
+
+
+class SnapshotReader:
+    """Read access to one stored snapshot (handed to ``StateMachine.restore``)."""
+
+    def __init__(
+        self,
+        stored: _Stored,
+        backend: _Reader,
+        disk: DiskExecutor,
+        *,
+        chunk_bytes: int = _DEFAULT_CHUNK,
+    ) -> None:
+        self._stored = stored
+        self._backend = backend
+        self._disk = disk
+        self._chunk = chunk_bytes
+        self._sizes: dict[str, int] = {
+            info.name: info.size
+            for info in stored.files
+            if not info.name.startswith(RESERVED_PREFIX)
+        }
+        self._all_sizes: dict[str, int] = {info.name: info.size for info in stored.files}
+
+    @property
+    def index(self) -> int:
+        """The last log index the snapshot covers."""
+        return self._stored.index
+
+    @property
+    def term(self) -> int:
+        """The term of the entry at :attr:`index`."""
+        return self._stored.term
+
+    @property
+    def conf(self) -> ConfState:
+        """The cluster configuration at :attr:`index`."""
+        return self._stored.conf
+
+    @property
+    def user_meta(self) -> bytes:
+        """The ``user_meta`` the saver set."""
+        return self._stored.user_meta
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Names of the application's files in the snapshot."""
+        return tuple(self._sizes)
+
+    def size(self, name: str) -> int:
+        """Size in bytes of file ``name``.
+
+        Raises:
+            KeyError: no such file.
+        """
+        return self._sizes[name]
+
+    def _size_of(self, name: str, internal: bool) -> int:
+        sizes = self._all_sizes if internal else self._sizes
+        try:
+            return sizes[name]
+        except KeyError:
+            raise KeyError(f"snapshot {self.index} has no file {name!r}") from None
+
+    async def read_file(self, name: str) -> bytes:
+        """Read a whole file into memory (fine for small files; prefer :meth:`iter_file`).
+
+        Raises:
+            KeyError: no such file.
+        """
+        return await self._read(name, internal=False)
+
+    async def read_reserved(self, name: str) -> bytes | None:
+        """Read one of trioraft's own files (internal); ``None`` when absent."""
+        if name not in self._all_sizes:
+            return None
+        return await self._read(name, internal=True)
+
+    async def _read(self, name: str, *, internal: bool) -> bytes:
+        size = self._size_of(name, internal)
+        parts: list[bytes] = []
+        offset = 0
+        while offset < size:
+            n = min(self._chunk, size - offset)
+            data = await self._disk(self._backend.read_chunk, name, offset, n)
+            if not data:
+                break
+            parts.append(data)
+            offset += len(data)
+        return b"".join(parts)
+
+    async def iter_file(self, name: str, chunk_bytes: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the file's content in chunks of at most ``chunk_bytes`` (default 1 MiB).
+
+        Raises:
+            KeyError: no such file.
+        """
+        size = self._size_of(name, False)
+        step = chunk_bytes or self._chunk
+        offset = 0
+        while offset < size:
+            data = await self._disk(
+                self._backend.read_chunk, name, offset, min(step, size - offset)
+            )
+            if not data:
+                return
+            offset += len(data)
+            yield data
+
+    @asynccontextmanager
+    async def open(self, name: str) -> AsyncIterator[SnapshotFileReader]:
+        """``async with reader.open(name) as f: data = await f.read(n)``.
+
+        Raises:
+            KeyError: no such file.
+        """
+        yield SnapshotFileReader(self._backend, self._disk, name, self._size_of(name, False))
