@@ -1,0 +1,213 @@
+"""Correlation of client requests with their outcomes: proposal futures keyed by log index,
+read-index requests keyed by a context, and waiters for the applied index.
+
+All of these live on the event loop thread and are touched only by the raft and FSM actors, so
+they need no locking; each operation is synchronous.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from trioraft.errors import AmbiguousOutcome, ProposalDropped
+
+__all__ = ["AppliedWaiters", "Future", "ProposalTracker", "ReadBatcher"]
+
+T = TypeVar("T")
+
+
+class Future(Generic[T]):
+    """A one-shot result slot awaited by one task. Setting it twice keeps the first outcome, so
+    racing resolvers (a timeout and a late apply, a shutdown and a result) are harmless."""
+
+    __slots__ = ("_error", "_event", "_has_value", "_value", "abandoned")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._has_value = False
+        #: set by the waiter when it stops waiting (timeout, cancellation)
+        self.abandoned = False
+
+    def done(self) -> bool:
+        """True once a result or an exception is set."""
+        return self._event.is_set()
+
+    def set_result(self, value: T) -> None:
+        """Resolve with ``value`` (ignored if already resolved)."""
+        if not self._event.is_set():
+            self._value = value
+            self._has_value = True
+            self._event.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Resolve with ``error`` (ignored if already resolved)."""
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    def result(self) -> T:
+        """The result (raises the stored exception). Only valid when :meth:`done`."""
+        if self._error is not None:
+            raise self._error
+        assert self._has_value
+        return self._value  # type: ignore[return-value]
+
+    async def wait(self) -> T:
+        """Wait for the outcome; marks the future abandoned if the wait is cancelled."""
+        try:
+            await self._event.wait()
+        except BaseException:
+            self.abandoned = True
+            raise
+        return self.result()
+
+
+class ProposalTracker:
+    """Proposals appended to the log by this node's core, waiting for their entry to apply.
+
+    A proposal is identified by (term, index) at the moment the leader appended it. When the
+    entry at ``index`` is applied, the same term means it is our entry and the state machine's
+    result is ours; any other term means our entry was overwritten by a later leader.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, tuple[int, Future[Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, index: int, term: int, future: Future[Any]) -> None:
+        """Track ``future`` for the entry the core appended at (term, index)."""
+        old = self._pending.get(index)
+        if old is not None:
+            # The same index was proposed again in a newer term: the older one is gone.
+            old[1].set_exception(ProposalDropped("superseded", f"index {index} re-proposed"))
+        self._pending[index] = (term, future)
+
+    def has(self, index: int) -> bool:
+        """True if a proposal waits on ``index``."""
+        return index in self._pending
+
+    def applied(self, index: int, term: int, result: Any) -> None:
+        """The entry (term, index) was applied with ``result``."""
+        item = self._pending.pop(index, None)
+        if item is None:
+            return
+        want_term, future = item
+        if want_term == term:
+            future.set_result(result)
+        else:
+            future.set_exception(
+                ProposalDropped(
+                    "superseded", f"index {index} holds an entry of term {term}, not {want_term}"
+                )
+            )
+
+    def failed(self, index: int, term: int, error: BaseException) -> None:
+        """The entry (term, index) was applied but produced ``error`` for its proposer."""
+        item = self._pending.pop(index, None)
+        if item is None:
+            return
+        want_term, future = item
+        if want_term == term:
+            future.set_exception(error)
+        else:
+            future.set_exception(ProposalDropped("superseded", f"index {index} overwritten"))
+
+    def covered_by_snapshot(self, index: int) -> None:
+        """A snapshot up to ``index`` replaced the state: earlier proposals' outcomes are unknown
+        (their entries may or may not be inside the snapshot)."""
+        for idx in [i for i in self._pending if i <= index]:
+            _, future = self._pending.pop(idx)
+            future.set_exception(
+                AmbiguousOutcome(f"entry {idx} was covered by snapshot {index}; outcome unknown")
+            )
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every pending proposal (shutdown)."""
+        pending, self._pending = self._pending, {}
+        for _, future in pending.values():
+            future.set_exception(error)
+
+
+class ReadBatcher:
+    """Coalesces read-barrier requests: every request queued before the raft actor next calls
+    ``core.read_index`` shares that call's context and its resulting read index, which is
+    correct because all of them started before the leadership check the call triggers."""
+
+    def __init__(self, node_id: int) -> None:
+        self._node_id = node_id
+        self._seq = itertools.count(1)
+        self._queued: list[Future[int]] = []
+        self._issued: dict[bytes, list[Future[int]]] = {}
+
+    def queue(self, future: Future[int]) -> None:
+        """Queue a read request until the next :meth:`take_batch`."""
+        self._queued.append(future)
+
+    def take_batch(self) -> tuple[bytes, list[Future[int]]] | None:
+        """Take the queued requests as one batch with a fresh context (or None if empty)."""
+        futures = [f for f in self._queued if not f.abandoned]
+        self._queued = []
+        if not futures:
+            return None
+        ctx = self._node_id.to_bytes(8, "big") + next(self._seq).to_bytes(8, "big")
+        self._issued[ctx] = futures
+        return ctx, futures
+
+    def resolved(self, context: bytes, index: int) -> None:
+        """The core answered ``context`` with read index ``index``."""
+        for f in self._issued.pop(context, ()):
+            f.set_result(index)
+
+    def failed(self, context: bytes, error: BaseException) -> None:
+        """The batch for ``context`` could not be issued."""
+        for f in self._issued.pop(context, ()):
+            f.set_exception(error)
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every queued or issued read (leader loss, shutdown)."""
+        for f in self._queued:
+            f.set_exception(error)
+        self._queued = []
+        issued, self._issued = self._issued, {}
+        for futures in issued.values():
+            for f in futures:
+                f.set_exception(error)
+
+    def prune(self) -> None:
+        """Forget issued batches whose waiters all gave up (their answer may never come)."""
+        for ctx in [c for c, fs in self._issued.items() if all(f.abandoned for f in fs)]:
+            del self._issued[ctx]
+
+
+class AppliedWaiters:
+    """Tasks waiting for the applied index to reach some value (read barriers, tests)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, trio.Event]] = []
+        self._seq = itertools.count()
+
+    def add(self, index: int) -> trio.Event:
+        """An event set once the applied index reaches ``index``."""
+        event = trio.Event()
+        heapq.heappush(self._heap, (index, next(self._seq), event))
+        return event
+
+    def advance(self, applied: int) -> None:
+        """Wake everyone waiting for an index <= ``applied``."""
+        heap = self._heap
+        while heap and heap[0][0] <= applied:
+            heapq.heappop(heap)[2].set()
+
+    def wake_all(self) -> None:
+        """Wake everyone (shutdown; waiters re-check why they woke)."""
+        for _, _, event in self._heap:
+            event.set()
+        self._heap = []
