@@ -23,7 +23,7 @@ Ts = TypeVarTuple("Ts")
 class DiskExecutor(Protocol):
     """Runs a blocking function and returns its result (or raises its exception)."""
 
-    async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T: ...
+    async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T: ...
 
 
 class ThreadDisk:
@@ -37,7 +37,7 @@ class ThreadDisk:
     def __init__(self, limiter: trio.CapacityLimiter | None = None) -> None:
         self._limiter = limiter
 
-    async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+    async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
 
@@ -45,7 +45,7 @@ class InlineDisk:
     """Runs each call directly on the event loop, then yields once (a checkpoint) so callers
     still get a scheduling point. For simulated file systems only."""
 
-    async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+    async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         result = fn(*args)
         await trio.lowlevel.checkpoint()
         return result

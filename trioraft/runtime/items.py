@@ -1,0 +1,195 @@
+"""The items that flow between the actors over memory channels.
+
+Raft actor inbox: Raft messages from peers plus the ``*Req`` requests and acknowledgements below.
+WAL actor: :class:`PersistJob`, :class:`MarkerJob`, :class:`ReleaseJob`.
+FSM actor: :class:`ApplyBatch`, :class:`RestoreJob`, :class:`CaptureJob`, :class:`HookJob`.
+
+Internal channels are unbounded (``math.inf``) on purpose: the actors form a cycle (raft -> WAL
+-> raft, raft -> FSM -> raft) and bounded buffers in a cycle can deadlock. Memory stays bounded
+by admission control at the edges instead: the proposal semaphore, the core's uncommitted-bytes
+limit, and the drop-on-overflow rule for inbound network messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from trioraft.core.messages import Message
+from trioraft.core.types import ConfChange, ConfState, Entry, HardState, SnapshotMeta
+from trioraft.runtime.proposals import Future
+
+__all__ = [
+    "Applied",
+    "ApplyBatch",
+    "CampaignReq",
+    "CaptureJob",
+    "Captured",
+    "ConfChangeReq",
+    "Forward",
+    "HookJob",
+    "LocalSnapshot",
+    "MarkerJob",
+    "PersistJob",
+    "Persisted",
+    "ProposeReq",
+    "ReadReq",
+    "ReleaseJob",
+    "RestoreJob",
+    "SnapshotStatus",
+    "TransferReq",
+]
+
+
+# -- raft actor inbox ----------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class Forward:
+    """Resolution of a request the local core refused because it is not the leader: the caller
+    forwards the request to ``leader`` itself."""
+
+    leader: int
+
+
+@attrs.frozen(eq=False)
+class ProposeReq:
+    """Propose ``data``; ``future`` resolves with the apply result or a :class:`Forward`."""
+
+    data: bytes
+    future: Future[Any]
+
+
+@attrs.frozen(eq=False)
+class ConfChangeReq:
+    """Propose a membership change; resolves with the new :class:`ConfState` or a Forward."""
+
+    change: ConfChange
+    future: Future[Any]
+
+
+@attrs.frozen(eq=False)
+class ReadReq:
+    """A read barrier; ``future`` resolves with the read index."""
+
+    future: Future[int]
+
+
+@attrs.frozen(eq=False)
+class TransferReq:
+    """Transfer leadership to ``target``; resolves with None (started) or a Forward."""
+
+    target: int
+    future: Future[Any]
+
+
+@attrs.frozen(eq=False)
+class CampaignReq:
+    """Start an election now."""
+
+
+@attrs.frozen(eq=False)
+class Persisted:
+    """The WAL actor made these jobs durable (in order)."""
+
+    jobs: tuple[PersistJob, ...]
+
+
+@attrs.frozen(eq=False)
+class Applied:
+    """The FSM actor applied up to ``index``."""
+
+    index: int
+
+
+@attrs.frozen(eq=False)
+class SnapshotStatus:
+    """A snapshot stream to ``peer`` ended (``ok``) or failed."""
+
+    peer: int
+    ok: bool
+
+
+@attrs.frozen(eq=False)
+class LocalSnapshot:
+    """A snapshot this node took is durable and its WAL marker recorded: tell the log about it
+    and compact up to ``compact_to`` (0 = do not compact)."""
+
+    meta: SnapshotMeta
+    compact_to: int
+    done: Future[None]
+
+
+# -- WAL actor ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class PersistJob:
+    """What one Ready needs persisted, and the messages that must wait for it."""
+
+    number: int
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    snapshot: SnapshotMeta | None
+    messages: tuple[Message, ...]
+
+
+@attrs.frozen(eq=False)
+class MarkerJob:
+    """Record a local snapshot's marker durably; ``done`` resolves when it is."""
+
+    meta: SnapshotMeta
+    done: Future[None]
+
+
+@attrs.frozen(eq=False)
+class ReleaseJob:
+    """Release WAL segments wholly below ``index``."""
+
+    index: int
+
+
+# -- FSM actor ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class ApplyBatch:
+    """Committed entries to apply, in order."""
+
+    entries: tuple[Entry, ...]
+
+
+@attrs.frozen(eq=False)
+class RestoreJob:
+    """Replace the state machine's state with the stored snapshot ``meta`` (follower install)."""
+
+    meta: SnapshotMeta
+
+
+@attrs.frozen(eq=False)
+class Captured:
+    """A consistent capture at ``index``: the saver to run and what the snapshot must record."""
+
+    index: int
+    term: int
+    conf: ConfState
+    members: dict[int, str]
+    saver: Any
+
+
+@attrs.frozen(eq=False)
+class CaptureJob:
+    """Capture the state at the current applied index; resolves with :class:`Captured`, or
+    with None when nothing was applied since ``since``."""
+
+    since: int
+    future: Future[Captured | None]
+
+
+@attrs.frozen(eq=False)
+class HookJob:
+    """Call the state machine's optional hook ``name`` with ``args`` (in log order)."""
+
+    name: str
+    args: tuple[Any, ...]

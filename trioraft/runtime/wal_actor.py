@@ -1,0 +1,152 @@
+"""The WAL actor: the only task that writes the write-ahead log.
+
+Theory of operation (group commit): the raft actor hands over one :class:`PersistJob` per Ready
+and never waits. This actor takes the first queued job, then drains *everything else queued*
+without waiting, merges the jobs' entries and hard states, and writes them with one
+``WAL.save`` (one fdatasync) in a worker thread. While that fsync runs, new jobs pile up in the
+channel and form the next batch, so the number of fsyncs adapts to the load: one per Ready when
+idle, one per many Readys under load. After the batch is durable it tells the raft actor
+(:class:`Persisted`), which updates the in-memory log, releases the messages that were held back
+for this persist, and acknowledges the core.
+
+Snapshot markers keep their order relative to the persists around them: the pending merge is
+flushed first, then the marker is written (durable on return), then merging continues. For a
+follower installing a snapshot the marker precedes the hard state that commits it, so a crash
+between the two never leaves a commit index pointing past the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import trio
+
+from trioraft.core.types import Entry, HardState, SnapshotMeta
+from trioraft.runtime.disk import DiskExecutor
+from trioraft.runtime.items import MarkerJob, Persisted, PersistJob, ReleaseJob
+
+__all__ = ["WalActor", "WalLike", "merge_entries"]
+
+log = logging.getLogger(__name__)
+
+WalItem = PersistJob | MarkerJob | ReleaseJob
+
+
+class WalLike(Protocol):
+    """The part of :class:`trioraft.storage.wal.WAL` this actor uses."""
+
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None: ...
+    def save_snapshot_marker(self, meta: SnapshotMeta) -> None: ...
+    def release_to(self, index: int) -> None: ...
+
+
+def merge_entries(acc: list[Entry], new: Sequence[Entry]) -> None:
+    """Append ``new`` to ``acc`` in place; entries of ``new`` replace any suffix of ``acc`` from
+    their first index on (a later Ready may overwrite a conflicting tail)."""
+    if not new:
+        return
+    if acc:
+        first = new[0].index
+        base = acc[0].index
+        if first <= base:
+            acc.clear()
+        elif first <= acc[-1].index:
+            del acc[first - base :]
+    acc.extend(new)
+
+
+class WalActor:
+    """Drains persist jobs with group commit; see the module docstring.
+
+    Args:
+        node_id: for log context.
+        wal: the open WAL (owned by this actor while it runs).
+        disk: executor for the blocking WAL calls.
+        jobs: receive side of the WAL channel.
+        raft_inbox: where :class:`Persisted` acknowledgements go (unbounded channel).
+        max_batch_jobs: upper bound on jobs merged into one save (keeps latency bounded).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        wal: WalLike,
+        disk: DiskExecutor,
+        jobs: trio.MemoryReceiveChannel[WalItem],
+        raft_inbox: trio.MemorySendChannel[Any],
+        *,
+        max_batch_jobs: int = 4096,
+    ) -> None:
+        self._id = node_id
+        self._wal = wal
+        self._disk = disk
+        self._jobs = jobs
+        self._raft_inbox = raft_inbox
+        self._max_batch = max_batch_jobs
+        #: number of WAL.save calls (fsyncs) so far
+        self.saves = 0
+        #: number of persist jobs made durable so far
+        self.jobs_done = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or the channel closes. A storage error propagates and fails
+        the node: after a failed fsync nothing may be acknowledged."""
+        task_status.started()
+        async with self._jobs:
+            while True:
+                try:
+                    first = await self._jobs.receive()
+                except trio.EndOfChannel:
+                    return
+                batch: list[WalItem] = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        batch.append(self._jobs.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._process(batch)
+
+    async def _process(self, batch: list[WalItem]) -> None:
+        entries: list[Entry] = []
+        hard_state: HardState | None = None
+        done: list[PersistJob] = []
+        markers: list[MarkerJob] = []
+
+        async def flush() -> None:
+            nonlocal hard_state
+            if entries or hard_state is not None:
+                await self._disk(self._wal.save, list(entries), hard_state)
+                self.saves += 1
+                entries.clear()
+                hard_state = None
+
+        for item in batch:
+            if isinstance(item, PersistJob):
+                if item.snapshot is not None:
+                    await flush()
+                    await self._disk(self._wal.save_snapshot_marker, item.snapshot)
+                    log.debug(
+                        "node %d: recorded snapshot marker %d/%d (install)",
+                        self._id,
+                        item.snapshot.index,
+                        item.snapshot.term,
+                    )
+                merge_entries(entries, item.entries)
+                if item.hard_state is not None:
+                    hard_state = item.hard_state
+                done.append(item)
+            elif isinstance(item, MarkerJob):
+                await flush()
+                await self._disk(self._wal.save_snapshot_marker, item.meta)
+                markers.append(item)
+            else:
+                await flush()
+                await self._disk(self._wal.release_to, item.index)
+        await flush()
+        self.jobs_done += len(done)
+        if done:
+            self._raft_inbox.send_nowait(Persisted(tuple(done)))
+        for m in markers:
+            m.done.set_result(None)
