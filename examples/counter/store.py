@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from examples.common.records import RecordDecoder, RecordFormatError, encode_record
+from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
 
 __all__ = ["SNAPSHOT_FILE", "CounterStore", "SnapshotFormatError", "encode_incr"]
 
@@ -64,6 +65,27 @@ class CounterStore:
         """The snapshot file content for ``value`` (default: the current value)."""
         v = self.value if value is None else value
         return encode_record({"format": _FORMAT, "version": _VERSION, "value": v})
+
+    def capture(self) -> Saver:
+        """Capture the value now; the saver writes it as the snapshot's ``data`` file."""
+        content = self.snapshot_bytes()
+
+        async def saver(writer: SnapshotWriter) -> None:
+            await writer.write_file(SNAPSHOT_FILE, content)
+
+        return saver
+
+    async def restore(self, reader: SnapshotReader) -> None:
+        """Load the value from a snapshot.
+
+        Raises:
+            SnapshotFormatError: the snapshot's ``data`` file is not a counter snapshot.
+        """
+        self.value = self.parse_snapshot(await reader.read_file(SNAPSHOT_FILE))
+        self.applied_index = reader.index
+        logger.info(
+            "counter: restored value %d from snapshot at index %d", self.value, reader.index
+        )
 
     @staticmethod
     def parse_snapshot(data: bytes) -> int:

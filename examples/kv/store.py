@@ -12,7 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
+import trio
+
 from examples.common.records import RecordDecoder, RecordFormatError, encode_record, write_records
+from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
 
 __all__ = ["SNAPSHOT_FILE", "KVStore", "SnapshotFormatError", "encode_put"]
 
@@ -118,6 +121,34 @@ class KVStore:
     def replace(self, data: dict[str, bytes]) -> None:
         """Install a fully loaded state (used after a snapshot has been read)."""
         self._data = data
+
+    # -- the trioraft StateMachine protocol ---------------------------------------------------
+    def capture(self) -> Saver:
+        """Copy the state's references now (between two applies); the returned saver sorts and
+        streams the copy while applies go on."""
+        items = self.capture_items()
+
+        async def saver(writer: SnapshotWriter) -> None:
+            # Sorting a large state is CPU work: keep it off the event loop.
+            await trio.to_thread.run_sync(items.sort)
+            async with writer.open(SNAPSHOT_FILE) as f:
+                await KVStore.save(items, f.write)
+            writer.user_meta = f"{_FORMAT}/{_VERSION} keys={len(items)}".encode()
+
+        return saver
+
+    async def restore(self, reader: SnapshotReader) -> None:
+        """Replace the state with the snapshot's, loaded chunk by chunk.
+
+        Raises:
+            SnapshotFormatError: the snapshot is not a complete KV snapshot (state unchanged).
+        """
+        loader = SnapshotLoader()
+        async for chunk in reader.iter_file(SNAPSHOT_FILE):
+            loader.feed(chunk)
+        self.replace(loader.finish())
+        self.applied_index = reader.index
+        logger.info("kv: restored %d keys from snapshot at index %d", len(self), reader.index)
 
 
 class SnapshotLoader:

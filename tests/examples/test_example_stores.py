@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import attrs
 import cbor2
 import pytest
 
 from examples.counter.store import CounterStore, encode_incr
 from examples.counter.store import SnapshotFormatError as CounterFormatError
 from examples.kv.store import KVStore, SnapshotFormatError, SnapshotLoader, encode_put
+from trioraft.core.types import ConfState
+from trioraft.runtime.disk import INLINE_DISK
+from trioraft.statemachine import SnapshotReader, SnapshotWriter
 
 
 async def _save(items: list[tuple[str, bytes]]) -> tuple[bytes, list[int]]:
@@ -101,3 +106,96 @@ def test_counter_apply_and_snapshot() -> None:
             CounterStore.parse_snapshot(bad)
     with pytest.raises(ValueError):
         encode_incr(1 << 63)
+
+
+class _MemFile:
+    def __init__(self, files: dict[str, bytearray], name: str) -> None:
+        self.buf = files.setdefault(name, bytearray())
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+class _MemBuilder:
+    """Stands in for the storage's SnapshotBuilder / SnapshotReader backend."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytearray] = {}
+
+    def open_file(self, name: str) -> _MemFile:
+        return _MemFile(self.files, name)
+
+    def read_chunk(self, name: str, offset: int, size: int) -> bytes:
+        return bytes(self.files[name][offset : offset + size])
+
+
+@attrs.frozen
+class _Info:
+    name: str
+    size: int
+
+
+@attrs.frozen
+class _Stored:
+    index: int
+    term: int
+    conf: ConfState
+    user_meta: bytes
+    files: tuple[_Info, ...]
+
+
+async def _snapshot_roundtrip(sm: Any, target: Any, index: int) -> _MemBuilder:
+    mem = _MemBuilder()
+    saver = sm.capture()
+    writer = SnapshotWriter(
+        mem, INLINE_DISK, index=index, term=1, conf=ConfState(), chunk_bytes=4096
+    )
+    await saver(writer)
+    await writer.aclose_all()
+    stored = _Stored(
+        index,
+        1,
+        ConfState(),
+        writer.user_meta,
+        tuple(_Info(n, len(b)) for n, b in mem.files.items()),
+    )
+    await target.restore(SnapshotReader(stored, mem, INLINE_DISK, chunk_bytes=1000))
+    return mem
+
+
+async def test_kv_capture_and_restore_through_trioraft_writer() -> None:
+    kv = KVStore()
+    for i in range(500):
+        kv.apply(i + 1, encode_put(f"k{i}", bytes([i % 256]) * 50))
+    mem_target = KVStore()
+    mem = await _snapshot_roundtrip(kv, mem_target, 500)
+    assert list(mem.files) == ["kv.cbor"]
+    assert mem_target.applied_index == 500
+    assert dict(mem_target.items()) == dict(kv.items())
+
+
+async def test_kv_capture_is_consistent_while_applies_continue() -> None:
+    kv = KVStore()
+    kv.apply(1, encode_put("a", b"1"))
+    saver = kv.capture()
+    kv.apply(2, encode_put("a", b"2"))
+    kv.apply(3, encode_put("b", b"3"))
+    mem = _MemBuilder()
+    writer = SnapshotWriter(mem, INLINE_DISK, index=1, term=1, conf=ConfState())
+    await saver(writer)
+    restored = KVStore()
+    restored.load([bytes(mem.files["kv.cbor"])])
+    assert dict(restored.items()) == {"a": b"1"}
+
+
+async def test_counter_capture_and_restore_through_trioraft_writer() -> None:
+    c = CounterStore()
+    c.apply(1, encode_incr(41))
+    target = CounterStore()
+    mem = await _snapshot_roundtrip(c, target, 1)
+    assert list(mem.files) == ["data"]
+    assert target.value == 41
