@@ -1,0 +1,292 @@
+"""The FSM actor: the only task that calls the application's state machine.
+
+Theory of operation: committed entries arrive in order (one :class:`ApplyBatch` per Ready).
+Each index is applied at most once: anything at or below ``applied`` is skipped (entries
+re-delivered after a snapshot install or on restart), and a gap is a bug that fails the node.
+Because this actor handles one channel item at a time, a :class:`CaptureJob` always runs
+*between* two applies, so ``capture()`` sees the state at exactly ``applied``; a
+:class:`RestoreJob` (follower snapshot install) likewise lands between two batches and moves
+``applied`` to the snapshot's index.
+
+Alongside the application state this actor tracks, in log order, the two things a snapshot must
+record besides the user's files: the cluster configuration at ``applied`` and the address book
+(node id -> transport address, carried in the context of membership changes). Both are written
+into every snapshot and restored from it, so a node restarted from a compacted log still knows
+its peers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from trioraft.codec import decode, decode_conf_change, encode
+from trioraft.core.types import ConfChange, ConfChangeType, ConfState, Entry, EntryKind
+from trioraft.errors import StorageCorrupted
+from trioraft.runtime.disk import DiskExecutor
+from trioraft.runtime.items import (
+    Applied,
+    ApplyBatch,
+    Captured,
+    CaptureJob,
+    HookJob,
+    RestoreJob,
+)
+from trioraft.runtime.proposals import AppliedWaiters, ProposalTracker
+from trioraft.statemachine import RESERVED_PREFIX, SnapshotReader, StateMachine, call_hook
+
+__all__ = ["MEMBERS_FILE", "FsmActor", "decode_members", "encode_members"]
+
+log = logging.getLogger(__name__)
+
+#: The runtime's own file inside every snapshot: the address book at the snapshot's index.
+MEMBERS_FILE = RESERVED_PREFIX + "_members.cbor"
+
+FsmItem = ApplyBatch | RestoreJob | CaptureJob | HookJob
+
+#: Entries applied between two checkpoints, so a long batch does not starve other tasks.
+_APPLY_SLICE = 512
+
+
+def encode_members(members: dict[int, str]) -> bytes:
+    """Encode an address book for :data:`MEMBERS_FILE`."""
+    return encode(dict(sorted(members.items())), unstructure_as=dict[int, str])
+
+
+def decode_members(data: bytes) -> dict[int, str]:
+    """Decode :data:`MEMBERS_FILE` (raises ``DecodeError``)."""
+    result: dict[int, str] = decode(data, dict[int, str])
+    return result
+
+
+class _Store(Protocol):
+    def get(self, index: int) -> Any: ...
+    def open_reader(self, index: int) -> Any: ...
+
+
+class _PeerBook(Protocol):
+    def add_peer(self, peer: int, address: str) -> None: ...
+    def remove_peer(self, peer: int) -> None: ...
+
+
+class FsmActor:
+    """Applies committed entries and serves captures and restores; see the module docstring.
+
+    Args:
+        node_id: this node (never added to the transport's peers).
+        state_machine: the application.
+        store: the snapshot store (restores read from it).
+        disk: executor for blocking storage calls.
+        items: receive side of the FSM channel.
+        raft_inbox: where :class:`Applied` reports go.
+        proposals: resolved as entries apply.
+        waiters: woken as ``applied`` advances.
+        conf_applier: computes the configuration after a membership change (the core's rules).
+        peers: the transport's peer book, updated when membership changes apply.
+        on_applied: called after each batch with the new applied index (snapshot trigger).
+        on_installed: called after a follower snapshot install was loaded.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        state_machine: StateMachine,
+        store: _Store,
+        disk: DiskExecutor,
+        items: trio.MemoryReceiveChannel[FsmItem],
+        raft_inbox: trio.MemorySendChannel[Any],
+        proposals: ProposalTracker,
+        waiters: AppliedWaiters,
+        conf_applier: Callable[[ConfState, ConfChange], ConfState],
+        peers: _PeerBook,
+        *,
+        on_applied: Callable[[int], None] = lambda _: None,
+        on_installed: Callable[[Any], None] = lambda _: None,
+        chunk_bytes: int = 1 << 20,
+    ) -> None:
+        self._id = node_id
+        self._sm = state_machine
+        self._store = store
+        self._disk = disk
+        self._items = items
+        self._raft_inbox = raft_inbox
+        self._proposals = proposals
+        self._waiters = waiters
+        self._conf_applier = conf_applier
+        self._peers = peers
+        self._on_applied = on_applied
+        self._on_installed = on_installed
+        self._chunk = chunk_bytes
+        #: last applied index and its term
+        self.applied = 0
+        self.applied_term = 0
+        #: the configuration at ``applied``
+        self.conf = ConfState()
+        #: node id -> transport address at ``applied``
+        self.members: dict[int, str] = {}
+        #: snapshots received from a leader and loaded
+        self.snapshots_installed = 0
+        #: entries handed to ``StateMachine.apply``
+        self.entries_applied = 0
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def set_start(self, index: int, term: int, conf: ConfState, members: dict[int, str]) -> None:
+        """Initial position (after a restore at start-up, or the empty state)."""
+        self.applied = index
+        self.applied_term = term
+        self.conf = conf
+        self.members = dict(members)
+        self._sync_peers({}, self.members)
+
+    async def load_snapshot(self, stored: Any, *, install: bool) -> None:
+        """Restore the state machine from ``stored`` (a ``StoredSnapshot``) and move ``applied``
+        to its index. Used at start-up and for follower installs."""
+        backend = await self._disk(self._store.open_reader, stored.index)
+        try:
+            reader = SnapshotReader(stored, backend, self._disk, chunk_bytes=self._chunk)
+            await self._sm.restore(reader)
+            raw = await reader.read_reserved(MEMBERS_FILE)
+        finally:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await self._disk(close)
+        members = dict(self.members)
+        if raw is not None:
+            try:
+                members = decode_members(raw)
+            except ValueError as exc:
+                raise StorageCorrupted(stored.path, f"bad {MEMBERS_FILE}: {exc}") from exc
+        old = self.members
+        self.applied = stored.index
+        self.applied_term = stored.term
+        self.conf = stored.conf
+        self.members = members
+        self._sync_peers(old, members)
+        self._proposals.covered_by_snapshot(stored.index)
+        if install:
+            self.snapshots_installed += 1
+            log.info(
+                "node %d: installed snapshot %d (term %d) from the leader",
+                self._id,
+                stored.index,
+                stored.term,
+            )
+
+    # -- the actor ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve items until cancelled or the channel closes."""
+        task_status.started()
+        async with self._items:
+            async for item in self._items:
+                if isinstance(item, ApplyBatch):
+                    await self._apply(item.entries)
+                elif isinstance(item, RestoreJob):
+                    await self._restore(item)
+                elif isinstance(item, CaptureJob):
+                    self._capture(item)
+                else:
+                    await call_hook(self._sm, item.name, *item.args)
+
+    async def _apply(self, entries: tuple[Entry, ...]) -> None:
+        sm = self._sm
+        proposals = self._proposals
+        n = 0
+        for e in entries:
+            if e.index <= self.applied:
+                continue
+            if e.index != self.applied + 1:
+                raise RuntimeError(
+                    f"node {self._id}: apply gap: applied {self.applied}, next entry {e.index}"
+                )
+            if e.kind == EntryKind.NORMAL:
+                if e.data:
+                    result = sm.apply(e.index, e.data)
+                    self.entries_applied += 1
+                else:
+                    result = None  # a leader's no-op (or an empty proposal)
+                self.applied = e.index
+                self.applied_term = e.term
+                proposals.applied(e.index, e.term, result)
+            else:
+                cc = decode_conf_change(e.data)
+                self.applied = e.index
+                self.applied_term = e.term
+                self._apply_conf_change(e.index, cc)
+                proposals.applied(e.index, e.term, self.conf)
+                await call_hook(sm, "on_conf_committed", e.index, self.conf)
+            n += 1
+            if n % _APPLY_SLICE == 0:
+                self._report()
+                await trio.lowlevel.checkpoint()
+        self._report()
+
+    def _report(self) -> None:
+        self._raft_inbox.send_nowait(Applied(self.applied))
+        self._waiters.advance(self.applied)
+        self._on_applied(self.applied)
+
+    def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
+        self.conf = self._conf_applier(self.conf, cc)
+        old = dict(self.members)
+        address = cc.context.decode("utf-8", "replace") if cc.context else ""
+        for single in cc.changes:
+            if single.type == ConfChangeType.REMOVE:
+                self.members.pop(single.node_id, None)
+            elif address and len(cc.changes) == 1:
+                self.members[single.node_id] = address
+        # Forget addresses of nodes no longer in any role.
+        for nid in [n for n in self.members if n not in self.conf.all_nodes()]:
+            del self.members[nid]
+        self._sync_peers(old, self.members)
+        log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
+
+    def _sync_peers(self, old: dict[int, str], new: dict[int, str]) -> None:
+        for nid, addr in new.items():
+            if nid != self._id and old.get(nid) != addr:
+                self._peers.add_peer(nid, addr)
+        for nid in old:
+            if nid not in new and nid != self._id:
+                self._peers.remove_peer(nid)
+
+    async def _restore(self, job: RestoreJob) -> None:
+        meta = job.meta
+        if meta.index <= self.applied:
+            log.info(
+                "node %d: snapshot %d already covered (applied %d)",
+                self._id,
+                meta.index,
+                self.applied,
+            )
+            return
+        stored = await self._disk(self._store.get, meta.index)
+        if stored is None or stored.term != meta.term:
+            raise StorageCorrupted(
+                f"snap/{meta.index}", f"snapshot {meta.index}/{meta.term} to install is missing"
+            )
+        await self.load_snapshot(stored, install=True)
+        self._report()
+        self._on_installed(stored)
+
+    def _capture(self, job: CaptureJob) -> None:
+        if self.applied <= job.since:
+            job.future.set_result(None)
+            return
+        try:
+            saver = self._sm.capture()
+        except Exception as exc:
+            job.future.set_exception(exc)
+            return
+        job.future.set_result(
+            Captured(
+                index=self.applied,
+                term=self.applied_term,
+                conf=self.conf,
+                members=dict(self.members),
+                saver=saver,
+            )
+        )
