@@ -1,0 +1,797 @@
+"""The ``trioraft`` command: a guided demo cluster and tools to look inside a node.
+
+Subcommands::
+
+    trioraft demo [--tour-only]             a local 3-node KV cluster and a narrated tour
+    trioraft status URL...                  a table of nodes from their /-/status
+    trioraft wal dump DIR                   the records of a node's write-ahead log
+    trioraft snapshot list DIR              the snapshots a node holds
+    trioraft snapshot inspect DIR [INDEX]   one snapshot's metadata and files
+    trioraft snapshot verify DIR            check every snapshot file's CRC32C (exit 1 on damage)
+
+``DIR`` is a node's data directory (``kv-1``) or directly its ``wal``/``snap`` sub-directory.
+The storage tools only read: they take no lock, repair nothing and rename nothing, so they are
+safe to run next to a live node (a record being written may show as a torn tail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["HttpResult", "ProcessCluster", "fetch_status", "http_request", "main"]
+
+
+# -- small HTTP client (stdlib; the CLI has no event loop) ---------------------------------------
+
+
+class HttpResult:
+    """Status code and body of one HTTP exchange (``status`` 0 when no answer came)."""
+
+    def __init__(self, status: int, body: bytes, error: str = "") -> None:
+        self.status = status
+        self.body = body
+        self.error = error
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (replacing invalid bytes)."""
+        return self.body.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return f"HttpResult({self.status}, {self.body[:80]!r}, {self.error!r})"
+
+
+def http_request(
+    method: str, url: str, body: bytes | None = None, *, timeout: float = 10.0
+) -> HttpResult:
+    """Perform one HTTP request; never raises for HTTP or connection errors.
+
+    Returns:
+        the answer; ``status`` is 0 and ``error`` says why when there was none.
+    """
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return HttpResult(int(resp.status), resp.read())
+    except urllib.error.HTTPError as exc:
+        return HttpResult(int(exc.code), exc.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return HttpResult(0, b"", str(reason))
+
+
+def _base_url(url: str) -> str:
+    text = url.strip().rstrip("/")
+    if "://" not in text:
+        text = "http://" + text
+    return text
+
+
+def fetch_status(url: str, *, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The ``/-/status`` document of the node at ``url``, or None when unreachable."""
+    base = _base_url(url)
+    if not base.endswith("/-/status"):
+        base += "/-/status"
+    res = http_request("GET", base, timeout=timeout)
+    if res.status != 200:
+        return None
+    try:
+        doc = json.loads(res.body)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+# -- trioraft status -----------------------------------------------------------------------------
+
+_STATUS_COLUMNS = (
+    ("ID", "id"),
+    ("ROLE", "role"),
+    ("TERM", "term"),
+    ("LEADER", "leader"),
+    ("COMMIT", "commit"),
+    ("APPLIED", "applied"),
+    ("FIRST", "first_index"),
+    ("LAST", "last_index"),
+    ("SNAPSHOT", "snapshot_index"),
+    ("INSTALLED", "snapshots_installed"),
+    ("SENT", "snapshots_sent"),
+)
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def status_table(urls: Sequence[str], *, timeout: float = 3.0) -> tuple[str, int]:
+    """The status table of ``urls`` and how many could not be reached."""
+    rows: list[list[str]] = [["ENDPOINT", *(c for c, _ in _STATUS_COLUMNS)]]
+    failed = 0
+    for url in urls:
+        doc = fetch_status(url, timeout=timeout)
+        if doc is None:
+            failed += 1
+            rows.append([url, "-", "unreachable", *("-" for _ in _STATUS_COLUMNS[2:])])
+            continue
+        rows.append([url, *(str(doc.get(key, "-")) for _, key in _STATUS_COLUMNS)])
+    return format_table(rows), failed
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    table, failed = status_table(args.urls, timeout=args.timeout)
+    print(table)
+    if failed:
+        print(f"\n{failed} of {len(args.urls)} endpoint(s) unreachable", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- storage tools -------------------------------------------------------------------------------
+
+
+def _data_paths(directory: str) -> tuple[Path, Path]:
+    """(wal dir, snap dir) for a data dir, or a wal/snap dir given directly."""
+    p = Path(directory)
+    if not p.is_dir():
+        raise SystemExit(f"trioraft: {directory}: not a directory")
+    if (p / "wal").is_dir() or (p / "snap").is_dir():
+        return p / "wal", p / "snap"
+    if p.name == "snap":
+        return p.parent / "wal", p
+    return p, p.parent / "snap"
+
+
+def _cmd_wal_dump(args: argparse.Namespace) -> int:
+    wal_dir, _ = _data_paths(args.dir)
+    return wal_dump(str(wal_dir), sys.stdout, data_limit=args.data_bytes)
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    _, snap_dir = _data_paths(args.dir)
+    if args.snap_cmd == "list":
+        return snapshot_list(str(snap_dir), sys.stdout)
+    if args.snap_cmd == "inspect":
+        return snapshot_inspect(str(snap_dir), args.index, sys.stdout)
+    return snapshot_verify(str(snap_dir), sys.stdout)
+
+
+def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
+    """Print the WAL's records; returns the exit status (1 on damage)."""
+    print("trioraft wal dump: storage not available yet", file=sys.stderr)
+    return 2
+
+
+def snapshot_list(snap_dir: str, out: TextIO) -> int:
+    """Print the snapshots in ``snap_dir``, newest first."""
+    print("trioraft snapshot list: storage not available yet", file=sys.stderr)
+    return 2
+
+
+def snapshot_inspect(snap_dir: str, index: int | None, out: TextIO) -> int:
+    """Print one snapshot's metadata and files."""
+    print("trioraft snapshot inspect: storage not available yet", file=sys.stderr)
+    return 2
+
+
+def snapshot_verify(snap_dir: str, out: TextIO) -> int:
+    """Verify every snapshot; returns 1 when any is damaged."""
+    print("trioraft snapshot verify: storage not available yet", file=sys.stderr)
+    return 2
+
+
+# -- a local cluster of example processes ---------------------------------------------------------
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago (held open together while chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def find_source_root() -> Path:
+    """The directory holding the ``examples`` package (the source checkout).
+
+    Raises:
+        FileNotFoundError: trioraft was installed without its source tree.
+    """
+    candidates = [Path.cwd(), Path(__file__).resolve().parent.parent]
+    for root in candidates:
+        if (root / "examples" / "kv" / "__main__.py").is_file():
+            return root
+    raise FileNotFoundError(
+        "the examples/ directory was not found next to trioraft (run from a source checkout)"
+    )
+
+
+def _linux_parent_death_signal() -> Callable[[], None] | None:
+    """A preexec hook so children die with the process that started them (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - no libc
+        return None
+
+    def hook() -> None:
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+    return hook
+
+
+class NodeProcess:
+    """One example node run as a subprocess."""
+
+    def __init__(self, node_id: int, http_port: int, raft_port: int, data_dir: Path) -> None:
+        self.id = node_id
+        self.http_port = http_port
+        self.raft_port = raft_port
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"node-{node_id}.log"
+
+    @property
+    def url(self) -> str:
+        """The node's HTTP base URL."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def raft_url(self) -> str:
+        """The node's raft URL."""
+        return f"http://127.0.0.1:{self.raft_port}"
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the node's log file."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class ProcessCluster:
+    """Runs example nodes as local subprocesses on loopback ports (for the demo and e2e tests).
+
+    Args:
+        workdir: where data dirs and logs go.
+        size: initial number of nodes.
+        example: ``"kv"`` or ``"counter"``.
+        extra_args: flags passed to every node (e.g. ``["--snapshot-entries", "100"]``).
+        capacity: how many node slots (ports) to reserve, for nodes added later.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        *,
+        example: str = "kv",
+        extra_args: Sequence[str] = (),
+        capacity: int | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.workdir = workdir
+        self.size = size
+        self.example = example
+        self.extra_args = list(extra_args)
+        self.python = python
+        self.root = find_source_root()
+        cap = capacity or size + 2
+        ports = free_ports(2 * cap)
+        self.nodes: dict[int, NodeProcess] = {
+            i: NodeProcess(i, ports[2 * (i - 1)], ports[2 * (i - 1) + 1], workdir / f"node-{i}")
+            for i in range(1, cap + 1)
+        }
+
+    def cluster_flag(self, upto: int) -> str:
+        """The ``--cluster`` value naming nodes 1..upto."""
+        return ",".join(self.nodes[i].raft_url for i in range(1, upto + 1))
+
+    def command(self, node_id: int, *, join: bool = False, extra: Sequence[str] = ()) -> list[str]:
+        """The command line that starts node ``node_id``."""
+        node = self.nodes[node_id]
+        upto = max(self.size, node_id)
+        cmd = [
+            self.python,
+            "-m",
+            f"examples.{self.example}",
+            "--id",
+            str(node_id),
+            "--cluster",
+            self.cluster_flag(upto),
+            "--port",
+            str(node.http_port),
+            "--data-dir",
+            str(node.data_dir),
+            *self.extra_args,
+            *extra,
+        ]
+        if join:
+            cmd.append("--join")
+        return cmd
+
+    def start(self, node_id: int, *, join: bool = False, extra: Sequence[str] = ()) -> NodeProcess:
+        """Start node ``node_id`` (its log goes to ``<workdir>/node-<id>.log``)."""
+        node = self.nodes[node_id]
+        if node.alive():
+            return node
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(self.root), env.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(node.log_path, "ab") as log:
+            node.proc = subprocess.Popen(
+                self.command(node_id, join=join, extra=extra),
+                cwd=self.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal reaches only the demo
+                preexec_fn=_linux_parent_death_signal(),
+            )
+        return node
+
+    def start_all(self) -> None:
+        """Start nodes 1..size."""
+        for i in range(1, self.size + 1):
+            self.start(i)
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default SIGKILL) to a node and reap it."""
+        node = self.nodes[node_id]
+        if node.proc is None:
+            return
+        if node.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                node.proc.send_signal(sig)
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+
+    def stop(self, node_id: int) -> None:
+        """Stop a node gracefully (SIGTERM, then SIGKILL after 10 s)."""
+        self.kill(node_id, signal.SIGTERM)
+
+    def stop_all(self) -> None:
+        """Stop every node started (SIGTERM to all, then wait; SIGKILL stragglers)."""
+        running = [n for n in self.nodes.values() if n.alive()]
+        for n in running:
+            assert n.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                n.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for n in running:
+            assert n.proc is not None
+            try:
+                n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                n.proc.kill()
+                n.proc.wait()
+
+    def __enter__(self) -> ProcessCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    # -- observing ---------------------------------------------------------------------------
+    def status(self, node_id: int, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The node's status document, or None."""
+        if not self.nodes[node_id].alive():
+            return None
+        return fetch_status(self.nodes[node_id].url, timeout=timeout)
+
+    def wait_for(
+        self, what: str, predicate: Callable[[], Any], timeout: float = 30.0, poll: float = 0.05
+    ) -> Any:
+        """Poll ``predicate`` until it returns something truthy (bounded).
+
+        Raises:
+            TimeoutError: with ``what`` and the tails of the node logs.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}\n{self.logs_digest()}")
+            time.sleep(poll)
+
+    def logs_digest(self, lines: int = 15) -> str:
+        """The tails of every started node's log (for error messages)."""
+        out = []
+        for n in self.nodes.values():
+            if n.proc is not None:
+                state = "running" if n.alive() else f"exited {n.proc.returncode}"
+                out.append(f"--- node {n.id} ({state}) ---\n{n.log_tail(lines)}")
+        return "\n".join(out)
+
+    def wait_ready(self, node_id: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the node answers ``/-/status``.
+
+        Raises:
+            RuntimeError: the process exited.
+        """
+
+        def ready() -> dict[str, Any] | None:
+            if not self.nodes[node_id].alive():
+                raise RuntimeError(
+                    f"node {node_id} exited during start-up\n{self.nodes[node_id].log_tail()}"
+                )
+            return self.status(node_id)
+
+        doc: dict[str, Any] = self.wait_for(f"node {node_id} to serve", ready, timeout)
+        return doc
+
+    def leader(self, among: Sequence[int] | None = None) -> int | None:
+        """The id of a node that reports itself leader (the highest term wins), or None."""
+        best: tuple[int, int] | None = None
+        for i in among or [n.id for n in self.nodes.values() if n.alive()]:
+            st = self.status(i)
+            if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
+                best = (int(st["term"]), i)
+        return None if best is None else best[1]
+
+    def wait_leader(self, among: Sequence[int] | None = None, timeout: float = 30.0) -> int:
+        """Wait until some node is leader and return its id."""
+        leader: int = self.wait_for("a leader", lambda: self.leader(among), timeout)
+        return leader
+
+    def url(self, node_id: int, path: str = "/") -> str:
+        """The URL of ``path`` on node ``node_id``."""
+        return self.nodes[node_id].url + path
+
+    def put(self, node_id: int, key: str, value: bytes, timeout: float = 10.0) -> HttpResult:
+        """``PUT /key`` on a node."""
+        return http_request("PUT", self.url(node_id, "/" + key), value, timeout=timeout)
+
+    def get(self, node_id: int, key: str, *, serializable: bool = False) -> HttpResult:
+        """``GET /key`` on a node."""
+        suffix = "?serializable=true" if serializable else ""
+        return http_request("GET", self.url(node_id, "/" + key + suffix))
+
+
+# -- trioraft demo --------------------------------------------------------------------------------
+
+
+class _Narrator:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.step = 0
+        self.color = out.isatty() and os.environ.get("NO_COLOR") is None
+
+    def _c(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def title(self, text: str) -> None:
+        self.step += 1
+        print(self._c("1;36", f"\n== {self.step}. {text}"), file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        for line in textwrap.wrap(text, 96) or [""]:
+            print(f"   {line}", file=self.out, flush=True)
+
+    def ok(self, text: str) -> None:
+        print(self._c("32", f"   ✔ {text}"), file=self.out, flush=True)
+
+    def table(self, text: str) -> None:
+        print(textwrap.indent(text, "   "), file=self.out, flush=True)
+
+    def bar(self, label: str, done: int, total: int, note: str = "") -> None:
+        width = 30
+        frac = 0.0 if total <= 0 else min(1.0, done / total)
+        filled = int(frac * width)
+        line = f"   {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {note}"
+        if self.out.isatty():
+            print("\r" + line.ljust(100), end="", file=self.out, flush=True)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def end_bar(self) -> None:
+        if self.out.isatty():
+            print(file=self.out, flush=True)
+
+
+DEMO_SNAPSHOT_ENTRIES = 200
+DEMO_CATCHUP_ENTRIES = 50
+
+
+def _put_many(cluster: ProcessCluster, node_id: int, prefix: str, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        value = f"value-{i}-".encode() * 8
+        res = cluster.put(node_id, f"{prefix}{i}", value)
+        if res.status != 204:
+            raise RuntimeError(f"PUT {prefix}{i} failed: {res.status} {res.text or res.error}")
+
+
+def _cluster_table(cluster: ProcessCluster) -> str:
+    urls = [n.url for n in cluster.nodes.values() if n.proc is not None]
+    table, _ = status_table(urls, timeout=2.0)
+    return table
+
+
+def run_tour(cluster: ProcessCluster, say: _Narrator) -> None:
+    """The narrated tour (raises on any unexpected outcome)."""
+    say.title("Starting a 3-node KV cluster")
+    say.say(
+        f"Each node is `python -m examples.kv` with --snapshot-entries {DEMO_SNAPSHOT_ENTRIES} "
+        f"and --catchup-entries {DEMO_CATCHUP_ENTRIES}, so snapshots come quickly. "
+        f"Data and logs live in {cluster.workdir}."
+    )
+    cluster.start_all()
+    for i in range(1, cluster.size + 1):
+        cluster.wait_ready(i)
+    leader = cluster.wait_leader()
+    say.ok(f"node {leader} was elected leader")
+    say.table(_cluster_table(cluster))
+
+    say.title("Writing 150 keys (each PUT answers 204 only once committed and applied)")
+    follower = next(i for i in range(1, cluster.size + 1) if i != leader)
+    _put_many(cluster, follower, "key", 0, 150)
+    res = cluster.get(leader, "key42")
+    say.ok(
+        f"150 keys written through follower {follower}; GET /key42 on the leader -> {res.text!r}"
+    )
+
+    say.title("A snapshot is taken")
+    say.say(
+        f"Once {DEMO_SNAPSHOT_ENTRIES} entries are applied, every node captures its state "
+        "between two applies and streams it to disk while applies go on."
+    )
+    _put_many(cluster, leader, "key", 150, 100)
+    cluster.wait_for(
+        "snapshots on every node",
+        lambda: all(
+            (st := cluster.status(i)) and st.get("snapshot_index", 0) > 0
+            for i in range(1, cluster.size + 1)
+        ),
+    )
+    say.ok("every node has a snapshot")
+    say.table(_cluster_table(cluster))
+
+    victim = next(i for i in range(cluster.size, 0, -1) if i != leader)
+    say.title(f"SIGKILL follower {victim}")
+    cluster.kill(victim)
+    say.ok(f"node {victim} is down; the other two still form a majority")
+
+    say.title("More writes while it is down, until the leader compacts its log past it")
+    lagging = cluster.nodes[victim]
+    last_seen = 0
+    for st in (cluster.status(i) for i in range(1, cluster.size + 1)):
+        if st:
+            last_seen = max(last_seen, int(st.get("commit", 0)))
+    written = 250
+    while True:
+        _put_many(cluster, leader, "key", written, 100)
+        written += 100
+        st = cluster.status(leader) or {}
+        if int(st.get("first_index", 0)) > last_seen + 1 and written >= 600:
+            break
+    say.ok(
+        f"{written} keys in total; the leader's log now starts at index {st.get('first_index')}, "
+        f"beyond what node {victim} has: it can only catch up from a snapshot"
+    )
+
+    say.title(f"Restarting node {victim}: it catches up through InstallSnapshot")
+    before = 0
+    cluster.start(victim)
+    cluster.wait_ready(victim)
+    target = int((cluster.status(leader) or {}).get("commit", 0))
+
+    def progress() -> bool:
+        st = cluster.status(victim) or {}
+        applied = int(st.get("applied", 0))
+        installed = int(st.get("snapshots_installed", 0))
+        note = "snapshot installed" if installed > before else "receiving snapshot..."
+        say.bar(f"node {victim}", applied, target, note)
+        return applied >= target and installed > before
+
+    cluster.wait_for(f"node {victim} to catch up", progress, timeout=60, poll=0.1)
+    say.end_bar()
+    res = cluster.get(victim, f"key{written - 1}", serializable=True)
+    say.ok(
+        f"node {victim} installed a snapshot and replayed the rest; a local (serializable) read "
+        f"of key{written - 1} on it -> {res.text[:24]!r}..."
+    )
+    say.table(_cluster_table(cluster))
+    del lagging
+
+    new_id = cluster.size + 1
+    say.title(f"Adding node {new_id}, then removing it")
+    cluster.start(new_id, join=True)
+    cluster.wait_ready(new_id)
+    leader = cluster.wait_leader()
+    res = http_request(
+        "POST", cluster.url(leader, f"/{new_id}"), cluster.nodes[new_id].raft_url.encode()
+    )
+    if res.status != 204:
+        raise RuntimeError(f"POST /{new_id} failed: {res.status} {res.text or res.error}")
+    cluster.wait_for(
+        f"node {new_id} to catch up",
+        lambda: (
+            (st := cluster.status(new_id))
+            and int(st.get("applied", 0)) >= int((cluster.status(leader) or {}).get("commit", 1))
+        ),
+        timeout=60,
+    )
+    say.ok(f"node {new_id} joined (POST /{new_id}) and caught up; its status:")
+    say.table(_cluster_table(cluster))
+    res = http_request("DELETE", cluster.url(leader, f"/{new_id}"))
+    if res.status != 204:
+        raise RuntimeError(f"DELETE /{new_id} failed: {res.status} {res.text or res.error}")
+    cluster.stop(new_id)
+    say.ok(f"node {new_id} removed (DELETE /{new_id}) and stopped; the cluster keeps serving")
+    res = cluster.put(leader, "tour", b"done")
+    if res.status != 204:
+        raise RuntimeError(f"final PUT failed: {res.status}")
+
+
+def _print_try_it(cluster: ProcessCluster, say: _Narrator) -> None:
+    n1 = cluster.nodes[1]
+    urls = " ".join(cluster.nodes[i].url for i in range(1, cluster.size + 1))
+    say.title("Try it yourself (Ctrl-C stops the cluster)")
+    say.table(
+        "\n".join(
+            [
+                f"curl -X PUT -d hello {n1.url}/greeting",
+                f"curl {n1.url}/greeting",
+                f"curl '{cluster.nodes[2].url}/greeting?serializable=true'",
+                f"curl {n1.url}/-/status",
+                f"curl {n1.url}/metrics",
+                f"trioraft status {urls}",
+                f"trioraft snapshot list {n1.data_dir}",
+                f"trioraft snapshot verify {n1.data_dir}",
+                f"trioraft wal dump {n1.data_dir} | tail",
+                f"# logs: {cluster.workdir}/node-*.log",
+            ]
+        )
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    say = _Narrator(sys.stdout)
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="trioraft-demo-"))
+    keep = args.keep or bool(args.dir)
+    try:
+        cluster = ProcessCluster(
+            workdir,
+            3,
+            extra_args=[
+                "--snapshot-entries",
+                str(DEMO_SNAPSHOT_ENTRIES),
+                "--catchup-entries",
+                str(DEMO_CATCHUP_ENTRIES),
+                "--tick-ms",
+                "50",
+            ],
+        )
+    except FileNotFoundError as exc:
+        print(f"trioraft demo: {exc}", file=sys.stderr)
+        return 2
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with cluster:
+            try:
+                run_tour(cluster, say)
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"\ntrioraft demo: the tour failed: {exc}", file=sys.stderr)
+                print(cluster.logs_digest(), file=sys.stderr)
+                return 1
+            say.title("Tour complete")
+            if args.tour_only:
+                return 0
+            _print_try_it(cluster, say)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping the cluster...", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"data kept in {workdir}")
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trioraft`` argument parser."""
+    p = argparse.ArgumentParser(prog="trioraft", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run a local 3-node KV cluster with a guided tour")
+    demo.add_argument("--tour-only", action="store_true", help="exit after the tour")
+    demo.add_argument("--dir", help="work directory (default: a new temp dir, removed on exit)")
+    demo.add_argument("--keep", action="store_true", help="keep the work directory on exit")
+    demo.set_defaults(fn=_cmd_demo)
+
+    st = sub.add_parser("status", help="show a table of nodes from their /-/status")
+    st.add_argument("urls", nargs="+", metavar="URL", help="HTTP URL of a node")
+    st.add_argument("--timeout", type=float, default=3.0, help="seconds per node")
+    st.set_defaults(fn=_cmd_status)
+
+    wal = sub.add_parser("wal", help="write-ahead log tools")
+    wal_sub = wal.add_subparsers(dest="wal_cmd", required=True, metavar="COMMAND")
+    dump = wal_sub.add_parser("dump", help="print every WAL record")
+    dump.add_argument("dir", metavar="DIR", help="data dir or its wal/ dir")
+    dump.add_argument(
+        "--data-bytes", type=int, default=32, help="bytes of entry data to show (hex)"
+    )
+    dump.set_defaults(fn=_cmd_wal_dump)
+
+    snap = sub.add_parser("snapshot", help="snapshot tools")
+    snap_sub = snap.add_subparsers(dest="snap_cmd", required=True, metavar="COMMAND")
+    for name, text in (
+        ("list", "list the snapshots (newest first)"),
+        ("inspect", "show one snapshot's metadata and files (default: newest)"),
+        ("verify", "check every snapshot file's size and CRC32C; exit 1 on damage"),
+    ):
+        sp = snap_sub.add_parser(name, help=text)
+        sp.add_argument("dir", metavar="DIR", help="data dir or its snap/ dir")
+        if name == "inspect":
+            sp.add_argument("index", nargs="?", type=int, help="snapshot index (default newest)")
+        sp.set_defaults(fn=_cmd_snapshot)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trioraft`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except BrokenPipeError:  # e.g. `trioraft wal dump DIR | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
