@@ -166,6 +166,22 @@ class ReadBatcher:
         for f in self._issued.pop(context, ()):
             f.set_result(index)
 
+    def requeue(self, context: bytes) -> None:
+        """Put the batch issued as ``context`` back in the queue (it could not be issued)."""
+        self._queued[:0] = self._issued.pop(context, [])
+
+    def requeue_all(self) -> None:
+        """Put every issued batch back in the queue (the leader changed; answers to the old
+        contexts are ignored from now on)."""
+        issued, self._issued = self._issued, {}
+        for futures in issued.values():
+            self._queued.extend(f for f in futures if not f.done())
+
+    @property
+    def queued(self) -> bool:
+        """True if requests wait to be issued."""
+        return bool(self._queued)
+
     def failed(self, context: bytes, error: BaseException) -> None:
         """The batch for ``context`` could not be issued."""
         for f in self._issued.pop(context, ()):
