@@ -13,7 +13,14 @@ from collections.abc import Sequence
 
 import attrs
 
-__all__ = ["ExampleFlags", "FlagError", "build_parser", "parse_flags", "parse_raft_url"]
+__all__ = [
+    "ExampleFlags",
+    "FlagError",
+    "build_parser",
+    "parse_flags",
+    "parse_raft_url",
+    "raft_address",
+]
 
 
 class FlagError(ValueError):
@@ -64,8 +71,9 @@ class ExampleFlags:
         return self.cluster[self.id - 1]
 
     def peers(self) -> dict[int, str]:
-        """Raft URLs of every node in ``--cluster`` by id, this one included."""
-        return {i + 1: url for i, url in enumerate(self.cluster)}
+        """Transport addresses (``host:port``) of every node in ``--cluster`` by id, this one
+        included."""
+        return {i + 1: raft_address(url) for i, url in enumerate(self.cluster)}
 
 
 def parse_raft_url(url: str) -> tuple[str, int]:
@@ -87,6 +95,16 @@ def parse_raft_url(url: str) -> tuple[str, int]:
     if parsed.path not in ("", "/") or parsed.query:
         raise FlagError(f"bad raft URL {url!r}: unexpected path or query")
     return parsed.hostname, port
+
+
+def raft_address(url: str) -> str:
+    """The transport address (``host:port``, IPv6 hosts bracketed) of a raft URL.
+
+    Raises:
+        FlagError: when the URL is invalid.
+    """
+    host, port = parse_raft_url(url)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def build_parser(prog: str, *, name: str, snapshot_interval: float) -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from examples.common.flags import FlagError, parse_raft_url
+from examples.common.flags import FlagError, raft_address
 from examples.common.http import Request, Response, json_response, text_response
 from examples.common.metrics import CONTENT_TYPE, ExampleMetrics
 from trioraft.errors import (
@@ -207,13 +207,13 @@ class Service:
         except UnicodeDecodeError:
             raise HttpError(400, "the body must be the new node's raft URL") from None
         try:
-            parse_raft_url(url)
+            address = raft_address(url)
         except FlagError as exc:
             raise HttpError(400, str(exc)) from None
         if req.flag("learner"):
-            await self.call_raft(lambda: self.node.add_learner(node_id, url), proposal=True)
+            await self.call_raft(lambda: self.node.add_learner(node_id, address), proposal=True)
         else:
-            await self.call_raft(lambda: self.node.add_voter(node_id, url), proposal=True)
+            await self.call_raft(lambda: self.node.add_voter(node_id, address), proposal=True)
         return Response(204)
 
 

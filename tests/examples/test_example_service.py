@@ -145,8 +145,8 @@ async def test_membership_routes() -> None:
     r = await service.handle(req("DELETE", "/2"))
     assert r.status == 204
     assert node.members == [
-        ("voter", 4, "http://127.0.0.1:42379"),
-        ("learner", 5, "http://127.0.0.1:52379"),
+        ("voter", 4, "127.0.0.1:42379"),
+        ("learner", 5, "127.0.0.1:52379"),
         ("remove", 2, ""),
     ]
     assert (await service.handle(req("POST", "/4", b"not a url"))).status == 400
