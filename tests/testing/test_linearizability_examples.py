@@ -27,6 +27,7 @@ from trioraft.testing.linearizability import (
     UnknownOutput,
     Verdict,
     check_operations,
+    patch_ambiguous,
 )
 
 KV = KvModel()
@@ -394,3 +395,36 @@ def test_history_recorder() -> None:
     assert (result.operations, result.ambiguous, result.dropped_reads) == (3, 1, 1)
     history.ok(t_pending, KvOutput(value="b"))
     assert check_operations(KV, history.operations()).ok
+
+
+# --- history patching ---------------------------------------------------------------------------
+
+
+def test_patch_ambiguous_drops_unapplied_and_caps_applied() -> None:
+    applied: dict[Hashable, int] = {
+        "a": 1,
+        "b": 2,
+        "c": 3,
+    }  # log order of the unique writes that took effect
+    ops: list[Op] = [
+        put_unknown(0, 0, "a"),  # applied before "c", which returned at 5
+        put_unknown(1, 0, "lost"),  # never applied: removed
+        put(2, 1, 5, "c"),
+        put_unknown(3, 6, "b"),  # applied before "c" but called after it returned: left alone
+        get(4, 7, 8, "c"),
+    ]
+
+    def position(op: Op) -> int | None:
+        return applied.get(op.input.value) if isinstance(op.input, KvPut) else None
+
+    patched = patch_ambiguous(ops, position)
+    assert [op.input for op in patched] == [ops[0].input, ops[2].input, ops[3].input, ops[4].input]
+    assert patched[0].return_time == 5.0
+    assert patched[2].return_time == 6.0  # capped, but never before its own call
+    assert patched[1] is ops[2] and patched[3] is ops[4]
+    # With the cap, "a" can no longer be seen after "c" returned.
+    late_read = get(5, 9, 10, "a")
+    assert check_operations(KV, [*ops, late_read]).verdict is Verdict.OK
+    assert check_operations(KV, patch_ambiguous([*ops, late_read], position)).verdict is (
+        Verdict.ILLEGAL
+    )

@@ -47,6 +47,7 @@ kept for diagnostics.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import math
@@ -73,6 +74,7 @@ __all__ = [
     "UnknownOutput",
     "Verdict",
     "check_operations",
+    "patch_ambiguous",
 ]
 
 logger = logging.getLogger(__name__)
@@ -664,6 +666,56 @@ def check_operations(
         dropped_reads=dropped,
         elapsed=now() - start,
     )
+
+
+def patch_ambiguous(
+    operations: Iterable[Operation[I, O]],
+    position: Callable[[Operation[I, O]], int | None],
+) -> list[Operation[I, O]]:
+    """Use facts learned after the run to narrow ambiguous operations (as etcd's robustness
+    tests do), which keeps the search small.
+
+    ``position(op)`` returns where ``op`` took effect in the replicated log (e.g. the Raft index
+    at which its unique write was applied), or None if it is known never to have taken effect.
+    Then an ambiguous operation with no position is removed, and one with a position gets a
+    return time no later than the earliest return of a completed operation that took effect
+    after it in the log (it must have taken effect before that one did).
+
+    Only valid when ``position`` is read from the complete, final log (every node stopped or
+    converged) and maps each operation to a unique log entry.
+
+    Args:
+        operations: the history.
+        position: log position of an operation's effect, or None (never took effect, or a
+            read that is not in the log; only ambiguous operations are affected).
+
+    Returns:
+        The patched history, in the original order.
+    """
+    ops = list(operations)
+    positions = [position(op) for op in ops]
+    # Earliest return among completed operations at each log position and after it.
+    completed = sorted(
+        (p, op.return_time)
+        for op, p in zip(ops, positions, strict=True)
+        if p is not None and op.output is not UNKNOWN
+    )
+    suffix_min: list[float] = [math.inf] * (len(completed) + 1)
+    for k in range(len(completed) - 1, -1, -1):
+        suffix_min[k] = min(completed[k][1], suffix_min[k + 1])
+    completed_positions = [p for p, _ in completed]
+
+    patched: list[Operation[I, O]] = []
+    for op, p in zip(ops, positions, strict=True):
+        if op.output is not UNKNOWN:
+            patched.append(op)
+        elif p is not None:
+            k = bisect.bisect_right(completed_positions, p)
+            cap = suffix_min[k]
+            if cap < op.return_time:
+                op = attrs.evolve(op, return_time=max(cap, op.call_time))
+            patched.append(op)
+    return patched
 
 
 # ---------------------------------------------------------------------------------------------
