@@ -1,0 +1,830 @@
+"""The write-ahead log: segmented, CRC32C-chained, group-committed.
+
+Layout (one directory, normally ``<data>/wal/``)::
+
+    LOCK                                   flock'ed while a WAL object has the directory open
+    0000000000000000-0000000000000001.wal  segment: <seq:016x>-<first index:016x>.wal
+    0000000000000001-00000000000a1b2c.wal
+    0000000000000001-00000000000a1b2c.wal.broken   original of a repaired torn tail (kept)
+
+Each segment is a sequence of CRC-chained frames (see :mod:`trioraft.storage.records`): a
+:class:`~trioraft.storage.records.SegmentHeader`, the hard state current when the segment was
+started, then entries, hard-state and snapshot-marker records in write order. A brand-new WAL
+starts with the empty marker ``(index 0, term 0)``.
+
+Theory of operation.
+
+* Writing. :meth:`WAL.save` frames every record of the batch into one buffer, issues one write
+  and one ``fdatasync`` and returns only then (group commit: the caller merges many Readys into
+  one call). When the current segment has reached ``segment_bytes`` a new one is started first:
+  header and hard state written and synced, then the directory fsynced, so no acknowledged record
+  can sit in a file whose directory entry may vanish. Any failed write or fsync puts the WAL into
+  a failed state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later
+  write (after a failed fsync the page cache can no longer be trusted).
+* Replay. The WAL is a log of operations, so its state is obtained by applying every record in
+  order: entries replace any suffix from their first index, hard states overwrite, a snapshot
+  marker with ``reset`` drops entries past its index (the follower's log was replaced). Opening
+  "at" snapshot marker S applies the whole log but materializes only entries above S.
+* Markers and the log reset. :meth:`WAL.save_snapshot_marker` decides ``reset`` itself: the
+  snapshot replaced the log iff the log does not hold an entry at the snapshot's index with the
+  snapshot's term. This keeps stale entries of an older term out of a follower's log after an
+  install (they would make its log look less up to date than it is in elections).
+* Damage. Reading a segment stops at the first frame that is short, runs past the end of the
+  file, has a bad CRC, or has a zero length. In the last segment that is a torn write when the
+  frame reaches into a zero-filled tail, runs past the end of the file, or overlaps an all-zero
+  512-byte sector, and no valid frame follows it; the file is copied to ``<name>.broken``,
+  truncated to the last good frame and fsynced. Anything else (or any damage in an earlier
+  segment) raises :class:`~trioraft.errors.StorageCorrupted` with the file and offset.
+* Release. :meth:`WAL.release_to` deletes whole segments whose entries are all below the given
+  index, oldest first, never the segment holding the newest snapshot marker the durable commit
+  index has reached (so a restart can always find its marker and the hard state behind it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import os
+import re
+import threading
+from collections.abc import Sequence
+from typing import Final, NoReturn
+
+import attrs
+
+from trioraft.core.encoding import DecodeError
+from trioraft.core.types import Entry, HardState, SnapshotMeta
+from trioraft.errors import StorageCorrupted, StorageFailed
+from trioraft.storage.fs import (
+    REAL_FS,
+    FileLock,
+    FileSystem,
+    LockHeldError,
+    ensure_dir,
+    read_file,
+    write_file_durably,
+)
+from trioraft.storage.records import (
+    FRAME_HEADER,
+    MAX_RECORD_BYTES,
+    EntriesRecord,
+    HardStateRecord,
+    SegmentHeader,
+    SnapshotRecord,
+    WalRecord,
+    check_entries,
+    decode_record,
+    encode_record,
+    frame,
+    frame_crc,
+    pack_entries,
+    record_terms,
+    unpack_entries,
+)
+
+__all__ = ["DEFAULT_SEGMENT_BYTES", "WAL", "WalContents", "segment_name"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES: Final = 64 << 20
+LOCK_NAME: Final = "LOCK"
+_SEGMENT_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
+_SECTOR = 512
+_EMPTY_MARKER = SnapshotMeta(0, 0)
+
+
+def segment_name(seq: int, first_index: int) -> str:
+    """File name of a segment."""
+    return f"{seq:016x}-{first_index:016x}.wal"
+
+
+@attrs.frozen
+class WalContents:
+    """What :meth:`WAL.open` read back.
+
+    Attributes:
+        hard_state: the newest hard state (``HardState()`` if none was ever saved).
+        entries: the entries after ``snapshot`` (consecutive, starting at its index + 1).
+        snapshot: the marker reading started from; ``None`` for the empty (index 0) marker.
+    """
+
+    hard_state: HardState
+    entries: list[Entry]
+    snapshot: SnapshotMeta | None
+
+
+@attrs.define
+class _Segment:
+    seq: int
+    first_index: int
+    path: str
+
+
+@attrs.define
+class _Damage:
+    offset: int
+    detail: str
+    torn: bool
+
+
+@attrs.define
+class _Scan:
+    """Everything read from the segments: ``records`` are (segment position, offset, record)."""
+
+    records: list[tuple[int, int, WalRecord]] = attrs.field(factory=list)
+    tail_offset: int = 0
+    tail_crc: int = 0
+
+
+class WAL:
+    """A write-ahead log in one directory. Open with :meth:`WAL.open`; synchronous and
+    thread-safe (one writer at a time)."""
+
+    def __init__(
+        self,
+        *,
+        fs: FileSystem,
+        directory: str,
+        lock: FileLock,
+        segment_bytes: int,
+    ) -> None:
+        """Internal: use :meth:`WAL.open`."""
+        self._fs = fs
+        self._dir = directory
+        self._lock: FileLock | None = lock
+        self._segment_bytes = segment_bytes
+        self._mu = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._fd: int | None = None
+        self._offset = 0
+        self._crc = 0
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._hs = HardState()
+        #: (marker, segment seq) in write order
+        self._markers: list[tuple[SnapshotMeta, int]] = []
+        # the log as the writer knows it: entries (base_index, last_index], terms in runs
+        self._base_index = 0
+        self._base_term = 0
+        self._last_index = 0
+        self._run_starts: list[int] = []
+        self._run_terms: list[int] = []
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        *,
+        fs: FileSystem = REAL_FS,
+        at: SnapshotMeta | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> tuple[WAL, WalContents]:
+        """Open (creating if empty) the WAL in ``directory`` and read it back.
+
+        Args:
+            directory: the WAL directory (created with its parents if missing).
+            fs: the file system.
+            at: the snapshot to start reading from: the marker with the same index and term, or
+                else the newest marker at or below its index. ``None`` reads from the empty
+                (index 0) marker, i.e. the whole log of a WAL that was never released.
+            segment_bytes: size at which a new segment is started.
+
+        Returns:
+            The open WAL (holding the directory lock until :meth:`close`) and its contents.
+
+        Raises:
+            StorageFailed: the directory is locked by another opener, or an I/O error.
+            StorageCorrupted: damage before the tail (names the file and offset), a missing
+                segment, or no marker at or below ``at``.
+        """
+        wal, scan = cls._open_scan(directory, fs=fs, segment_bytes=segment_bytes)
+        try:
+            contents = wal._replay(scan, at)
+        except BaseException:
+            wal.close()
+            raise
+        return wal, contents
+
+    @classmethod
+    def _open_scan(cls, directory: str, *, fs: FileSystem, segment_bytes: int) -> tuple[WAL, _Scan]:
+        if segment_bytes <= 0:
+            raise ValueError("segment_bytes must be positive")
+        directory = os.path.abspath(directory)
+        try:
+            ensure_dir(fs, directory)
+            lock = fs.lock(os.path.join(directory, LOCK_NAME))
+        except LockHeldError as exc:
+            raise StorageFailed(
+                f"WAL directory {directory} is already in use: {exc.strerror} "
+                "(another trioraft node or WAL object has it open)"
+            ) from exc
+        except OSError as exc:
+            raise StorageFailed(f"cannot open WAL directory {directory}: {exc}") from exc
+        wal = cls(fs=fs, directory=directory, lock=lock, segment_bytes=segment_bytes)
+        try:
+            scan = wal._scan()
+        except BaseException:
+            wal.close()
+            raise
+        return wal, scan
+
+    def _scan(self) -> _Scan:
+        fs = self._fs
+        try:
+            segments = self._list_segments()
+            scan = _Scan()
+            prev_crc = 0
+            i = 0
+            while i < len(segments):
+                seg = segments[i]
+                last = i == len(segments) - 1
+                data = read_file(fs, seg.path)
+                records, end, crc, damage = _parse(data)
+                if records or damage is None:
+                    problem = _check_header(records, seg, prev_crc, i > 0)
+                    if problem is not None:
+                        raise StorageCorrupted(seg.path, problem, 0)
+                if damage is not None:
+                    if not last or not damage.torn:
+                        raise StorageCorrupted(seg.path, damage.detail, damage.offset)
+                    if not records:
+                        # nothing valid at all: an interrupted segment start; set it aside
+                        self._set_aside(seg, data, damage)
+                        segments.pop()
+                        break
+                    self._repair(seg, data, end, damage)
+                for off, rec in records:
+                    scan.records.append((i, off, rec))
+                prev_crc = crc
+                scan.tail_offset = end
+                scan.tail_crc = crc
+                i += 1
+            self._segments = segments
+            if not segments:
+                self._create_first()
+                scan = _Scan()
+                for off, rec in self._initial_records():
+                    scan.records.append((0, off, rec))
+                scan.tail_offset = self._offset
+                scan.tail_crc = self._crc
+            else:
+                tail = segments[-1]
+                self._fd = fs.open(tail.path, "r+")
+                fs.seek(self._fd, scan.tail_offset)
+                self._offset = scan.tail_offset
+                self._crc = scan.tail_crc
+        except OSError as exc:
+            raise StorageFailed(f"cannot read WAL in {self._dir}: {exc}") from exc
+        for pos, _off, rec in scan.records:
+            if isinstance(rec, SnapshotRecord):
+                self._markers.append((rec.meta, self._segments[pos].seq))
+        return scan
+
+    def _list_segments(self) -> list[_Segment]:
+        found: list[_Segment] = []
+        for name in self._fs.listdir(self._dir):
+            m = _SEGMENT_RE.match(name)
+            if m:
+                found.append(
+                    _Segment(
+                        int(m.group(1), 16), int(m.group(2), 16), os.path.join(self._dir, name)
+                    )
+                )
+        found.sort(key=lambda s: s.seq)
+        for a, b in itertools.pairwise(found):
+            if b.seq == a.seq:
+                raise StorageCorrupted(b.path, f"two segments with sequence number {a.seq}")
+            if b.seq != a.seq + 1:
+                raise StorageCorrupted(
+                    b.path, f"WAL segment with sequence number {a.seq + 1} is missing"
+                )
+        return found
+
+    def _set_aside(self, seg: _Segment, data: bytes, damage: _Damage) -> None:
+        broken = seg.path + ".broken"
+        fs = self._fs
+        if fs.exists(broken):
+            fs.remove(broken)
+        fs.rename(seg.path, broken)
+        fs.fsync_dir(self._dir)
+        log.warning(
+            "WAL %s: no complete record (%s at offset %d, %d bytes); an interrupted segment "
+            "start, moved aside to %s",
+            seg.path,
+            damage.detail,
+            damage.offset,
+            len(data),
+            broken,
+        )
+
+    def _repair(self, seg: _Segment, data: bytes, end: int, damage: _Damage) -> None:
+        fs = self._fs
+        broken = seg.path + ".broken"
+        if fs.exists(broken):
+            fs.remove(broken)
+        write_file_durably(fs, broken, data)
+        fs.fsync_dir(self._dir)
+        fd = fs.open(seg.path, "r+")
+        try:
+            fs.truncate(fd, end)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        log.warning(
+            "WAL %s: torn tail repaired (%s at offset %d); truncated from %d to %d bytes, "
+            "original kept as %s",
+            seg.path,
+            damage.detail,
+            damage.offset,
+            len(data),
+            end,
+            broken,
+        )
+
+    def _initial_records(self) -> list[tuple[int, WalRecord]]:
+        return [
+            (0, SegmentHeader(seq=0, first_index=1, prev_crc=0)),
+            (-1, SnapshotRecord(_EMPTY_MARKER)),
+        ]
+
+    def _create_first(self) -> None:
+        fs = self._fs
+        seg = _Segment(0, 1, os.path.join(self._dir, segment_name(0, 1)))
+        fd = fs.open(seg.path, "w")
+        buf, crc = _frames([rec for _, rec in self._initial_records()], 0)
+        try:
+            fs.write(fd, buf)
+            fs.fdatasync(fd)
+            fs.fsync_dir(self._dir)
+        except BaseException:
+            fs.close(fd)
+            raise
+        self._segments = [seg]
+        self._fd = fd
+        self._offset = len(buf)
+        self._crc = crc
+        log.info("WAL %s: created", self._dir)
+
+    def _replay(self, scan: _Scan, at: SnapshotMeta | None) -> WalContents:
+        """Apply every record in order; keep the entries above the chosen marker."""
+        start = self._choose_start(scan, at)
+        base = start.index
+        ents: list[Entry] = []
+        hs = HardState()
+        for pos, off, rec in scan.records:
+            if isinstance(rec, EntriesRecord):
+                first = rec.first_index
+                last = first + rec.count - 1
+                if last <= base:
+                    continue
+                lo = max(first, base + 1)
+                cut = lo - base - 1
+                if cut > len(ents):
+                    raise StorageCorrupted(
+                        self._segments[pos].path,
+                        f"entries {base + len(ents) + 1}..{lo - 1} are missing (reading from "
+                        f"snapshot marker {base}/{start.term})",
+                        off,
+                    )
+                del ents[cut:]
+                ents.extend(unpack_entries(rec, lo - first))
+            elif isinstance(rec, HardStateRecord):
+                hs = rec.hard_state
+            elif isinstance(rec, SnapshotRecord):
+                if rec.hard_state is not None:
+                    hs = rec.hard_state
+                if rec.reset:
+                    del ents[max(0, rec.meta.index - base) :]
+        self._hs = hs
+        self._base_index = base
+        self._base_term = start.term
+        self._last_index = base + len(ents)
+        self._run_starts = []
+        self._run_terms = []
+        for e in ents:
+            if not self._run_terms or self._run_terms[-1] != e.term:
+                self._run_starts.append(e.index)
+                self._run_terms.append(e.term)
+        log.info(
+            "WAL %s: opened at snapshot %d/%d: %d entries (last %d), hard state term %d vote %d "
+            "commit %d",
+            self._dir,
+            start.index,
+            start.term,
+            len(ents),
+            self._last_index,
+            hs.term,
+            hs.vote,
+            hs.commit,
+        )
+        return WalContents(hs, ents, start if start.index > 0 else None)
+
+    def _choose_start(self, scan: _Scan, at: SnapshotMeta | None) -> SnapshotMeta:
+        target = at if at is not None else _EMPTY_MARKER
+        exact: SnapshotMeta | None = None
+        best: SnapshotMeta | None = None
+        for _pos, _off, rec in scan.records:
+            if isinstance(rec, SnapshotRecord):
+                m = rec.meta
+                if m.index == target.index and m.term == target.term:
+                    exact = m
+                if m.index <= target.index and (best is None or m.index >= best.index):
+                    best = m
+        chosen = exact or best
+        if chosen is None:
+            oldest = self._segments[0].path if self._segments else self._dir
+            raise StorageCorrupted(
+                oldest,
+                f"the WAL holds no snapshot marker at or below index {target.index} (its older "
+                "segments were released; open it at a snapshot it references)",
+            )
+        if at is not None and (chosen.index, chosen.term) != (at.index, at.term):
+            log.warning(
+                "WAL %s: no marker for snapshot %d/%d; reading from marker %d/%d",
+                self._dir,
+                at.index,
+                at.term,
+                chosen.index,
+                chosen.term,
+            )
+        return chosen
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
+        """Durably append ``entries`` and record ``hard_state``: one write, one fdatasync.
+
+        Entries must be consecutive and start at most one past the last index; starting at or
+        below the last index replaces the log from there on. Returns once durable.
+
+        Raises:
+            StorageFailed: a write or fsync failed (now or earlier); the WAL refuses all further
+                writes.
+            ValueError: entries are not consecutive or leave a gap (nothing is written).
+        """
+        with self._mu:
+            self._check_writable()
+            records: list[WalRecord] = []
+            first = last = 0
+            if entries:
+                first = entries[0].index
+                last = entries[-1].index
+                if last - first != len(entries) - 1:
+                    raise ValueError(f"entries {first}..{last} are not consecutive")
+                if first > self._last_index + 1:
+                    raise ValueError(
+                        f"entries start at {first}, leaving a gap after {self._last_index}"
+                    )
+                if first <= 0:
+                    raise ValueError("entry indexes start at 1")
+                records.extend(pack_entries(entries))
+            if hard_state is not None and hard_state != self._hs:
+                records.append(HardStateRecord(hard_state))
+            if not records:
+                return
+            self._write(records)
+            if entries:
+                self._note_entries(records, first, last)
+            if hard_state is not None:
+                self._hs = hard_state
+
+    def save_snapshot_marker(self, meta: SnapshotMeta) -> None:
+        """Record that the snapshot ``meta`` is durably in the snapshot store (call only after
+        the store's commit returned). Durable on return.
+
+        If the log does not hold an entry at ``meta.index`` with ``meta.term`` (a follower
+        installing a snapshot), the log is reset: entries above the snapshot are dropped.
+
+        Raises:
+            StorageFailed: as for :meth:`save`.
+        """
+        with self._mu:
+            self._check_writable()
+            reset = self._replaces_log(meta)
+            self._write([SnapshotRecord(meta, reset)])
+            self._markers.append((meta, self._segments[-1].seq))
+            if reset:
+                self._base_index = meta.index
+                self._base_term = meta.term
+                self._last_index = meta.index
+                self._run_starts.clear()
+                self._run_terms.clear()
+            log.info(
+                "WAL %s: snapshot marker %d/%d recorded%s",
+                self._dir,
+                meta.index,
+                meta.term,
+                " (log reset)" if reset else "",
+            )
+
+    def release_to(self, index: int) -> None:
+        """Delete segments whose entries all lie below ``index`` (oldest first).
+
+        Never deletes the segment holding the newest snapshot marker at or below the durable
+        commit index, nor anything after it, nor the current segment.
+
+        Raises:
+            StorageFailed: as for :meth:`save`.
+        """
+        with self._mu:
+            self._check_writable()
+            usable = [(m, seq) for m, seq in self._markers if m.index <= self._hs.commit]
+            if not usable:
+                return
+            newest = max(m.index for m, _ in usable)
+            keep_seq = min(seq for m, seq in usable if m.index == newest)
+            limit = min(index, newest)
+            removed: list[str] = []
+            try:
+                while len(self._segments) > 1:
+                    seg, nxt = self._segments[0], self._segments[1]
+                    if seg.seq >= keep_seq or nxt.first_index > limit:
+                        break
+                    self._fs.remove(seg.path)
+                    # one directory fsync per segment keeps the survivors a contiguous run
+                    self._fs.fsync_dir(self._dir)
+                    self._segments.pop(0)
+                    removed.append(os.path.basename(seg.path))
+            except OSError as exc:
+                self._fail(exc, "releasing segments")
+            if removed:
+                first_seq = self._segments[0].seq
+                self._markers = [(m, s) for m, s in self._markers if s >= first_seq]
+                log.info("WAL %s: released %s (up to index %d)", self._dir, removed, limit)
+
+    def snapshot_markers(self) -> list[SnapshotMeta]:
+        """The snapshot markers still in the WAL (index > 0), in the order they were written."""
+        with self._mu:
+            return [m for m, _ in self._markers if m.index > 0]
+
+    def close(self) -> None:
+        """Close the current segment and release the directory lock (idempotent)."""
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+            fd, self._fd = self._fd, None
+            lock, self._lock = self._lock, None
+            try:
+                if fd is not None:
+                    self._fs.close(fd)
+            except OSError as exc:
+                log.warning("WAL %s: close failed: %s", self._dir, exc)
+            finally:
+                if lock is not None:
+                    lock.release()
+
+    def __enter__(self) -> WAL:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        """The WAL directory (absolute)."""
+        return self._dir
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last durable entry (or of the snapshot the log starts after)."""
+        return self._last_index
+
+    @property
+    def hard_state(self) -> HardState:
+        """The last durable hard state."""
+        return self._hs
+
+    @property
+    def failed(self) -> bool:
+        """True once a write or fsync failed (the WAL refuses further writes)."""
+        return self._failed is not None
+
+    def segment_paths(self) -> list[str]:
+        """Paths of the live segments, oldest first."""
+        with self._mu:
+            return [s.path for s in self._segments]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StorageFailed(f"WAL {self._dir} is closed")
+        if self._failed is not None:
+            raise StorageFailed(
+                f"WAL {self._dir} failed earlier ({self._failed}); it refuses further writes"
+            )
+
+    def _fail(self, exc: OSError, what: str) -> NoReturn:
+        self._failed = exc
+        log.error("WAL %s: %s failed: %s; refusing further writes", self._dir, what, exc)
+        raise StorageFailed(f"WAL {self._dir}: {what} failed: {exc}") from exc
+
+    def _write(self, records: list[WalRecord]) -> None:
+        if self._offset >= self._segment_bytes:
+            self._cut()
+        buf, crc = _frames(records, self._crc)
+        fd = self._fd
+        assert fd is not None
+        try:
+            self._fs.write(fd, buf)
+            self._fs.fdatasync(fd)
+        except OSError as exc:
+            self._fail(exc, "append")
+        self._offset += len(buf)
+        self._crc = crc
+
+    def _cut(self) -> None:
+        """Start a new segment: header and current hard state synced, then the directory."""
+        fs = self._fs
+        prev = self._segments[-1]
+        seq = prev.seq + 1
+        first = self._last_index + 1
+        seg = _Segment(seq, first, os.path.join(self._dir, segment_name(seq, first)))
+        buf, crc = _frames(
+            [
+                SegmentHeader(seq=seq, first_index=first, prev_crc=self._crc),
+                HardStateRecord(self._hs),
+            ],
+            0,
+        )
+        try:
+            fd = fs.open(seg.path, "w")
+        except OSError as exc:
+            self._fail(exc, f"creating segment {seg.path}")
+        try:
+            fs.write(fd, buf)
+            fs.fdatasync(fd)
+            fs.fsync_dir(self._dir)
+        except OSError as exc:
+            try:
+                fs.close(fd)
+            finally:
+                self._fail(exc, f"starting segment {seg.path}")
+        old = self._fd
+        self._fd = fd
+        self._segments.append(seg)
+        self._offset = len(buf)
+        self._crc = crc
+        if old is not None:
+            try:
+                fs.close(old)
+            except OSError as exc:  # the old segment is fully synced already
+                log.warning("WAL %s: closing %s failed: %s", self._dir, prev.path, exc)
+        log.debug("WAL %s: started segment %s", self._dir, seg.path)
+
+    def _note_entries(self, records: list[WalRecord], first: int, last: int) -> None:
+        if first <= self._base_index:
+            self._run_starts.clear()
+            self._run_terms.clear()
+        else:
+            k = bisect.bisect_left(self._run_starts, first)
+            del self._run_starts[k:]
+            del self._run_terms[k:]
+        for rec in records:
+            if not isinstance(rec, EntriesRecord):
+                continue
+            terms = record_terms(rec)
+            t0 = terms[0]
+            if t0 == terms[-1] and terms.count(t0) == len(terms):
+                self._add_run(rec.first_index, t0)
+            else:
+                for i, t in enumerate(terms):
+                    self._add_run(rec.first_index + i, t)
+        self._last_index = last
+
+    def _add_run(self, index: int, term: int) -> None:
+        if index <= self._base_index:
+            return
+        if not self._run_terms or self._run_terms[-1] != term:
+            self._run_starts.append(index)
+            self._run_terms.append(term)
+
+    def _term_at(self, index: int) -> int | None:
+        if index == self._base_index:
+            return self._base_term
+        if index < self._base_index or index > self._last_index:
+            return None
+        k = bisect.bisect_right(self._run_starts, index) - 1
+        return self._run_terms[k] if k >= 0 else None
+
+    def _replaces_log(self, meta: SnapshotMeta) -> bool:
+        if meta.index < self._base_index:
+            log.warning(
+                "WAL %s: snapshot marker %d/%d is older than the log's base %d",
+                self._dir,
+                meta.index,
+                meta.term,
+                self._base_index,
+            )
+            return False
+        return self._term_at(meta.index) != meta.term
+
+
+# ---------------------------------------------------------------------------------------------
+# framing helpers
+
+
+def _frames(records: Sequence[WalRecord], crc: int) -> tuple[bytes, int]:
+    parts: list[bytes] = []
+    for rec in records:
+        payload = encode_record(rec)
+        header, crc = frame(payload, crc)
+        parts.append(header)
+        parts.append(payload)
+    return b"".join(parts), crc
+
+
+def _check_header(
+    records: list[tuple[int, WalRecord]], seg: _Segment, prev_crc: int, has_prev: bool
+) -> str | None:
+    if not records:
+        return "segment has no header"
+    head = records[0][1]
+    if not isinstance(head, SegmentHeader):
+        return "segment does not start with a header record"
+    if head.seq != seg.seq or head.first_index != seg.first_index:
+        return (
+            f"segment header says seq {head.seq} first index {head.first_index}, "
+            "which does not match the file name"
+        )
+    if has_prev and head.prev_crc != prev_crc:
+        return "segment header's CRC link does not match the previous segment"
+    for off, rec in records[1:]:
+        if isinstance(rec, SegmentHeader):
+            return f"unexpected segment header at offset {off}"
+    return None
+
+
+def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage | None]:
+    """Split a segment into records. Returns (records with offsets, end of the last good frame,
+    chained CRC there, damage or None)."""
+    out: list[tuple[int, WalRecord]] = []
+    view = memoryview(buf)
+    n = len(buf)
+    off = 0
+    crc = 0
+    unpack = FRAME_HEADER.unpack_from
+    while off < n:
+        if n - off < FRAME_HEADER.size:
+            return out, off, crc, _Damage(off, "incomplete frame header", True)
+        length, stored = unpack(buf, off)
+        end = off + FRAME_HEADER.size + length
+        if length == 0 or length > MAX_RECORD_BYTES or end > n:
+            return out, off, crc, _classify(buf, off, length, stored, crc)
+        actual = frame_crc(view[off : off + 4], view[off + 8 : end], crc)
+        if actual != stored:
+            return out, off, crc, _classify(buf, off, length, stored, crc)
+        try:
+            rec = decode_record(buf[off + 8 : end])
+        except DecodeError as exc:
+            return out, off, crc, _Damage(off, f"undecodable record: {exc}", False)
+        if isinstance(rec, EntriesRecord):
+            problem = check_entries(rec)
+            if problem is not None:
+                return out, off, crc, _Damage(off, problem, False)
+        out.append((off, rec))
+        crc = actual
+        off = end
+    return out, off, crc, None
+
+
+def _classify(buf: bytes, off: int, length: int, stored: int, crc: int) -> _Damage:
+    """Decide whether a bad frame at ``off`` is a torn write (repairable in the last segment)
+    or corruption."""
+    n = len(buf)
+    end = off + FRAME_HEADER.size + length
+    if length == 0:
+        what = "zero-length frame"
+    elif length > MAX_RECORD_BYTES:
+        what = f"implausible frame length {length}"
+    elif end > n:
+        what = f"frame of {length} bytes runs past the end of the file ({n} bytes)"
+    else:
+        what = "CRC mismatch"
+    # A frame that was once written whole and later damaged is followed by a valid frame
+    # chained from its stored CRC; a torn write never is.
+    if 0 < length <= MAX_RECORD_BYTES and end + FRAME_HEADER.size <= n:
+        nlen, nstored = FRAME_HEADER.unpack_from(buf, end)
+        nend = end + FRAME_HEADER.size + nlen
+        if 0 < nlen <= MAX_RECORD_BYTES and nend <= n:
+            view = memoryview(buf)
+            if frame_crc(view[end : end + 4], view[end + 8 : nend], stored) == nstored:
+                return _Damage(off, what + " (a valid record follows)", False)
+    if end > n and length <= MAX_RECORD_BYTES:
+        return _Damage(off, what, True)
+    span_end = min(n, max(end, off + FRAME_HEADER.size))
+    nonzero_end = len(buf.rstrip(b"\0"))
+    if nonzero_end < span_end:
+        return _Damage(off, what + " (zero-filled tail)", True)
+    first_sector = off - off % _SECTOR
+    for s in range(first_sector, span_end, _SECTOR):
+        chunk = buf[s : min(s + _SECTOR, n)]
+        if not chunk.strip(b"\0"):
+            return _Damage(off, what + f" (zeroed sector at {s})", True)
+    return _Damage(off, what, False)
