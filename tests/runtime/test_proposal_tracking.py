@@ -1,0 +1,84 @@
+"""Proposal correlation by (term, index), read batching and applied waiters."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trioraft.errors import AmbiguousOutcome, NodeStopped, ProposalDropped
+from trioraft.runtime.proposals import AppliedWaiters, Future, ProposalTracker, ReadBatcher
+
+
+def test_same_term_resolves_other_term_supersedes() -> None:
+    t = ProposalTracker()
+    a: Future[object] = Future()
+    b: Future[object] = Future()
+    t.add(5, 2, a)
+    t.add(6, 2, b)
+    t.applied(5, 2, "ok")
+    t.applied(6, 3, "someone else's")
+    assert a.result() == "ok"
+    with pytest.raises(ProposalDropped) as info:
+        b.result()
+    assert info.value.reason == "superseded"
+    assert len(t) == 0
+
+
+def test_snapshot_cover_is_ambiguous_and_fail_all() -> None:
+    t = ProposalTracker()
+    fs = [Future[object]() for _ in range(3)]
+    for i, f in enumerate(fs, start=10):
+        t.add(i, 1, f)
+    t.covered_by_snapshot(11)
+    with pytest.raises(AmbiguousOutcome):
+        fs[0].result()
+    with pytest.raises(AmbiguousOutcome):
+        fs[1].result()
+    assert not fs[2].done()
+    t.fail_all(NodeStopped("bye"))
+    with pytest.raises(NodeStopped):
+        fs[2].result()
+
+
+def test_future_first_outcome_wins() -> None:
+    f: Future[int] = Future()
+    f.set_result(1)
+    f.set_exception(RuntimeError())
+    f.set_result(2)
+    assert f.result() == 1
+
+
+def test_read_batches_share_a_context() -> None:
+    r = ReadBatcher(7)
+    f1, f2, f3 = Future[int](), Future[int](), Future[int]()
+    r.queue(f1)
+    r.queue(f2)
+    batch = r.take_batch()
+    assert batch is not None
+    ctx, futures = batch
+    assert futures == [f1, f2] and ctx[:8] == (7).to_bytes(8, "big")
+    r.queue(f3)
+    ctx2, _ = r.take_batch() or (b"", [])
+    assert ctx2 != ctx
+    r.resolved(ctx, 42)
+    assert f1.result() == 42 and f2.result() == 42 and not f3.done()
+    r.requeue_all()
+    assert r.queued
+    assert r.take_batch() is not None
+    r.fail_all(NodeStopped("x"))
+    with pytest.raises(NodeStopped):
+        f3.result()
+    assert r.take_batch() is None
+
+
+async def test_applied_waiters() -> None:
+    w = AppliedWaiters()
+    e5, e3 = w.add(5), w.add(3)
+    w.advance(4)
+    assert e3.is_set() and not e5.is_set()
+    w.advance(5)
+    assert e5.is_set()
+    e9 = w.add(9)
+    w.wake_all()
+    assert e9.is_set()
+    await trio.lowlevel.checkpoint()
