@@ -65,7 +65,12 @@ class FakeReader:
 
 def make_writer(builder: FakeBuilder, chunk: int = 8) -> SnapshotWriter:
     return SnapshotWriter(
-        builder, INLINE_DISK, index=7, term=2, conf=ConfState(voters=frozenset({1})), chunk_bytes=chunk
+        builder,
+        INLINE_DISK,
+        index=7,
+        term=2,
+        conf=ConfState(voters=frozenset({1})),
+        chunk_bytes=chunk,
     )
 
 

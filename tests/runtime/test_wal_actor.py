@@ -46,8 +46,12 @@ def test_merge_replaces_conflicting_suffix() -> None:
     assert len(acc) == 2
 
 
-def job(n: int, entries: tuple[Entry, ...] = (), hs: HardState | None = None, **kw: Any) -> PersistJob:
-    return PersistJob(number=n, hard_state=hs, entries=entries, snapshot=kw.get("snapshot"), messages=())
+def job(
+    n: int, entries: tuple[Entry, ...] = (), hs: HardState | None = None, **kw: Any
+) -> PersistJob:
+    return PersistJob(
+        number=n, hard_state=hs, entries=entries, snapshot=kw.get("snapshot"), messages=()
+    )
 
 
 async def test_one_save_per_batch_and_ordering() -> None:
