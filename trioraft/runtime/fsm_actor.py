@@ -25,7 +25,7 @@ import trio
 
 from trioraft.codec import decode, decode_conf_change, encode
 from trioraft.core.types import ConfChange, ConfChangeType, ConfState, Entry, EntryKind
-from trioraft.errors import StorageCorrupted
+from trioraft.errors import ProposalDropped, StorageCorrupted
 from trioraft.runtime.disk import DiskExecutor
 from trioraft.runtime.items import (
     Applied,
@@ -33,6 +33,7 @@ from trioraft.runtime.items import (
     Captured,
     CaptureJob,
     HookJob,
+    Restored,
     RestoreJob,
 )
 from trioraft.runtime.proposals import AppliedWaiters, ProposalTracker
@@ -216,9 +217,19 @@ class FsmActor:
                 cc = decode_conf_change(e.data)
                 self.applied = e.index
                 self.applied_term = e.term
-                self._apply_conf_change(e.index, cc)
-                proposals.applied(e.index, e.term, self.conf)
-                await call_hook(sm, "on_conf_committed", e.index, self.conf)
+                try:
+                    self._apply_conf_change(e.index, cc)
+                except ValueError as exc:
+                    # The core refuses the same change the same way: the configuration stays.
+                    log.warning(
+                        "node %d: membership change at %d ignored: %s", self._id, e.index, exc
+                    )
+                    proposals.failed(
+                        e.index, e.term, ProposalDropped("conf-change-invalid", str(exc))
+                    )
+                else:
+                    proposals.applied(e.index, e.term, self.conf)
+                    await call_hook(sm, "on_conf_committed", e.index, self.conf)
             n += 1
             if n % _APPLY_SLICE == 0:
                 self._report()
@@ -234,15 +245,20 @@ class FsmActor:
         self.conf = self._conf_applier(self.conf, cc)
         old = dict(self.members)
         address = cc.context.decode("utf-8", "replace") if cc.context else ""
+        removed: set[int] = set()
         for single in cc.changes:
             if single.type == ConfChangeType.REMOVE:
                 self.members.pop(single.node_id, None)
+                removed.add(single.node_id)
             elif address and len(cc.changes) == 1:
                 self.members[single.node_id] = address
         # Forget addresses of nodes no longer in any role.
         for nid in [n for n in self.members if n not in self.conf.all_nodes()]:
             del self.members[nid]
         self._sync_peers(old, self.members)
+        for nid in removed - set(old):
+            if nid != self._id and nid not in self.conf.all_nodes():
+                self._peers.remove_peer(nid)
         log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
 
     def _sync_peers(self, old: dict[int, str], new: dict[int, str]) -> None:
@@ -262,6 +278,7 @@ class FsmActor:
                 meta.index,
                 self.applied,
             )
+            self._raft_inbox.send_nowait(Restored(meta.index))
             return
         stored = await self._disk(self._store.get, meta.index)
         if stored is None or stored.term != meta.term:
@@ -269,6 +286,7 @@ class FsmActor:
                 f"snap/{meta.index}", f"snapshot {meta.index}/{meta.term} to install is missing"
             )
         await self.load_snapshot(stored, install=True)
+        self._raft_inbox.send_nowait(Restored(meta.index))
         self._report()
         self._on_installed(stored)
 

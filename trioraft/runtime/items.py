@@ -37,6 +37,7 @@ __all__ = [
     "ReadReq",
     "ReleaseJob",
     "RestoreJob",
+    "Restored",
     "SnapshotStatus",
     "TransferReq",
 ]
@@ -99,6 +100,13 @@ class Persisted:
 @attrs.frozen(eq=False)
 class Applied:
     """The FSM actor applied up to ``index``."""
+
+    index: int
+
+
+@attrs.frozen(eq=False)
+class Restored:
+    """The FSM actor finished (or skipped) the restore of an installed snapshot."""
 
     index: int
 
