@@ -99,16 +99,20 @@ def status_document(status: Any, *, node_id: int, addresses: Mapping[int, str]) 
         "snapshots_sent": doc.pop("snapshots_sent", None),
     }
     progress = doc.pop("progress", None) or {}
+    members = doc.pop("members", None)
+    known = dict(addresses)
+    if isinstance(members, dict):
+        known.update({int(k): str(v) for k, v in members.items() if v})
     conf = doc.get("conf") or {}
-    members: set[int] = set()
+    in_conf: set[int] = set()
     if isinstance(conf, dict):
         for key in ("voters", "learners", "voters_outgoing", "learners_next"):
-            members.update(int(x) for x in conf.get(key) or ())
+            in_conf.update(int(x) for x in conf.get(key) or ())
     peers: dict[str, Any] = {}
-    for pid in sorted(members | set(addresses) | {int(p) for p in progress}):
+    for pid in sorted(in_conf | set(known) | {int(p) for p in progress}):
         if pid == node_id:
             continue
-        entry: dict[str, Any] = {"address": addresses.get(pid)}
+        entry: dict[str, Any] = {"address": known.get(pid)}
         if isinstance(conf, dict):
             if pid in (conf.get("learners") or ()):
                 entry["member"] = "learner"
