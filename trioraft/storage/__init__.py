@@ -9,6 +9,13 @@ from trioraft.storage.fs import FileSystem as FileSystem
 from trioraft.storage.fs import NoSyncFileSystem as NoSyncFileSystem
 from trioraft.storage.fs import SimulatedCrash as SimulatedCrash
 from trioraft.storage.fs import SimulatedFileSystem as SimulatedFileSystem
+from trioraft.storage.recovery import Recovered as Recovered
+from trioraft.storage.recovery import recover as recover
+from trioraft.storage.snapshots import SnapshotBuilder as SnapshotBuilder
+from trioraft.storage.snapshots import SnapshotFileInfo as SnapshotFileInfo
+from trioraft.storage.snapshots import SnapshotReader as SnapshotReader
+from trioraft.storage.snapshots import SnapshotStore as SnapshotStore
+from trioraft.storage.snapshots import StoredSnapshot as StoredSnapshot
 from trioraft.storage.wal import WAL as WAL
 from trioraft.storage.wal import WalContents as WalContents
 
@@ -17,7 +24,14 @@ __all__ = [
     "WAL",
     "FileSystem",
     "NoSyncFileSystem",
+    "Recovered",
     "SimulatedCrash",
     "SimulatedFileSystem",
+    "SnapshotBuilder",
+    "SnapshotFileInfo",
+    "SnapshotReader",
+    "SnapshotStore",
+    "StoredSnapshot",
     "WalContents",
+    "recover",
 ]
