@@ -343,22 +343,159 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
     return 0
 
 
+def _scan_snapshots(snap_dir: str) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Snapshot directories of ``snap_dir``, newest first, each with its loaded metadata or the
+    StorageCorrupted error; and the names of quarantined (``.broken``) ones."""
+    import re
+
+    from trioraft.errors import StorageCorrupted
+    from trioraft.storage.fs import REAL_FS
+    from trioraft.storage.snapshots import load_snapshot
+
+    pattern = re.compile(r"^(\d{20})-(\d{20})$")
+    names = sorted((n for n in os.listdir(snap_dir) if pattern.match(n)), reverse=True)
+    broken = sorted(n for n in os.listdir(snap_dir) if n.endswith(".broken"))
+    out: list[tuple[str, Any]] = []
+    for name in names:
+        path = os.path.join(snap_dir, name)
+        try:
+            out.append((path, load_snapshot(REAL_FS, path)))
+        except StorageCorrupted as exc:
+            out.append((path, exc))
+    return out, broken
+
+
+def _ids(nodes: Any) -> str:
+    return ",".join(str(n) for n in sorted(nodes)) or "-"
+
+
+def _open_snap_dir(snap_dir: str, what: str) -> tuple[list[tuple[str, Any]], list[str]] | None:
+    try:
+        return _scan_snapshots(snap_dir)
+    except OSError as exc:
+        print(f"trioraft snapshot {what}: {snap_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
 def snapshot_list(snap_dir: str, out: TextIO) -> int:
-    """Print the snapshots in ``snap_dir``, newest first."""
-    print("trioraft snapshot list: storage not available yet", file=sys.stderr)
-    return 2
+    """Print the snapshots in ``snap_dir``, newest first (metadata only; see verify)."""
+    from trioraft.errors import StorageCorrupted
+
+    scanned = _open_snap_dir(snap_dir, "list")
+    if scanned is None:
+        return 2
+    snaps, broken = scanned
+    rows = [["INDEX", "TERM", "FILES", "BYTES", "VOTERS", "LEARNERS", "DIRECTORY"]]
+    for path, meta in snaps:
+        if isinstance(meta, StorageCorrupted):
+            rows.append(["?", "?", "?", "?", "?", "?", f"{path}  (unreadable: {meta.detail})"])
+            continue
+        rows.append(
+            [
+                str(meta.index),
+                str(meta.term),
+                str(len(meta.files)),
+                str(meta.total_bytes),
+                _ids(meta.conf.voters | meta.conf.voters_outgoing),
+                _ids(meta.conf.learners | meta.conf.learners_next),
+                path,
+            ]
+        )
+    if len(rows) == 1:
+        print(f"no snapshots in {snap_dir}", file=out)
+    else:
+        print(format_table(rows), file=out)
+    for name in broken:
+        print(f"quarantined: {os.path.join(snap_dir, name)}", file=out)
+    return 0
 
 
 def snapshot_inspect(snap_dir: str, index: int | None, out: TextIO) -> int:
-    """Print one snapshot's metadata and files."""
-    print("trioraft snapshot inspect: storage not available yet", file=sys.stderr)
-    return 2
+    """Print one snapshot's metadata and files (the newest when ``index`` is None) and whether
+    its files match their checksums. Returns 1 when it is damaged, 2 when not found."""
+    from trioraft.errors import StorageCorrupted
+    from trioraft.storage.fs import REAL_FS
+    from trioraft.storage.snapshots import SnapshotReader
+
+    scanned = _open_snap_dir(snap_dir, "inspect")
+    if scanned is None:
+        return 2
+    snaps, _ = scanned
+    chosen = [
+        (p, m)
+        for p, m in snaps
+        if index is None or (not isinstance(m, StorageCorrupted) and m.index == index)
+    ]
+    if not chosen:
+        what = "no snapshots" if index is None else f"no snapshot at index {index}"
+        print(f"trioraft snapshot inspect: {what} in {snap_dir}", file=sys.stderr)
+        return 2
+    path, meta = chosen[0]
+    print(f"snapshot   {path}", file=out)
+    if isinstance(meta, StorageCorrupted):
+        print(f"DAMAGED    {meta}", file=out)
+        return 1
+    conf = meta.conf
+    print(f"index      {meta.index}", file=out)
+    print(f"term       {meta.term}", file=out)
+    print(f"voters     {_ids(conf.voters)}", file=out)
+    print(f"learners   {_ids(conf.learners)}", file=out)
+    if conf.joint:
+        print(f"outgoing   {_ids(conf.voters_outgoing)} (joint configuration)", file=out)
+        print(f"learners_next {_ids(conf.learners_next)}  auto_leave {conf.auto_leave}", file=out)
+    print(f"user_meta  {meta.user_meta!r}", file=out)
+    print(f"files      {len(meta.files)} ({meta.total_bytes} bytes)", file=out)
+    for info in meta.files:
+        print(f"  {info.name:<30} {info.size:>12} bytes  crc32c {info.crc32c:#010x}", file=out)
+    try:
+        SnapshotReader(REAL_FS, meta).verify()
+    except StorageCorrupted as exc:
+        print(f"DAMAGED    {exc}", file=out)
+        return 1
+    print("checksums  ok", file=out)
+    return 0
 
 
 def snapshot_verify(snap_dir: str, out: TextIO) -> int:
-    """Verify every snapshot; returns 1 when any is damaged."""
-    print("trioraft snapshot verify: storage not available yet", file=sys.stderr)
-    return 2
+    """Re-read every file of every snapshot and check its size and CRC32C.
+
+    Returns:
+        0 when every snapshot is intact (or there is none), 1 when any is damaged, 2 when
+        ``snap_dir`` cannot be read.
+    """
+    from trioraft.errors import StorageCorrupted
+    from trioraft.storage.fs import REAL_FS
+    from trioraft.storage.snapshots import SnapshotReader
+
+    scanned = _open_snap_dir(snap_dir, "verify")
+    if scanned is None:
+        return 2
+    snaps, broken = scanned
+    damaged = 0
+    for path, meta in snaps:
+        if isinstance(meta, StorageCorrupted):
+            damaged += 1
+            print(f"DAMAGED  {path}: {meta}", file=out)
+            continue
+        try:
+            SnapshotReader(REAL_FS, meta).verify()
+        except StorageCorrupted as exc:
+            damaged += 1
+            print(f"DAMAGED  {path}: {exc}", file=out)
+            continue
+        print(
+            f"ok       {path} (index {meta.index}, term {meta.term}, "
+            f"{len(meta.files)} files, {meta.total_bytes} bytes)",
+            file=out,
+        )
+    for name in broken:
+        print(f"note     {os.path.join(snap_dir, name)} was quarantined earlier", file=out)
+    if not snaps:
+        print(f"no snapshots in {snap_dir}", file=out)
+    if damaged:
+        print(f"{damaged} of {len(snaps)} snapshot(s) damaged", file=out)
+        return 1
+    return 0
 
 
 # -- a local cluster of example processes ---------------------------------------------------------
