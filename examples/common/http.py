@@ -103,6 +103,8 @@ def json_response(status: int, obj: Any) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: Called with the status code whenever the server itself rejects a request (400, 408, 413, 431).
+RejectHook = Callable[[int], None]
 
 
 @attrs.frozen
@@ -129,10 +131,17 @@ class _BodyTooLarge(Exception):
 class _Connection:
     """One HTTP connection: an h11 state machine over a Trio stream."""
 
-    def __init__(self, stream: trio.abc.Stream, handler: Handler, config: HttpServerConfig) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        handler: Handler,
+        config: HttpServerConfig,
+        on_reject: RejectHook | None = None,
+    ) -> None:
         self.stream = stream
         self.handler = handler
         self.config = config
+        self.on_reject = on_reject
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
 
     async def _send(self, event: h11.Event) -> None:
@@ -192,6 +201,8 @@ class _Connection:
         """Answer an error and make sure the connection closes afterwards."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        if self.on_reject is not None:
+            self.on_reject(status)
         response = text_response(status, text, headers=(("connection", "close"),))
         try:
             await self._respond(response)
@@ -288,9 +299,12 @@ def _to_request(event: h11.Request, body: bytes) -> Request | None:
 
 
 async def _handle_stream(
-    stream: trio.abc.Stream, handler: Handler, config: HttpServerConfig
+    stream: trio.abc.Stream,
+    handler: Handler,
+    config: HttpServerConfig,
+    on_reject: RejectHook | None,
 ) -> None:
-    connection = _Connection(stream, handler, config)
+    connection = _Connection(stream, handler, config, on_reject)
     try:
         async with stream:
             await connection.run()
@@ -306,6 +320,7 @@ async def serve_http(
     host: str = "127.0.0.1",
     port: int = 0,
     config: HttpServerConfig | None = None,
+    on_reject: RejectHook | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP until cancelled.
@@ -315,6 +330,7 @@ async def serve_http(
         host: the address to listen on.
         port: the TCP port; 0 picks a free one.
         config: size and time limits.
+        on_reject: called with the status code of every request the server rejects itself.
         task_status: receives the bound port when the server is listening (``nursery.start``).
 
     Raises:
@@ -326,12 +342,16 @@ async def serve_http(
     logger.info("HTTP listening on %s:%d", host, bound)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, cfg, nursery)
+            nursery.start_soon(_accept_loop, listener, handler, cfg, on_reject, nursery)
         task_status.started(bound)
 
 
 async def _accept_loop(
-    listener: trio.SocketListener, handler: Handler, config: HttpServerConfig, nursery: trio.Nursery
+    listener: trio.SocketListener,
+    handler: Handler,
+    config: HttpServerConfig,
+    on_reject: RejectHook | None,
+    nursery: trio.Nursery,
 ) -> None:
     async with listener:
         while True:
@@ -342,4 +362,4 @@ async def _accept_loop(
                 logger.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(_handle_stream, stream, handler, config)
+            nursery.start_soon(_handle_stream, stream, handler, config, on_reject)

@@ -177,6 +177,7 @@ async def _serve(
                     host=flags.http_host,
                     port=flags.port,
                     config=http_cfg,
+                    on_reject=lambda code: metrics.observe("-", "-", code, 0.0),
                     task_status=task_status,
                 )
             )
