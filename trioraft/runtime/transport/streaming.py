@@ -414,10 +414,11 @@ async def _session(
     inflight = 0
     pump_done = False
     failure: BaseException | None = None
+    send_failure: BaseException | None = None
     done = False
 
     async def pump(nursery: trio.Nursery) -> None:
-        nonlocal inflight, pump_done, failure
+        nonlocal inflight, pump_done, failure, send_failure
         try:
             for fi, off, n in state.chunks_from(reply.file_index, reply.offset, opts.chunk_size):
                 await credit.acquire()
@@ -447,6 +448,10 @@ async def _session(
                 stats.bytes_sent += n
                 stats.chunks_sent += 1
             pump_done = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The reader is about to see why (the receiver's SnapshotError, or the end of the
+            # connection); its verdict is more telling than ours.
+            send_failure = exc
         except Exception as exc:
             failure = exc
             nursery.cancel_scope.cancel()
@@ -485,6 +490,8 @@ async def _session(
         nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    if send_failure is not None and not done:  # pragma: no cover - the reader fails first
+        raise send_failure
     return done
 
 
@@ -741,8 +748,8 @@ class SnapshotReceiver:
                     await self._receive(conn, state, handler, ctx)
                 finally:
                     state.active = None
-            if not state.dropped:
-                self._schedule_expiry(state, ticket)
+                    if not state.dropped:
+                        self._schedule_expiry(state, ticket)
 
     def _schedule_expiry(self, state: _Incoming, ticket: int) -> None:
         if self._nursery is not None:
