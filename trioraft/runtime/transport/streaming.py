@@ -189,6 +189,18 @@ class _Retry(TransportError):
         super().__init__(f"{reason}: {detail}")
 
 
+class _StorageFailure(Exception):
+    """The receiver's builder failed (disk full, I/O error, name refused by the store)."""
+
+
+class _Corrupt(Exception):
+    """A received file does not match the CRC32C the sender announced."""
+
+
+class _Hangup(Exception):
+    """The receiver ends the connection after telling the sender why."""
+
+
 class _StallTimer:
     """Drives a cancel scope's deadline: ``stall_timeout`` after the last progress, or never
     while paused (waiting for our own throttle is not the peer stalling)."""
@@ -764,14 +776,25 @@ class SnapshotReceiver:
             else:
                 await self._drop(state.src, state, "sender did not resume in time")
 
+    async def _write(self, state: _Incoming, name: str, offset: int, data: bytes) -> None:
+        """One ``write_at``, recorded in ``state`` together with its effect (shielded, so a
+        cancellation cannot separate the two). Raises :class:`_StorageFailure`."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._disk(state.builder.write_at, name, offset, data)
+            except Exception as exc:
+                raise _StorageFailure(f"writing {name!r} at {offset}: {exc!r}") from exc
+            state.crc = crc32c(data, state.crc)
+            state.offset = offset + len(data)
+            self.stats.snapshot_bytes_received += len(data)
+
     async def _advance(self, state: _Incoming) -> None:
         """Moves past complete files, creating empty ones (they never get a chunk)."""
         files = state.offer.files
         while state.file_index < len(files) and state.offset == files[state.file_index].size:
             f = files[state.file_index]
             if f.size == 0:
-                with trio.CancelScope(shield=True):
-                    await self._disk(state.builder.write_at, f.name, 0, b"")
+                await self._write(state, f.name, 0, b"")
             state.file_index += 1
             state.offset = 0
             state.crc = 0
@@ -779,6 +802,27 @@ class SnapshotReceiver:
     async def _receive(
         self, conn: FramedStream, state: _Incoming, handler: InboundHandler[Any], ctx: str
     ) -> None:
+        try:
+            await self._receive_files(conn, state, ctx)
+            failure = await self._commit(conn, state, handler, ctx)
+            if failure is not None:
+                raise _StorageFailure(f"commit: {failure!r}") from failure
+        except _StorageFailure as exc:
+            log.error("%s: %s", ctx, exc)
+            await self._discard(state, "storage failure")
+            await conn.send(SnapshotError(reason="storage", detail=str(exc)))
+        except _Corrupt as exc:
+            log.error("%s: %s", ctx, exc)
+            await self._discard(state, "file CRC mismatch")
+            await conn.send(SnapshotError(reason="corrupt", detail=str(exc)))
+        except _Hangup:
+            pass
+        else:
+            await conn.send(SnapshotDone())
+
+    async def _receive_files(self, conn: FramedStream, state: _Incoming, ctx: str) -> None:
+        """Receives chunks until every file is complete (returns) or the sender must
+        reconnect (raises, or returns after telling it so when a chunk's CRC is wrong)."""
         offer = state.offer
         files = offer.files
         await self._advance(state)
@@ -815,37 +859,14 @@ class SnapshotReceiver:
                 await conn.send(
                     SnapshotError(reason="crc", detail=f"{f.name}@{frame.offset}", retry=True)
                 )
-                return
-            # Shielded so that the write and the bookkeeping that records it stay together.
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._disk(state.builder.write_at, f.name, frame.offset, frame.data)
-                except Exception as exc:
-                    log.error("%s: writing %r failed: %r", ctx, f.name, exc)
-                    failure: Exception | None = exc
-                else:
-                    failure = None
-                    state.crc = crc32c(frame.data, state.crc)
-                    state.offset += n
-                    self.stats.snapshot_bytes_received += n
-            if failure is not None:
-                await self._discard(state, "storage failure")
-                await conn.send(SnapshotError(reason="storage", detail=repr(failure)))
-                return
+                # Hang up: the chunks in flight behind the bad one would not fit any more.
+                raise _Hangup
+            await self._write(state, f.name, frame.offset, frame.data)
             await conn.send(SnapshotAck(file_index=state.file_index, offset=state.offset))
             if state.offset == f.size:
                 if state.crc != f.crc32c:
-                    log.error("%s: file %r failed its CRC check after transfer", ctx, f.name)
-                    await self._discard(state, "file CRC mismatch")
-                    await conn.send(SnapshotError(reason="corrupt", detail=f"{f.name} CRC"))
-                    return
+                    raise _Corrupt(f"file {f.name!r} failed its CRC check after transfer")
                 await self._advance(state)
-        failure = await self._commit(conn, state, handler, ctx)
-        if failure is not None:
-            await self._discard(state, "commit failed")
-            await conn.send(SnapshotError(reason="storage", detail=repr(failure)))
-            return
-        await conn.send(SnapshotDone())
 
     async def _commit(
         self, conn: FramedStream, state: _Incoming, handler: InboundHandler[Any], ctx: str
