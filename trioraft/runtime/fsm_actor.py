@@ -128,6 +128,7 @@ class FsmActor:
         self.conf = ConfState()
         #: node id -> transport address at ``applied``
         self.members: dict[int, str] = {}
+        self._removed_peers: set[int] = set()
         #: snapshots received from a leader and loaded
         self.snapshots_installed = 0
         #: entries handed to ``StateMachine.apply``
@@ -243,31 +244,30 @@ class FsmActor:
 
     def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
         self.conf = self._conf_applier(self.conf, cc)
-        old = dict(self.members)
+        # The address book only learns (from a change's context) and forgets (on removal); a
+        # node that is merely not yet in the configuration keeps its address.
         address = cc.context.decode("utf-8", "replace") if cc.context else ""
-        removed: set[int] = set()
         for single in cc.changes:
+            nid = single.node_id
             if single.type == ConfChangeType.REMOVE:
-                self.members.pop(single.node_id, None)
-                removed.add(single.node_id)
-            elif address and len(cc.changes) == 1:
-                self.members[single.node_id] = address
-        # Forget addresses of nodes no longer in any role.
-        for nid in [n for n in self.members if n not in self.conf.all_nodes()]:
-            del self.members[nid]
-        self._sync_peers(old, self.members)
-        for nid in removed - set(old):
-            if nid != self._id and nid not in self.conf.all_nodes():
-                self._peers.remove_peer(nid)
+                self.members.pop(nid, None)
+                if nid != self._id and nid not in self.conf.all_nodes():
+                    self._peers.remove_peer(nid)
+                    self._removed_peers.add(nid)
+                continue
+            if address and len(cc.changes) == 1:
+                self.members[nid] = address
+            if nid != self._id and (
+                (address and len(cc.changes) == 1) or nid in self._removed_peers
+            ):
+                self._removed_peers.discard(nid)
+                self._peers.add_peer(nid, self.members.get(nid, ""))
         log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
 
     def _sync_peers(self, old: dict[int, str], new: dict[int, str]) -> None:
         for nid, addr in new.items():
             if nid != self._id and old.get(nid) != addr:
                 self._peers.add_peer(nid, addr)
-        for nid in old:
-            if nid not in new and nid != self._id:
-                self._peers.remove_peer(nid)
 
     async def _restore(self, job: RestoreJob) -> None:
         meta = job.meta

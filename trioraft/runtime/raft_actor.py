@@ -1,0 +1,369 @@
+"""The raft actor: the only task that touches the sans-I/O core and its in-memory log.
+
+Theory of operation: one loop. Wait for an inbox item or the next tick, whichever comes first;
+then drain everything else queued without waiting (this is where concurrent proposals batch up
+into one Ready); tick the core if a tick is due; then route each Ready:
+
+* ``messages`` go to the transport at once (a ``SnapshotRequest`` starts a snapshot stream);
+* hard state, entries, an incoming snapshot and ``persisted_messages`` go to the WAL actor as one
+  :class:`PersistJob` - the held messages leave only after the WAL made the job durable
+  (contract 1);
+* ``committed_entries`` go to the FSM actor (the core only hands out entries already persisted);
+* ``read_states`` resolve the read-barrier batch with the same context.
+
+When the WAL actor acknowledges jobs (:class:`Persisted`), this actor mirrors them into the
+in-memory log (``MemoryStorage``), releases their held messages, queues the FSM restore for an
+installed snapshot, and calls ``core.on_persisted``. Nothing here blocks: every send to another
+actor is ``send_nowait`` on an unbounded channel, so a slow disk or a slow state machine never
+stalls elections or heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from trioraft.core.messages import MESSAGE_TYPES, Message, SnapshotRequest
+from trioraft.core.raft import RaftCore
+from trioraft.core.ready import Ready, Role, SoftState
+from trioraft.core.storage import MemoryStorage, SnapshotOutOfDate
+from trioraft.errors import NotLeader, ProposalDropped
+from trioraft.runtime.items import (
+    Applied,
+    ApplyBatch,
+    CampaignReq,
+    ConfChangeReq,
+    Forward,
+    HookJob,
+    LocalSnapshot,
+    Persisted,
+    PersistJob,
+    ProposeReq,
+    ReadReq,
+    Restored,
+    RestoreJob,
+    SnapshotStatus,
+    TransferReq,
+)
+from trioraft.runtime.proposals import ProposalTracker, ReadBatcher
+
+__all__ = ["LeaderWatch", "RaftActor"]
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_TYPES = frozenset(MESSAGE_TYPES)
+#: inbox items handled before the actor checks for a due tick and emits a Ready
+_MAX_DRAIN = 4096
+
+
+class _Sender(Protocol):
+    def send(self, msg: Message) -> None: ...
+
+
+class LeaderWatch:
+    """The latest known (leader, term, role), with a way to wait for changes.
+
+    ``version`` increases on every change; :meth:`wait_changed` returns once it moved past the
+    version the caller saw.
+    """
+
+    def __init__(self) -> None:
+        self.leader = 0
+        self.term = 0
+        self.role = Role.FOLLOWER
+        self.version = 0
+        self._event = trio.Event()
+
+    def update(self, leader: int, term: int, role: Role) -> None:
+        """Record a change (a no-op if nothing changed)."""
+        if (leader, term, role) == (self.leader, self.term, self.role):
+            return
+        self.leader, self.term, self.role = leader, term, role
+        self.version += 1
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_changed(self, seen: int) -> None:
+        """Wait until :attr:`version` differs from ``seen``."""
+        while self.version == seen:
+            await self._event.wait()
+
+
+class RaftActor:
+    """Drives the core; see the module docstring.
+
+    Args:
+        core: the Raft core (owned by this actor).
+        storage: the core's in-memory log (written only by this actor).
+        transport: where outgoing messages go.
+        inbox: receive side of this actor's inbox.
+        wal: send side of the WAL actor's channel.
+        fsm: send side of the FSM actor's channel.
+        proposals: proposals waiting for their entries to apply.
+        reads: read-barrier batches.
+        watch: leader/term/role observers.
+        send_snapshot: starts streaming a snapshot to a follower.
+        tick_interval: seconds per tick.
+    """
+
+    def __init__(
+        self,
+        core: RaftCore,
+        storage: MemoryStorage,
+        transport: _Sender,
+        inbox: trio.MemoryReceiveChannel[Any],
+        wal: trio.MemorySendChannel[Any],
+        fsm: trio.MemorySendChannel[Any],
+        proposals: ProposalTracker,
+        reads: ReadBatcher,
+        watch: LeaderWatch,
+        send_snapshot: Callable[[SnapshotRequest], None],
+        *,
+        tick_interval: float,
+        forward: bool = True,
+    ) -> None:
+        self.core = core
+        self.storage = storage
+        self._id = core.id
+        self._transport = transport
+        self._inbox = inbox
+        self._wal = wal
+        self._fsm = fsm
+        self._proposals = proposals
+        self._reads = reads
+        self._watch = watch
+        self._send_snapshot = send_snapshot
+        self._tick = tick_interval
+        self._forward = forward
+        self._reads_queued = False
+        self._role = core.role
+        self._restoring: PersistJob | None = None
+        self._deferred: list[PersistJob] = []
+        #: counters (status and tests)
+        self.readies = 0
+        self.messages_sent = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled."""
+        core = self.core
+        inbox = self._inbox
+        tick = self._tick
+        next_tick = trio.current_time() + tick
+        self._watch.update(core.leader, core.term, core.role)
+        task_status.started()
+        while True:
+            with trio.move_on_at(next_tick):
+                item = await inbox.receive()
+                self._handle(item)
+                for _ in range(_MAX_DRAIN):
+                    try:
+                        item = inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(item)
+            now = trio.current_time()
+            if now >= next_tick:
+                core.tick()
+                next_tick += tick
+                if next_tick <= now:
+                    # We fell behind (a long stall); do not replay a burst of ticks.
+                    next_tick = now + tick
+            if self._reads_queued:
+                self._issue_reads()
+            while core.has_ready():
+                self._route(core.ready())
+
+    # -- inbox ---------------------------------------------------------------------------------
+
+    def _handle(self, item: Any) -> None:
+        core = self.core
+        if type(item) in _MESSAGE_TYPES:
+            core.step(item)
+        elif isinstance(item, ProposeReq):
+            if item.future.abandoned:
+                return  # the proposer gave up before we got to it: never propose it
+            try:
+                index = core.propose(item.data)
+            except NotLeader as exc:
+                self._refuse(item.future, exc)
+            except ProposalDropped as exc:
+                item.future.set_exception(exc)
+            else:
+                self._proposals.add(index, core.term, item.future)
+        elif isinstance(item, Persisted):
+            self._persisted(item)
+        elif isinstance(item, Applied):
+            core.on_applied(item.index)
+        elif isinstance(item, Restored):
+            self._restored()
+        elif isinstance(item, ReadReq):
+            self._reads.queue(item.future)
+            self._reads_queued = True
+        elif isinstance(item, ConfChangeReq):
+            if item.future.abandoned:
+                return
+            try:
+                index = core.propose_conf_change(item.change)
+            except NotLeader as exc:
+                self._refuse(item.future, exc)
+            except ProposalDropped as exc:
+                item.future.set_exception(exc)
+            else:
+                self._proposals.add(index, core.term, item.future)
+        elif isinstance(item, SnapshotStatus):
+            core.report_snapshot(item.peer, item.ok)
+        elif isinstance(item, LocalSnapshot):
+            self._local_snapshot(item)
+        elif isinstance(item, TransferReq):
+            try:
+                core.transfer_leadership(item.target)
+            except NotLeader as exc:
+                self._refuse(item.future, exc)
+            except Exception as exc:
+                item.future.set_exception(exc)
+            else:
+                item.future.set_result(None)
+        elif isinstance(item, CampaignReq):
+            core.campaign()
+        else:
+            raise TypeError(f"raft actor: unexpected inbox item {item!r}")
+
+    def _refuse(self, future: Any, exc: NotLeader) -> None:
+        leader = exc.leader_hint or 0
+        if self._forward and leader and leader != self._id:
+            future.set_result(Forward(leader))
+        else:
+            future.set_exception(exc)
+
+    def _issue_reads(self) -> None:
+        batch = self._reads.take_batch()
+        self._reads_queued = False
+        if batch is None:
+            return
+        ctx, _ = batch
+        try:
+            self.core.read_index(ctx)
+        except ProposalDropped:
+            # No leader known yet: keep the batch and retry when one appears (the caller's
+            # read timeout bounds the wait).
+            self._reads.requeue(ctx)
+
+    def _persisted(self, item: Persisted) -> None:
+        if self._restoring is not None:
+            self._deferred.extend(item.jobs)
+            return
+        self._ack_jobs(list(item.jobs))
+
+    def _ack_jobs(self, jobs: list[PersistJob]) -> None:
+        # Mirror durable jobs into the in-memory log, release their held messages, acknowledge.
+        # A job installing a snapshot pauses this until the FSM actor restored the state
+        # machine from it (the core's contract for on_persisted); later jobs wait behind it.
+        storage = self.storage
+        number = 0
+        for i, job in enumerate(jobs):
+            if job.snapshot is not None:
+                if number:
+                    self.core.on_persisted(number)
+                    number = 0
+                try:
+                    storage.apply_snapshot(job.snapshot)
+                except SnapshotOutOfDate:
+                    log.warning(
+                        "node %d: snapshot %d to install is older than the log's; skipped",
+                        self._id,
+                        job.snapshot.index,
+                    )
+                if job.hard_state is not None:
+                    storage.set_hard_state(job.hard_state)
+                if job.entries:
+                    storage.append(job.entries)
+                self._fsm.send_nowait(RestoreJob(job.snapshot))
+                self._restoring = job
+                self._deferred[:0] = jobs[i + 1 :]
+                return
+            if job.hard_state is not None:
+                storage.set_hard_state(job.hard_state)
+            if job.entries:
+                storage.append(job.entries)
+            for m in job.messages:
+                self._send(m)
+            number = job.number
+        if number:
+            self.core.on_persisted(number)
+
+    def _restored(self) -> None:
+        job = self._restoring
+        if job is None:
+            return
+        self._restoring = None
+        for m in job.messages:
+            self._send(m)
+        self.core.on_persisted(job.number)
+        deferred, self._deferred = self._deferred, []
+        if deferred:
+            self._ack_jobs(deferred)
+
+    def _local_snapshot(self, item: LocalSnapshot) -> None:
+        storage = self.storage
+        meta = item.meta
+        current = storage.snapshot().index
+        if meta.index > current:
+            storage.set_snapshot(meta)
+            compact_to = min(item.compact_to, meta.index)
+            if compact_to >= storage.first_index():
+                storage.compact(compact_to)
+                log.debug(
+                    "node %d: log compacted to %d (snapshot %d)", self._id, compact_to, meta.index
+                )
+        item.done.set_result(None)
+
+    # -- Ready routing -------------------------------------------------------------------------
+
+    def _route(self, rd: Ready) -> None:
+        self.readies += 1
+        if rd.soft_state is not None:
+            self._soft_state(rd.soft_state)
+        for m in rd.messages:
+            self._send(m)
+        if rd.must_persist or rd.persisted_messages or rd.needs_ack:
+            self._wal.send_nowait(
+                PersistJob(
+                    number=rd.number,
+                    hard_state=rd.hard_state,
+                    entries=rd.entries,
+                    snapshot=rd.snapshot,
+                    messages=rd.persisted_messages,
+                )
+            )
+        if rd.committed_entries:
+            self._fsm.send_nowait(ApplyBatch(rd.committed_entries))
+        for rs in rd.read_states:
+            self._reads.resolved(rs.context, rs.index)
+        if rd.hard_state is not None or rd.soft_state is not None:
+            self._watch.update(self.core.leader, self.core.term, self.core.role)
+
+    def _send(self, m: Message) -> None:
+        if isinstance(m, SnapshotRequest):
+            self._send_snapshot(m)
+        else:
+            self._transport.send(m)
+        self.messages_sent += 1
+
+    def _soft_state(self, ss: SoftState) -> None:
+        old_role = self._role
+        self._role = ss.role
+        term = self.core.term
+        if ss.role == Role.LEADER and old_role != Role.LEADER:
+            log.info("node %d: became leader at term %d", self._id, term)
+            self._fsm.send_nowait(HookJob("on_leader_start", (term,)))
+        elif old_role == Role.LEADER and ss.role != Role.LEADER:
+            log.info("node %d: stepped down at term %d (leader now %d)", self._id, term, ss.leader)
+            self._fsm.send_nowait(HookJob("on_leader_stop", (term,)))
+        # Reads issued to a previous leader may never be answered: re-issue them.
+        self._reads.requeue_all()
+        self._reads_queued = True
