@@ -421,7 +421,11 @@ class RaftCore:
         if self._needs_bcast:
             self._needs_bcast = False
             if self._role == Role.LEADER:
-                self._bcast_append()
+                # New proposals: fill every follower's window as far as flow control allows.
+                for i, _ in self._trk.visit():
+                    if i != self._id:
+                        while self._maybe_send_append(i, send_if_empty=False):
+                            pass
         self._ready_number += 1
         number = self._ready_number
         entries = tuple(self._log.unstable.next_entries())
