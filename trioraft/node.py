@@ -446,8 +446,9 @@ class RaftNode:
         await trio.lowlevel.checkpoint()
 
 
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The single real exception inside nested groups, if there is exactly one."""
+def unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single real exception inside (nested) exception groups, ignoring ``Cancelled``;
+    None when there are several."""
     leaves: list[BaseException] = []
 
     def walk(exc: BaseException) -> None:
@@ -532,7 +533,7 @@ async def open_raft_node(
                     runtime.shutdown()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            only = _unwrap(group)
+            only = unwrap_group(group)
             if only is None:
                 raise
             raise only from None

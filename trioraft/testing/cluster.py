@@ -35,7 +35,7 @@ import trio
 
 from trioraft.config import Config
 from trioraft.errors import Timeout
-from trioraft.node import RaftNode, open_raft_node
+from trioraft.node import RaftNode, open_raft_node, unwrap_group
 from trioraft.runtime.disk import INLINE_DISK, DiskExecutor, ThreadDisk
 from trioraft.runtime.transport.memory import MemoryNetwork, MemoryTransport
 from trioraft.runtime.transport.streaming import StreamOptions
@@ -375,13 +375,36 @@ async def open_cluster(
     def make_config(node_id: int, peers: dict[int, str], join: bool) -> Config:
         return Config(id=node_id, peers=peers, join=join, **config)
 
+    try:
+        async with _cluster_nursery(
+            net, factory, make_config, base_dir or "/sim", simulated_fs, executor, n, start
+        ) as cluster:
+            yield cluster
+    except BaseExceptionGroup as group:
+        only = unwrap_group(group)
+        if only is None:
+            raise
+        raise only from None
+
+
+@asynccontextmanager
+async def _cluster_nursery(
+    net: MemoryNetwork,
+    factory: Callable[[int], Any],
+    make_config: Callable[[int, dict[int, str], bool], Config],
+    base_dir: str,
+    simulated_fs: bool,
+    executor: DiskExecutor,
+    n: int,
+    start: bool,
+) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
         cluster = Cluster(
             nursery,
             net,
             state_machine_factory=factory,
             make_config=make_config,
-            base_dir=base_dir or "/sim",
+            base_dir=base_dir,
             simulated_fs=simulated_fs,
             disk=executor,
         )
