@@ -387,3 +387,19 @@ async def test_snapshot_resumes_over_tcp_after_the_connection_is_cut(
         assert st.bytes_resent <= 4 * chunk
         assert len(c.h[2].builders) == 1
         assert c.h[2].builders[0].bytes_of("a") == files["a"]
+
+
+async def test_a_peer_without_an_address_can_connect_in_but_not_be_reached(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(LIMIT):
+        c = await make_cluster(nursery, ids=(1, 2))
+        c.t[1].add_peer(2, "")  # address unknown (e.g. learned from a membership change)
+        with pytest.raises(CallFailed, match="not known"):
+            await c.t[1].call(2, ClientRequest(kind="echo"))
+        c.t[2].send(hb(2, 1, 7))  # node 2 still gets in
+        await c.h[1].wait_messages(1)
+        with pytest.raises(ValueError):
+            c.t[1].add_peer(3, "nonsense")
+        with pytest.raises(ValueError):
+            c.t[1].add_peer(1, "127.0.0.1:1")  # itself

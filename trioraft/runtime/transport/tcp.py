@@ -336,12 +336,15 @@ class TcpTransport:
         return await p.calls.call(request)
 
     def add_peer(self, peer: int, address: str) -> None:
-        """Adds ``peer`` or changes its address (reconnecting if it changed).
+        """Adds ``peer`` or changes its address (reconnecting if it changed). An empty address
+        means "not known yet": the peer may connect to this node, but nothing can be sent to it
+        until its address is set.
 
         Raises:
             ValueError: bad address or peer id.
         """
-        parse_address(address)
+        if address:
+            parse_address(address)
         if peer <= 0 or peer == self.node_id:
             raise ValueError(f"invalid peer id {peer}")
         old = self._peers.get(peer)
@@ -397,6 +400,8 @@ class TcpTransport:
         p = self._peers.get(peer)
         if p is None:
             raise PeerUnreachable(f"node {peer} is not a peer")
+        if not p.address:
+            raise PeerUnreachable(f"the address of node {peer} is not known")
         host, port = parse_address(p.address)
         stream: trio.abc.Stream | None = None
         try:
