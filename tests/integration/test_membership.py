@@ -1,0 +1,113 @@
+"""Membership changes on an in-memory cluster: add a learner, promote it, remove nodes (the
+leader too), joint changes, and a node that joins after the fact learns the whole history."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trioraft import ProposalDropped
+from trioraft.core.types import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeTransition,
+    ConfChangeType,
+)
+from trioraft.testing.cluster import ListStateMachine, open_cluster
+
+
+async def test_add_learner_promote_remove(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        for i in range(5):
+            await leader.propose(b"%d" % i)
+        await cluster.start(4, join=True)
+        conf = await leader.add_learner(4, cluster.peers[4])
+        assert 4 in conf.learners and 4 not in conf.voters
+        await cluster.wait_applied(leader.commit_index, nodes=[4])
+        sm4: ListStateMachine = cluster.state_machine(4)
+        assert sm4.data == [b"%d" % i for i in range(5)]
+        assert cluster[4].status().conf.learners == frozenset({4})
+        conf = await leader.promote(4)
+        assert conf.voters == frozenset({1, 2, 3, 4})
+        conf = await leader.remove(3)
+        assert conf.voters == frozenset({1, 2, 4})
+        await cluster.stop(3)
+        assert await leader.propose(b"after") == 6
+        await cluster.wait_applied(leader.commit_index)
+        assert sm4.data[-1] == b"after"
+        assert cluster[4].status().members.get(4) == "mem://4"
+
+
+async def test_add_node_through_a_follower(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(n for n in cluster.running if n.id != leader.id)
+        await cluster.add_node(4, via=follower)  # forwarded to the leader
+        assert cluster[4].status().conf.voters == frozenset({1, 2, 3, 4})
+
+
+async def test_remove_the_leader(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"x")
+        await leader.remove(leader.id)
+        await cluster.stop(leader.id)
+        new = await cluster.wait_for_leader()
+        assert new.id != leader.id
+        assert new.status().conf.voters == frozenset({1, 2, 3}) - {leader.id}
+        await new.propose(b"y")
+
+
+async def test_one_change_at_a_time_and_invalid_changes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"x")
+        await cluster.start(4, join=True)
+        await cluster.start(5, join=True)
+        outcomes: list[object] = []
+
+        async def change(nid: int) -> None:
+            try:
+                outcomes.append(await leader.add_learner(nid))
+            except ProposalDropped as exc:
+                outcomes.append(exc.reason)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(change, 4)
+            nursery.start_soon(change, 5)
+        assert "conf-change-pending" in outcomes
+        with pytest.raises(ProposalDropped):
+            # removing every voter is refused
+            await leader.change_membership(
+                ConfChange(
+                    changes=tuple(ConfChangeSingle(ConfChangeType.REMOVE, i) for i in (1, 2, 3))
+                )
+            )
+
+
+async def test_joint_consensus_change(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"x")
+        await cluster.start(4, join=True)
+        await cluster.start(5, join=True)
+        for nid in (4, 5):
+            await leader.add_learner(nid)
+        await cluster.wait_applied(leader.commit_index, nodes=[4, 5])
+        conf = await leader.change_membership(
+            ConfChange(
+                changes=(
+                    ConfChangeSingle(ConfChangeType.ADD_VOTER, 4),
+                    ConfChangeSingle(ConfChangeType.ADD_VOTER, 5),
+                ),
+                transition=ConfChangeTransition.JOINT_IMPLICIT,
+            )
+        )
+        assert conf.joint
+        await cluster.wait_until(lambda: not leader.status().conf.joint)
+        assert leader.status().conf.voters == frozenset({1, 2, 3, 4, 5})
+        assert await leader.propose(b"y") == 2
