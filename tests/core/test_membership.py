@@ -1,0 +1,260 @@
+"""Membership changes: single-server changes, learners, promotion, joint consensus with
+auto-leave, one pending change at a time, and removing the leader."""
+
+from __future__ import annotations
+
+import pytest
+from core_helpers import drain, make_core
+
+from trioraft.core.messages import VoteResponse
+from trioraft.core.ready import Role
+from trioraft.core.types import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeTransition,
+    ConfChangeType,
+    ConfState,
+)
+from trioraft.errors import NotLeader, ProposalDropped
+from trioraft.testing.harness import Cluster
+
+V = ConfChangeType.ADD_VOTER
+L = ConfChangeType.ADD_LEARNER
+R = ConfChangeType.REMOVE
+
+
+def cc(
+    *changes: tuple[ConfChangeType, int],
+    transition: ConfChangeTransition = ConfChangeTransition.AUTO,
+) -> ConfChange:
+    return ConfChange(
+        changes=tuple(ConfChangeSingle(t, n) for t, n in changes), transition=transition
+    )
+
+
+def cluster(n: int = 3, **kw: object) -> Cluster:
+    c = Cluster(n, seed=21, **kw)  # type: ignore[arg-type]
+    c.elect(1)
+    return c
+
+
+def confs(c: Cluster) -> set[ConfState]:
+    return {c.core(i).conf_state for i in c.alive_ids()}
+
+
+def test_add_voter_takes_effect_everywhere_and_new_node_catches_up() -> None:
+    c = cluster()
+    c.propose(1, b"before")
+    c.stabilize()
+    c.add_node(4)
+    c.propose_conf_change(1, cc((V, 4)))
+    c.stabilize()
+    assert confs(c) == {ConfState(voters=frozenset({1, 2, 3, 4}))}
+    assert c.applied(4) == c.applied(1)  # replayed from index 1, bootstrap entries included
+    c.check_invariants()
+
+
+def test_added_voter_counts_for_quorum() -> None:
+    c = cluster()
+    c.add_node(4)
+    c.propose_conf_change(1, cc((V, 4)))
+    c.stabilize()
+    c.partition([1, 2], [3, 4])
+    c.propose(1, b"needs-3-of-4")
+    c.stabilize()
+    assert c.applied(1) == []  # 2 of 4 voters is not a majority
+    c.heal()
+    c.advance(2)
+    assert c.applied(1)[-1][1] == b"needs-3-of-4"
+
+
+def test_remove_voter_shrinks_the_quorum() -> None:
+    c = cluster()
+    c.propose_conf_change(1, cc((R, 3)))
+    c.stabilize()
+    assert c.core(1).conf_state.voters == {1, 2}
+    c.crash(3)
+    c.propose(1, b"two-of-two")
+    c.stabilize()
+    assert c.applied(2)[-1][1] == b"two-of-two"
+
+
+def test_only_one_conf_change_may_be_pending() -> None:
+    c = cluster()
+    c.add_node(4)
+    c.add_node(5)
+    c.propose_conf_change(1, cc((V, 4)))
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_conf_change(1, cc((V, 5)))
+    assert exc.value.reason == "conf-change-pending"
+    c.stabilize()
+    c.propose_conf_change(1, cc((V, 5)))  # fine once the first is applied
+    c.stabilize()
+    assert c.core(1).conf_state.voters == {1, 2, 3, 4, 5}
+
+
+def test_new_leader_must_commit_an_entry_of_its_term_before_a_conf_change() -> None:
+    c = Cluster(3, seed=21)
+    c.campaign(1)
+    # run the election but hold back every append, so the new leader's no-op cannot commit
+    from trioraft.core.messages import AppendRequest
+
+    c.drop(lambda m: isinstance(m, AppendRequest))
+    c.stabilize()
+    assert c.core(1).role == Role.LEADER
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_conf_change(1, cc((R, 3)))
+    assert exc.value.reason == "conf-change-pending"
+    c.heal()
+    c.advance(1)
+    c.propose_conf_change(1, cc((R, 3)))
+
+
+def test_invalid_conf_changes_are_refused_up_front() -> None:
+    c = cluster(1)
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_conf_change(1, cc((R, 1)))
+    assert exc.value.reason == "invalid-conf-change"
+    with pytest.raises(ProposalDropped):
+        c.propose_conf_change(1, ConfChange())  # nothing to leave
+
+
+def test_conf_change_needs_the_leader() -> None:
+    c = cluster()
+    with pytest.raises(NotLeader) as exc:
+        c.propose_conf_change(2, cc((V, 4)))
+    assert exc.value.leader_hint == 1
+
+
+def test_learner_replicates_but_neither_votes_nor_counts() -> None:
+    c = Cluster(3, learners=[4], seed=21)
+    c.elect(1)
+    c.propose(1, b"x")
+    c.stabilize()
+    assert c.applied(4) == c.applied(1)
+    c.partition([1, 4], [2, 3])
+    c.propose(1, b"learner-ack-is-not-enough")
+    c.stabilize()
+    assert c.applied(1)[-1][1] == b"x"
+    assert c.core(4).status().progress == {}
+
+
+def test_candidate_does_not_count_learner_votes() -> None:
+    core, st = make_core(voters=[1, 2, 3], learners=[4])
+    core.campaign()
+    drain(core, st)
+    core.step(VoteResponse(src=4, dst=1, term=1, granted=True))
+    assert core.role == Role.CANDIDATE
+    core.step(VoteResponse(src=2, dst=1, term=1, granted=True))
+    assert core.role == Role.LEADER
+
+
+def test_promote_learner_to_voter() -> None:
+    c = Cluster(
+        3, learners=[4], seed=21, config_overrides={"pre_vote": False, "check_quorum": False}
+    )
+    c.elect(1)
+    c.propose_conf_change(1, cc((V, 4)))
+    c.stabilize()
+    assert confs(c) == {ConfState(voters=frozenset({1, 2, 3, 4}))}
+    c.crash(1)
+    c.campaign(4)  # a promoted learner may now lead
+    c.stabilize()
+    assert c.core(4).role == Role.LEADER
+
+
+def test_joint_consensus_enters_and_leaves_automatically() -> None:
+    c = cluster()
+    c.add_node(4)
+    c.add_node(5)
+    c.propose_conf_change(1, cc((V, 4), (V, 5), (R, 2)))
+    c.stabilize()
+    assert confs(c) == {ConfState(voters=frozenset({1, 3, 4, 5}))}
+    c.crash(2)
+    c.propose(1, b"after")
+    c.stabilize()
+    assert c.applied(5)[-1][1] == b"after"
+    c.check_invariants()
+
+
+def test_explicit_joint_waits_for_the_leave_change() -> None:
+    c = cluster()
+    c.add_node(4)
+    c.propose_conf_change(1, cc((V, 4), transition=ConfChangeTransition.JOINT_EXPLICIT))
+    c.stabilize()
+    joint = c.core(1).conf_state
+    assert joint.joint and joint.voters == {1, 2, 3, 4} and joint.voters_outgoing == {1, 2, 3}
+    with pytest.raises(ProposalDropped):
+        c.propose_conf_change(1, cc((V, 5)))  # must leave first
+    c.propose_conf_change(1, ConfChange())
+    c.stabilize()
+    assert not c.core(1).conf_state.joint
+
+
+def test_joint_configuration_needs_both_majorities() -> None:
+    c = cluster()
+    for n in (4, 5):
+        c.add_node(n)
+    c.propose_conf_change(
+        1, cc((V, 4), (V, 5), (R, 2), (R, 3), transition=ConfChangeTransition.JOINT_EXPLICIT)
+    )
+    c.stabilize()
+    assert c.core(1).conf_state.voters_outgoing == {1, 2, 3}
+    c.partition([1, 4, 5], [2, 3])  # a majority of the new config only
+    c.propose(1, b"old-majority-missing")
+    c.stabilize()
+    assert c.applied(1) == []
+    c.heal()
+    c.advance(2)
+    assert c.applied(1)[-1][1] == b"old-majority-missing"
+
+
+def test_demoting_a_voter_through_joint_consensus() -> None:
+    c = cluster()
+    c.propose_conf_change(1, cc((L, 3), transition=ConfChangeTransition.JOINT_IMPLICIT))
+    c.stabilize()
+    assert confs(c) == {ConfState(voters=frozenset({1, 2}), learners=frozenset({3}))}
+
+
+def test_removing_the_leader_steps_it_down_once_the_change_is_applied() -> None:
+    c = cluster()
+    idx = c.propose_conf_change(1, cc((R, 1)))
+    assert c.core(1).role == Role.LEADER
+    c.stabilize()
+    assert c.applied_index(1) >= idx
+    assert c.core(1).role == Role.FOLLOWER
+    c.advance(40)
+    new = c.leader()
+    assert new in (2, 3)
+    c.propose(new, b"without-1")
+    c.stabilize()
+    assert c.applied(2)[-1][1] == b"without-1"
+    assert c.core(1).role == Role.FOLLOWER  # a removed node never campaigns
+    c.check_invariants()
+
+
+def test_leader_removed_while_followers_lag_still_commits_the_removal() -> None:
+    c = cluster()
+    c.propose_conf_change(1, cc((R, 1)))
+    c.stabilize()
+    assert {c.core(i).conf_state.voters for i in (2, 3)} == {frozenset({2, 3})}
+
+
+def test_conf_change_refused_during_transfer() -> None:
+    c = cluster()
+    c.crash(3)
+    c.core(1).transfer_leadership(3)
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_conf_change(1, cc((R, 2)))
+    assert exc.value.reason == "transfer"
+
+
+def test_auto_leave_happens_even_if_a_transfer_starts() -> None:
+    c = cluster()
+    c.add_node(4)
+    c.propose_conf_change(1, cc((V, 4), transition=ConfChangeTransition.JOINT_IMPLICIT))
+    # deliver and apply the joint change everywhere while a transfer is pending
+    c.crash(3)
+    c.core(1).transfer_leadership(3)
+    c.stabilize()
+    assert not c.core(1).conf_state.joint
