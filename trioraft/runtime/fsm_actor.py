@@ -89,6 +89,7 @@ class FsmActor:
         peers: the transport's peer book, updated when membership changes apply.
         on_applied: called after each batch with the new applied index (snapshot trigger).
         on_installed: called after a follower snapshot install was loaded.
+        on_member_added: called when a membership change adds a node.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class FsmActor:
         *,
         on_applied: Callable[[int], None] = lambda _: None,
         on_installed: Callable[[Any], None] = lambda _: None,
+        on_member_added: Callable[[], None] = lambda: None,
         chunk_bytes: int = 1 << 20,
     ) -> None:
         self._id = node_id
@@ -120,6 +122,7 @@ class FsmActor:
         self._peers = peers
         self._on_applied = on_applied
         self._on_installed = on_installed
+        self._on_member_added = on_member_added
         self._chunk = chunk_bytes
         #: last applied index and its term
         self.applied = 0
@@ -243,7 +246,10 @@ class FsmActor:
         self._on_applied(self.applied)
 
     def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
+        before = self.conf.all_nodes()
         self.conf = self._conf_applier(self.conf, cc)
+        if self.conf.all_nodes() - before:
+            self._on_member_added()
         # The address book only learns (from a change's context) and forgets (on removal); a
         # node that is merely not yet in the configuration keeps its address.
         address = cc.context.decode("utf-8", "replace") if cc.context else ""

@@ -282,8 +282,8 @@ class Cluster:
         Returns:
             the new node.
         """
-        new = await self.start(node_id, join=True)
         leader = via or await self.wait_for_leader()
+        new = await self.start(node_id, join=True)
         await leader.add_learner(node_id, self.peers[node_id])
         await self.wait_applied(leader.commit_index, nodes=[node_id])
         if voter:
