@@ -8,9 +8,10 @@ Status codes (the contract with clients):
 * 504: proposed, but the outcome is unknown (it may still commit); retry only if idempotent.
 * 400: malformed request; 404: no such key or route; 405: method not allowed; 413: body too large.
 
-Certainly-not-done failures that are transient (no leader during an election, a membership
-change already pending) are retried with backoff until the request deadline, so a request sent
-in the middle of an election usually succeeds instead of failing fast.
+Certainly-not-done failures that are transient (no leader during an election, a forward to a
+leader that just died, a membership change already pending) are retried with backoff until the
+request deadline, so a request sent in the middle of an election usually succeeds instead of
+failing fast.
 """
 
 from __future__ import annotations
@@ -39,9 +40,16 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: ProposalDropped reasons worth retrying until the deadline (the condition usually clears).
-_TRANSIENT = frozenset(
-    {"no-leader", "transfer", "conf-change-pending", "superseded", "leader-changed"}
+#: ProposalDropped reasons that will not clear by retrying (every other reason is transient:
+#: no leader, a leader change, an unreachable old leader, a pending membership change...).
+_PERMANENT = frozenset(
+    {
+        "too-large",
+        "uncommitted-limit",
+        "conf-change-invalid",
+        "invalid-conf-change",
+        "invalid-target",
+    }
 )
 
 
@@ -154,7 +162,7 @@ class Service:
                 except ProposalDropped as exc:
                     if exc.reason == "too-large":
                         raise HttpError(413, f"entry too large: {exc}") from None
-                    if exc.reason not in _TRANSIENT:
+                    if exc.reason in _PERMANENT:
                         raise HttpError(503, f"not done: {exc}", (("retry-after", "1"),)) from None
                     last = str(exc)
                     attempted = False

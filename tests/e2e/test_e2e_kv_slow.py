@@ -4,6 +4,8 @@ and the counter example, with real processes on loopback."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,32 @@ def test_counter_cluster(tmp_path: Path) -> None:
         survivor = next(i for i in (1, 2, 3) if i != leader)
         res = http_request("POST", c.url(survivor, "/incr"), b"")
         assert res.text.strip() == str(total + 1)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_demo_tour_runs_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "trioraft.cli", "demo", "--tour-only", "--dir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for step in ("elected leader", "snapshot", "SIGKILL", "InstallSnapshot", "removed"):
+        assert step in out, out
+    assert _processes_mentioning(str(workdir)) == []
