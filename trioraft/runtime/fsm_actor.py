@@ -90,6 +90,7 @@ class FsmActor:
         on_applied: called after each batch with the new applied index (snapshot trigger).
         on_installed: called after a follower snapshot install was loaded.
         on_member_added: called when a membership change adds a node.
+        static_peers: addresses from the configuration; they override recorded ones.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class FsmActor:
         on_applied: Callable[[int], None] = lambda _: None,
         on_installed: Callable[[Any], None] = lambda _: None,
         on_member_added: Callable[[], None] = lambda: None,
+        static_peers: dict[int, str] | None = None,
         chunk_bytes: int = 1 << 20,
     ) -> None:
         self._id = node_id
@@ -123,6 +125,7 @@ class FsmActor:
         self._on_applied = on_applied
         self._on_installed = on_installed
         self._on_member_added = on_member_added
+        self._static_peers = {k: v for k, v in (static_peers or {}).items() if v}
         self._chunk = chunk_bytes
         #: last applied index and its term
         self.applied = 0
@@ -165,6 +168,9 @@ class FsmActor:
                 members = decode_members(raw)
             except ValueError as exc:
                 raise StorageCorrupted(stored.path, f"bad {MEMBERS_FILE}: {exc}") from exc
+        # The operator's configuration wins over addresses recorded in the snapshot (nodes may
+        # have moved); the snapshot supplies the nodes added since.
+        members.update(self._static_peers)
         old = self.members
         self.applied = stored.index
         self.applied_term = stored.term

@@ -156,6 +156,7 @@ class NodeRuntime:
             on_applied=self.snapshotter.on_applied,
             on_installed=self.snapshotter.on_installed,
             on_member_added=self._member_added,
+            static_peers=config.peers,
             chunk_bytes=config.snapshot_chunk_bytes,
         )
         self.wal_actor = WalActor(self.id, wal, disk, self.wal_recv, self.inbox_send)

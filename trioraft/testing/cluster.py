@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,7 +44,15 @@ from trioraft.runtime.transport.streaming import StreamOptions
 from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
 from trioraft.storage.fs import SimulatedFileSystem
 
-__all__ = ["Cluster", "ListStateMachine", "NodeHandle", "open_cluster", "transport_options"]
+__all__ = [
+    "Cluster",
+    "ListStateMachine",
+    "NodeHandle",
+    "free_tcp_ports",
+    "open_cluster",
+    "open_tcp_cluster",
+    "transport_options",
+]
 
 log = logging.getLogger(__name__)
 
@@ -417,3 +427,79 @@ async def _cluster_nursery(
             yield cluster
         finally:
             nursery.cancel_scope.cancel()
+
+
+def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports that were free a moment ago (for tests on loopback)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@asynccontextmanager
+async def open_tcp_cluster(
+    n: int,
+    base_dir: str,
+    state_machine_factory: Callable[[int], Any] | None = None,
+    *,
+    cluster_id: str = "trioraft-test",
+    ssl_server_context: ssl.SSLContext | None = None,
+    ssl_client_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    host: str = "127.0.0.1",
+    **config: Any,
+) -> AsyncIterator[dict[int, RaftNode]]:
+    """Run ``n`` nodes in this process, talking real TCP (optionally TLS) on loopback, with
+    real data directories under ``base_dir``. Yields ``{node_id: RaftNode}``; everything stops
+    on exit. Uses real time and worker threads for disk I/O (not for mock clocks)."""
+    from trioraft.runtime.transport.tcp import TcpTransport
+
+    factory: Callable[[int], Any] = state_machine_factory or (lambda _: ListStateMachine())
+    ports = free_tcp_ports(n, host)
+    peers = {i: f"{host}:{ports[i - 1]}" for i in range(1, n + 1)}
+    nodes: dict[int, RaftNode] = {}
+    disk = ThreadDisk()
+
+    async def run(nid: int, *, task_status: trio.TaskStatus[RaftNode]) -> None:
+        cfg = Config(id=nid, peers=peers, **config)
+        transport = TcpTransport(
+            nid,
+            cluster_id,
+            listen=(host, ports[nid - 1]),
+            peers={p: a for p, a in peers.items() if p != nid},
+            ssl_server_context=ssl_server_context,
+            ssl_client_context=ssl_client_context,
+            server_hostname=server_hostname,
+            disk=disk,
+            **transport_options(cfg),
+        )
+        async with open_raft_node(
+            cfg,
+            factory(nid),
+            data_dir=os.path.join(base_dir, f"node-{nid}"),
+            transport=transport,
+            disk=disk,
+        ) as node:
+            task_status.started(node)
+            await trio.sleep_forever()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for nid in range(1, n + 1):
+                nodes[nid] = await nursery.start(run, nid)
+            try:
+                yield nodes
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        only = unwrap_group(group)
+        if only is None:
+            raise
+        raise only from None
