@@ -798,6 +798,7 @@ class _Narrator:
         self.out = out
         self.step = 0
         self.color = out.isatty() and os.environ.get("NO_COLOR") is None
+        self._last_bar = ""
 
     def _c(self, code: str, text: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.color else text
@@ -822,13 +823,15 @@ class _Narrator:
         filled = int(frac * width)
         line = f"   {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {note}"
         if self.out.isatty():
-            print("\r" + line.ljust(100), end="", file=self.out, flush=True)
-        else:
+            print("\r" + line.ljust(110), end="", file=self.out, flush=True)
+        elif line != self._last_bar:  # a log file gets each distinct state once
             print(line, file=self.out, flush=True)
+        self._last_bar = line
 
     def end_bar(self) -> None:
         if self.out.isatty():
             print(file=self.out, flush=True)
+        self._last_bar = ""
 
 
 DEMO_SNAPSHOT_ENTRIES = 200
@@ -919,9 +922,18 @@ def run_tour(cluster: ProcessCluster, say: _Narrator) -> None:
 
     def progress() -> bool:
         st = cluster.status(victim) or {}
-        applied = int(st.get("applied", 0))
-        installed = int(st.get("snapshots_installed", 0))
-        note = "snapshot installed" if installed > before else "receiving snapshot..."
+        applied = int(st.get("applied") or 0)
+        installed = int(st.get("snapshots_installed") or 0)
+        if installed > before:
+            note = "snapshot installed, replaying the log tail"
+            if applied >= target:
+                note = "snapshot installed, caught up"
+        else:
+            peer = ((cluster.status(leader) or {}).get("peers") or {}).get(str(victim)) or {}
+            state = peer.get("state")
+            note = f"leader sees it in state {state!r}" if state else "connecting..."
+            if state == "snapshot":
+                note = "leader is streaming a snapshot to it..."
         say.bar(f"node {victim}", applied, target, note)
         return applied >= target and installed > before
 
@@ -953,7 +965,9 @@ def run_tour(cluster: ProcessCluster, say: _Narrator) -> None:
         ),
         timeout=60,
     )
-    say.ok(f"node {new_id} joined (POST /{new_id}) and caught up; its status:")
+    st4 = cluster.status(new_id) or {}
+    how = " through InstallSnapshot" if int(st4.get("snapshots_installed") or 0) else ""
+    say.ok(f"node {new_id} joined (POST /{new_id}) and caught up{how}:")
     say.table(_cluster_table(cluster))
     res = http_request("DELETE", cluster.url(leader, f"/{new_id}"))
     if res.status != 204:
