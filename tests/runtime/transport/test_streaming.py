@@ -825,3 +825,33 @@ async def test_256_mib_snapshot_streams_in_bounded_memory(
     peak, buffered = await _peak_while_streaming(256)
     assert buffered <= 4 * (MiB + 256)
     assert peak <= 12 * MiB
+
+
+async def test_chunks_larger_than_the_default_frame_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    chunk = 20 * MiB  # a valid configuration (up to 64 MiB), above the 16 MiB frame default
+    files = {"a": pattern(chunk + 5)}
+    stored, reader = make_snapshot(files)
+    net = MemoryNetwork(seed=30)
+    async with trio.open_nursery() as n:
+        (t1, _), (_, h2) = await start(n, net, stream_options=StreamOptions(chunk_size=chunk))
+        await t1.stream_snapshot(2, stored, reader, request_for(stored))
+        n.cancel_scope.cancel()
+    assert_received(h2, files, stored)
+    assert t1.last_stream[2].chunks_sent == 2
+
+
+async def test_a_chunk_size_the_receiver_cannot_take_is_a_clear_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stored, reader = make_snapshot({"a": pattern(100 * KiB)})
+    net = MemoryNetwork(seed=31)
+    async with trio.open_nursery() as n:
+        t1 = net.transport(1, disk=INLINE_DISK, stream_options=StreamOptions(chunk_size=20 * MiB))
+        t2 = net.transport(2, disk=INLINE_DISK)  # default frame limit: 16 MiB
+        await n.start(t1.serve, Handler(1))
+        await n.start(t2.serve, Handler(2))
+        with pytest.raises(SnapshotTransferError, match="frame limit"):
+            await t1.stream_snapshot(2, stored, reader, request_for(stored))
+        n.cancel_scope.cancel()

@@ -45,6 +45,7 @@ from trioraft.runtime.transport.framing import (
     FrameError,
 )
 from trioraft.runtime.transport.streaming import (
+    CHUNK_FRAME_OVERHEAD,
     ActiveStreams,
     ReceiveOptions,
     SnapshotReceiver,
@@ -426,7 +427,8 @@ class MemoryTransport:
         disk: runs blocking snapshot reads/writes (use the inline executor under MockClock).
         stream_options, receive_options: snapshot streaming settings.
         snapshot_rate: bytes/s limit shared by all outgoing snapshot streams.
-        max_frame_size: frame limit of stream/call connections.
+        max_frame_size: frame limit of stream/call connections (raised to fit
+            ``stream_options.chunk_size``).
         on_unreachable: called with a peer id when a message to it is lost to the topology.
     """
 
@@ -445,7 +447,6 @@ class MemoryTransport:
     ) -> None:
         self.network = network
         self.node_id = node_id
-        self.max_frame_size = max_frame_size
         self.stats = TransportStats()
         #: Statistics of the most recent completed stream to each peer.
         self.last_stream: dict[int, StreamStats] = {}
@@ -453,6 +454,10 @@ class MemoryTransport:
         self._removed: set[int] = set()
         self._disk: DiskExecutor = disk or ThreadDisk()
         self._stream_options = stream_options or StreamOptions()
+        # Frames always fit this node's own chunks (plus their envelope).
+        self.max_frame_size = max(
+            max_frame_size, self._stream_options.chunk_size + 2 * CHUNK_FRAME_OVERHEAD
+        )
         self._throttle = (
             Throttle(snapshot_rate, self._stream_options.chunk_size) if snapshot_rate else None
         )

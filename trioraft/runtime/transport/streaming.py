@@ -72,6 +72,7 @@ from trioraft.runtime.transport.framing import ConnectionClosed, FramedStream, F
 from trioraft.runtime.transport.util import Backoff, Throttle, TransportStats
 
 __all__ = [
+    "CHUNK_FRAME_OVERHEAD",
     "ActiveStreams",
     "ReceiveOptions",
     "SnapshotReceiver",
@@ -85,7 +86,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Room left in a frame for the chunk's envelope (field names, offsets, CRC).
-_CHUNK_OVERHEAD = 256
+CHUNK_FRAME_OVERHEAD = 256
 
 # Connection-level failures after which the sender reconnects and resumes.
 _RETRYABLE: tuple[type[BaseException], ...] = (
@@ -138,7 +139,8 @@ class ReceiveOptions:
 
     Attributes:
         max_window: the most chunks a sender may have unacknowledged towards this node.
-        max_chunk_size: the largest chunk accepted (also bounded by the frame limit).
+        max_chunk_size: the largest chunk accepted (also bounded by the connection's frame
+            limit, which each transport sizes to fit its own ``chunk_size``).
         resume_timeout: seconds a partial snapshot waits for its sender to reconnect before it is
             aborted; also how long a completed one is remembered for a sender that missed the
             final acknowledgement.
@@ -146,7 +148,7 @@ class ReceiveOptions:
     """
 
     max_window: int = 8
-    max_chunk_size: int = 4 << 20
+    max_chunk_size: int = 64 << 20
     resume_timeout: float = 60.0
     keepalive_interval: float = 1.0
 
@@ -391,7 +393,7 @@ async def _session(
 ) -> bool:
     """One connection's worth of a stream. Returns True when the receiver confirmed the commit;
     raises on anything that ends the connection."""
-    if opts.chunk_size + _CHUNK_OVERHEAD > conn.max_frame_size:
+    if opts.chunk_size + CHUNK_FRAME_OVERHEAD > conn.max_frame_size:
         raise SnapshotTransferError(
             f"chunk_size {opts.chunk_size} does not fit the frame limit {conn.max_frame_size}"
         )
@@ -692,7 +694,11 @@ class SnapshotReceiver:
             return f"request is from {req.src} to {req.dst}"
         if (req.meta.index, req.meta.term) != (offer.index, offer.term):
             return "request meta does not match the offer"
-        if not 1 <= offer.chunk_size <= min(self.options.max_chunk_size, max_frame - 256):
+        if (
+            not 1
+            <= offer.chunk_size
+            <= min(self.options.max_chunk_size, max_frame - CHUNK_FRAME_OVERHEAD)
+        ):
             return f"chunk size {offer.chunk_size} not allowed"
         if offer.window < 1:
             return "window must be >= 1"

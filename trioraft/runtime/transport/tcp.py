@@ -57,6 +57,7 @@ from trioraft.runtime.transport.framing import (
     FrameError,
 )
 from trioraft.runtime.transport.streaming import (
+    CHUNK_FRAME_OVERHEAD,
     ActiveStreams,
     ReceiveOptions,
     SnapshotReceiver,
@@ -104,7 +105,8 @@ class TcpTransport:
         server_hostname: the name to verify in peers' certificates (default: the host part of
             each peer's address).
         queue_size: per-peer bound of queued Raft messages.
-        max_frame_size: the largest frame accepted or sent.
+        max_frame_size: the largest frame accepted or sent (raised to fit
+            ``stream_options.chunk_size``).
         connect_timeout: seconds for connect + TLS + handshake of an outbound connection.
         handshake_timeout: seconds an inbound connection has to complete its handshake.
         backoff_initial, backoff_max: reconnect backoff bounds, seconds.
@@ -155,11 +157,14 @@ class TcpTransport:
         self._ssl_client = ssl_client_context
         self._server_hostname = server_hostname
         self._queue_size = queue_size
-        self._max_frame = max_frame_size
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._backoff = (backoff_initial, backoff_max)
         self._stream_options = stream_options or StreamOptions()
+        # Frames always fit this node's own chunks (plus their envelope).
+        self._max_frame = max(
+            max_frame_size, self._stream_options.chunk_size + 2 * CHUNK_FRAME_OVERHEAD
+        )
         self._throttle = (
             Throttle(snapshot_rate, self._stream_options.chunk_size) if (snapshot_rate) else None
         )
