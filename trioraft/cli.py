@@ -211,17 +211,16 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
     import re
 
     from trioraft.codec import DecodeError
-    from trioraft.storage.records import (
-        FRAME_HEADER,
-        EntriesRecord,
-        HardStateRecord,
-        SegmentHeader,
-        SnapshotRecord,
-        check_entries,
-        decode_record,
-        frame_crc,
-        unpack_entries,
-    )
+    from trioraft.storage import records
+
+    # Records are recognised by shape rather than by class so the tool keeps working while the
+    # record set evolves: a header has ``seq``, a marker has ``meta``, entries come with
+    # ``count``/``first_index``, and any record may carry a ``hard_state``.
+    frame_header = records.FRAME_HEADER
+    frame_crc = records.frame_crc
+    decode_record = records.decode_record
+    check_entries: Callable[[Any], str | None] = getattr(records, "check_entries", lambda rec: None)
+    unpack_entries: Callable[[Any], list[Any]] = records.unpack_entries
 
     seg_re = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
     try:
@@ -249,11 +248,11 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
         while off < len(buf):
             problem = None
             torn = False
-            if len(buf) - off < FRAME_HEADER.size:
+            if len(buf) - off < frame_header.size:
                 problem, torn = "incomplete frame header", True
             else:
-                length, stored = FRAME_HEADER.unpack_from(buf, off)
-                end = off + FRAME_HEADER.size + length
+                length, stored = frame_header.unpack_from(buf, off)
+                end = off + frame_header.size + length
                 if length == 0:
                     problem = "zero-length frame"
                     torn = not buf[off:].strip(b"\0")
@@ -263,7 +262,7 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
                     problem = "CRC mismatch"
             if problem is None:
                 try:
-                    rec = decode_record(buf[off + 8 : end])
+                    rec: Any = decode_record(buf[off + 8 : end])
                 except DecodeError as exc:
                     problem = f"undecodable record: {exc}"
             if problem is not None:
@@ -277,7 +276,7 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
                     print(f"  @{off:<10} DAMAGE: {problem}", file=out)
                     damaged += 1
                 break
-            if isinstance(rec, SegmentHeader):
+            if hasattr(rec, "seq"):
                 link = ""
                 if prev_seg_crc is not None and rec.prev_crc != prev_seg_crc:
                     link = " DAMAGE: CRC link to the previous segment broken"
@@ -286,43 +285,39 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
                     f"  @{off:<10} header seq={rec.seq} first_index={rec.first_index}{link}",
                     file=out,
                 )
-            elif isinstance(rec, HardStateRecord):
-                hs = rec.hard_state
+            elif hasattr(rec, "meta"):
+                markers += 1
+                m = rec.meta
+                voters = ",".join(map(str, sorted(m.conf.voters))) or "-"
+                extra = " reset" if getattr(rec, "reset", False) else ""
+                print(
+                    f"  @{off:<10} snapshot-marker index={m.index} term={m.term} "
+                    f"voters={voters}{extra}",
+                    file=out,
+                )
+            count = int(getattr(rec, "count", 0) or 0)
+            if count > 0 and not hasattr(rec, "meta"):
+                bad = check_entries(rec)
+                if bad is not None:
+                    print(f"  @{off:<10} DAMAGE: {bad}", file=out)
+                    damaged += 1
+                    break
+                last = rec.first_index + count - 1
+                print(f"  @{off:<10} entries {rec.first_index}..{last}", file=out)
+                for entry in unpack_entries(rec):
+                    print("  " + _describe_entry(entry, data_limit), file=out)
+                entries += count
+                if first_index is None:
+                    first_index = rec.first_index
+                last_index = last
+            hs = getattr(rec, "hard_state", None)
+            if hs is not None:
                 hard_states += 1
                 last_hs = hs
                 print(
                     f"  @{off:<10} hard-state term={hs.term} vote={hs.vote} commit={hs.commit}",
                     file=out,
                 )
-            elif isinstance(rec, SnapshotRecord):
-                markers += 1
-                m = rec.meta
-                voters = ",".join(map(str, sorted(m.conf.voters))) or "-"
-                extra = " reset" if rec.reset else ""
-                if rec.hard_state is not None:
-                    last_hs = rec.hard_state
-                    extra += (
-                        f" hard-state(term={rec.hard_state.term} commit={rec.hard_state.commit})"
-                    )
-                print(
-                    f"  @{off:<10} snapshot-marker index={m.index} term={m.term} "
-                    f"voters={voters}{extra}",
-                    file=out,
-                )
-            elif isinstance(rec, EntriesRecord):
-                bad = check_entries(rec)
-                if bad is not None:
-                    print(f"  @{off:<10} DAMAGE: {bad}", file=out)
-                    damaged += 1
-                    break
-                last = rec.first_index + rec.count - 1
-                print(f"  @{off:<10} entries {rec.first_index}..{last}", file=out)
-                for entry in unpack_entries(rec):
-                    print("  " + _describe_entry(entry, data_limit), file=out)
-                entries += rec.count
-                if first_index is None:
-                    first_index = rec.first_index
-                last_index = last
             crc = frame_crc(view[off : off + 4], view[off + 8 : end], crc)
             off = end
         prev_seg_crc = crc
