@@ -516,7 +516,7 @@ def find_source_root() -> Path:
     Raises:
         FileNotFoundError: trioraft was installed without its source tree.
     """
-    candidates = [Path.cwd(), Path(__file__).resolve().parent.parent]
+    candidates = [Path(__file__).resolve().parent.parent, Path.cwd()]
     for root in candidates:
         if (root / "examples" / "kv" / "__main__.py").is_file():
             return root
@@ -1051,7 +1051,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``trioraft`` argument parser."""
-    p = argparse.ArgumentParser(prog="trioraft", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="trioraft",
+        description="trioraft: a guided demo cluster and tools to look inside a node.",
+        epilog="DIR is a node's data directory (e.g. kv-1) or its wal/ or snap/ sub-directory. "
+        "The storage tools only read.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run a local 3-node KV cluster with a guided tour")
