@@ -23,6 +23,7 @@ import posixpath
 import random
 import shutil
 import threading
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import attrs
@@ -47,6 +48,10 @@ Buffer = bytes | bytearray | memoryview
 #: ``"r"`` read only; ``"r+"`` read/write an existing file; ``"w"`` create or truncate, read/write;
 #: ``"a"`` create if missing, read/write, positioned at the end; ``"x"`` create, must not exist.
 OpenMode = Literal["r", "r+", "w", "a", "x"]
+
+
+#: gathered writes are issued in groups of at most this many buffers (below IOV_MAX)
+_IOV_BATCH = 512
 
 
 class LockHeldError(BlockingIOError):
@@ -76,6 +81,9 @@ class FileSystem(Protocol):
 
     def write(self, fd: int, data: Buffer) -> None:
         """Write all of ``data`` at the current position and advance it."""
+
+    def writev(self, fd: int, parts: Sequence[Buffer]) -> None:
+        """Write all of ``parts`` back to back at the current position (one gathered write)."""
 
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (the position does not move)."""
@@ -229,6 +237,17 @@ class RealFileSystem:
                 n = os.write(fd, view)
                 view = view[n:]
 
+    def writev(self, fd: int, parts: Sequence[Buffer]) -> None:
+        """See :meth:`FileSystem.writev`."""
+        if len(parts) > _IOV_BATCH:
+            for i in range(0, len(parts), _IOV_BATCH):
+                self.writev(fd, parts[i : i + _IOV_BATCH])
+            return
+        total = sum(len(p) for p in parts)
+        n = os.writev(fd, parts)
+        if n < total:  # finish a short write with the remaining bytes
+            self.write(fd, memoryview(b"".join(parts))[n:])
+
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         """See :meth:`FileSystem.pwrite`."""
         view = memoryview(data)
@@ -367,6 +386,7 @@ class NoSyncFileSystem:
         self.open = inner.open
         self.close = inner.close
         self.write = inner.write
+        self.writev = inner.writev
         self.pwrite = inner.pwrite
         self.read = inner.read
         self.pread = inner.pread
@@ -678,6 +698,10 @@ class SimulatedFileSystem:
             self._mutate("write", f"{f.path} @{f.pos} {len(data)} bytes")
             self._put(self._inodes[f.ino], data, f.pos)
             f.pos += len(data)
+
+    def writev(self, fd: int, parts: Sequence[Buffer]) -> None:
+        """See :meth:`FileSystem.writev` (one mutating call, like the real one)."""
+        self.write(fd, b"".join(parts))
 
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         """See :meth:`FileSystem.pwrite`."""

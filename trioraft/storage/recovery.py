@@ -27,7 +27,7 @@ import attrs
 from trioraft.core.types import Entry, HardState
 from trioraft.errors import StorageCorrupted
 from trioraft.storage.fs import REAL_FS, FileSystem, ensure_dir
-from trioraft.storage.records import HardStateRecord, SnapshotRecord
+from trioraft.storage.records import SnapshotRecord
 from trioraft.storage.snapshots import SnapshotStore, StoredSnapshot, snapshot_dir_name
 from trioraft.storage.wal import DEFAULT_SEGMENT_BYTES, WAL
 
@@ -85,12 +85,10 @@ def recover(
         hs = HardState()
         referenced: set[tuple[int, int]] = set()
         for _pos, _off, rec in scan.records:
-            if isinstance(rec, HardStateRecord):
-                hs = rec.hard_state
-            elif isinstance(rec, SnapshotRecord):
+            if isinstance(rec, SnapshotRecord):
                 referenced.add((rec.meta.index, rec.meta.term))
-                if rec.hard_state is not None:
-                    hs = rec.hard_state
+            if rec.hard_state is not None:
+                hs = rec.hard_state
         chosen: StoredSnapshot | None = None
         orphans: list[StoredSnapshot] = []
         for (index, term), item in store._scan():

@@ -68,17 +68,17 @@ from trioraft.storage.fs import (
 from trioraft.storage.records import (
     FRAME_HEADER,
     MAX_RECORD_BYTES,
-    EntriesRecord,
-    HardStateRecord,
+    SaveRecord,
     SegmentHeader,
     SnapshotRecord,
     WalRecord,
     check_entries,
     decode_record,
-    encode_record,
-    frame,
+    encode_record_parts,
     frame_crc,
-    pack_entries,
+    frame_parts,
+    make_save_record,
+    record_first_term,
     record_terms,
     unpack_entries,
 )
@@ -264,9 +264,8 @@ class WAL:
                 i += 1
             self._segments = segments
             if not segments:
-                self._create_first()
                 scan = _Scan()
-                for off, rec in self._initial_records():
+                for off, rec in self._create_first():
                     scan.records.append((0, off, rec))
                 scan.tail_offset = self._offset
                 scan.tail_crc = self._crc
@@ -344,19 +343,25 @@ class WAL:
             broken,
         )
 
-    def _initial_records(self) -> list[tuple[int, WalRecord]]:
-        return [
-            (0, SegmentHeader(seq=0, first_index=1, prev_crc=0)),
-            (-1, SnapshotRecord(_EMPTY_MARKER)),
-        ]
-
-    def _create_first(self) -> None:
+    def _create_first(self) -> list[tuple[int, WalRecord]]:
+        """Create segment 0: its header, then the empty snapshot marker (two writes, one
+        fdatasync, then the directory fsync). Returns the records with their offsets."""
         fs = self._fs
         seg = _Segment(0, 1, os.path.join(self._dir, segment_name(0, 1)))
+        records: list[WalRecord] = [
+            SegmentHeader(seq=0, first_index=1, prev_crc=0, hard_state=HardState()),
+            SnapshotRecord(_EMPTY_MARKER),
+        ]
         fd = fs.open(seg.path, "w")
-        buf, crc = _frames([rec for _, rec in self._initial_records()], 0)
+        out: list[tuple[int, WalRecord]] = []
+        crc = 0
+        offset = 0
         try:
-            fs.write(fd, buf)
+            for rec in records:
+                parts, crc, size = _frame(rec, crc)
+                fs.writev(fd, parts)
+                out.append((offset, rec))
+                offset += size
             fs.fdatasync(fd)
             fs.fsync_dir(self._dir)
         except BaseException:
@@ -364,9 +369,10 @@ class WAL:
             raise
         self._segments = [seg]
         self._fd = fd
-        self._offset = len(buf)
+        self._offset = offset
         self._crc = crc
         log.info("WAL %s: created", self._dir)
+        return out
 
     def _replay(self, scan: _Scan, at: SnapshotMeta | None) -> WalContents:
         """Apply every record in order; keep the entries above the chosen marker."""
@@ -375,23 +381,24 @@ class WAL:
         ents: list[Entry] = []
         hs = HardState()
         for pos, off, rec in scan.records:
-            if isinstance(rec, EntriesRecord):
+            if isinstance(rec, SaveRecord):
                 first = rec.first_index
                 last = first + rec.count - 1
-                if last <= base:
-                    continue
-                lo = max(first, base + 1)
-                cut = lo - base - 1
-                if cut > len(ents):
-                    raise StorageCorrupted(
-                        self._segments[pos].path,
-                        f"entries {base + len(ents) + 1}..{lo - 1} are missing (reading from "
-                        f"snapshot marker {base}/{start.term})",
-                        off,
-                    )
-                del ents[cut:]
-                ents.extend(unpack_entries(rec, lo - first))
-            elif isinstance(rec, HardStateRecord):
+                if rec.count and last > base:
+                    lo = max(first, base + 1)
+                    cut = lo - base - 1
+                    if cut > len(ents):
+                        raise StorageCorrupted(
+                            self._segments[pos].path,
+                            f"entries {base + len(ents) + 1}..{lo - 1} are missing (reading "
+                            f"from snapshot marker {base}/{start.term})",
+                            off,
+                        )
+                    del ents[cut:]
+                    ents.extend(unpack_entries(rec, lo - first))
+                if rec.hard_state is not None:
+                    hs = rec.hard_state
+            elif isinstance(rec, SegmentHeader):
                 hs = rec.hard_state
             elif isinstance(rec, SnapshotRecord):
                 if rec.hard_state is not None:
@@ -467,8 +474,8 @@ class WAL:
         """
         with self._mu:
             self._check_writable()
-            records: list[WalRecord] = []
-            first = last = 0
+            if hard_state is not None and hard_state == self._hs:
+                hard_state = None
             if entries:
                 first = entries[0].index
                 last = entries[-1].index
@@ -480,14 +487,12 @@ class WAL:
                     )
                 if first <= 0:
                     raise ValueError("entry indexes start at 1")
-                records.extend(pack_entries(entries))
-            if hard_state is not None and hard_state != self._hs:
-                records.append(HardStateRecord(hard_state))
-            if not records:
+            elif hard_state is None:
                 return
-            self._write(records)
+            rec = make_save_record(entries, hard_state)
+            self._write(rec)
             if entries:
-                self._note_entries(records, first, last)
+                self._note_entries(rec)
             if hard_state is not None:
                 self._hs = hard_state
 
@@ -504,7 +509,7 @@ class WAL:
         with self._mu:
             self._check_writable()
             reset = self._replaces_log(meta)
-            self._write([SnapshotRecord(meta, reset)])
+            self._write(SnapshotRecord(meta, reset))
             self._markers.append((meta, self._segments[-1].seq))
             if reset:
                 self._base_index = meta.index
@@ -625,18 +630,19 @@ class WAL:
         log.error("WAL %s: %s failed: %s; refusing further writes", self._dir, what, exc)
         raise StorageFailed(f"WAL {self._dir}: {what} failed: {exc}") from exc
 
-    def _write(self, records: list[WalRecord]) -> None:
+    def _write(self, rec: WalRecord) -> None:
+        """Append one frame and fdatasync (starting a new segment first when this one is full)."""
         if self._offset >= self._segment_bytes:
             self._cut()
-        buf, crc = _frames(records, self._crc)
+        parts, crc, size = _frame(rec, self._crc)
         fd = self._fd
         assert fd is not None
         try:
-            self._fs.write(fd, buf)
+            self._fs.writev(fd, parts)
             self._fs.fdatasync(fd)
         except OSError as exc:
             self._fail(exc, "append")
-        self._offset += len(buf)
+        self._offset += size
         self._crc = crc
 
     def _cut(self) -> None:
@@ -646,19 +652,14 @@ class WAL:
         seq = prev.seq + 1
         first = self._last_index + 1
         seg = _Segment(seq, first, os.path.join(self._dir, segment_name(seq, first)))
-        buf, crc = _frames(
-            [
-                SegmentHeader(seq=seq, first_index=first, prev_crc=self._crc),
-                HardStateRecord(self._hs),
-            ],
-            0,
-        )
+        header = SegmentHeader(seq=seq, first_index=first, prev_crc=self._crc, hard_state=self._hs)
+        parts, crc, size = _frame(header, 0)
         try:
             fd = fs.open(seg.path, "w")
         except OSError as exc:
             self._fail(exc, f"creating segment {seg.path}")
         try:
-            fs.write(fd, buf)
+            fs.writev(fd, parts)
             fs.fdatasync(fd)
             fs.fsync_dir(self._dir)
         except OSError as exc:
@@ -669,7 +670,7 @@ class WAL:
         old = self._fd
         self._fd = fd
         self._segments.append(seg)
-        self._offset = len(buf)
+        self._offset = size
         self._crc = crc
         if old is not None:
             try:
@@ -678,7 +679,8 @@ class WAL:
                 log.warning("WAL %s: closing %s failed: %s", self._dir, prev.path, exc)
         log.debug("WAL %s: started segment %s", self._dir, seg.path)
 
-    def _note_entries(self, records: list[WalRecord], first: int, last: int) -> None:
+    def _note_entries(self, rec: SaveRecord) -> None:
+        first = rec.first_index
         if first <= self._base_index:
             self._run_starts.clear()
             self._run_terms.clear()
@@ -686,17 +688,12 @@ class WAL:
             k = bisect.bisect_left(self._run_starts, first)
             del self._run_starts[k:]
             del self._run_terms[k:]
-        for rec in records:
-            if not isinstance(rec, EntriesRecord):
-                continue
-            terms = record_terms(rec)
-            t0 = terms[0]
-            if t0 == terms[-1] and terms.count(t0) == len(terms):
-                self._add_run(rec.first_index, t0)
-            else:
-                for i, t in enumerate(terms):
-                    self._add_run(rec.first_index + i, t)
-        self._last_index = last
+        if len(rec.terms) == 8:
+            self._add_run(first, record_first_term(rec))
+        else:
+            for i, t in enumerate(record_terms(rec)):
+                self._add_run(first + i, t)
+        self._last_index = first + rec.count - 1
 
     def _add_run(self, index: int, term: int) -> None:
         if index <= self._base_index:
@@ -730,14 +727,14 @@ class WAL:
 # framing helpers
 
 
-def _frames(records: Sequence[WalRecord], crc: int) -> tuple[bytes, int]:
-    parts: list[bytes] = []
-    for rec in records:
-        payload = encode_record(rec)
-        header, crc = frame(payload, crc)
-        parts.append(header)
-        parts.append(payload)
-    return b"".join(parts), crc
+def _frame(rec: WalRecord, crc: int) -> tuple[list[bytes], int, int]:
+    """Frame one record after chained CRC ``crc``: (buffers to write, new CRC, total bytes)."""
+    parts = encode_record_parts(rec)
+    header, crc = frame_parts(parts, crc)
+    size = len(header)
+    for p in parts:
+        size += len(p)
+    return [header, *parts], crc, size
 
 
 def _check_header(
@@ -762,29 +759,43 @@ def _check_header(
 
 
 def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage | None]:
-    """Split a segment into records. Returns (records with offsets, end of the last good frame,
-    chained CRC there, damage or None)."""
+    """Split a segment into records.
+
+    Returns (records with their offsets, end of the last good frame, chained CRC there, damage or
+    ``None``). Zeros after the last frame are a clean end (nothing was written there yet).
+    """
     out: list[tuple[int, WalRecord]] = []
     view = memoryview(buf)
     n = len(buf)
     off = 0
     crc = 0
     unpack = FRAME_HEADER.unpack_from
+    hsize = FRAME_HEADER.size
     while off < n:
-        if n - off < FRAME_HEADER.size:
+        if n - off < hsize:
+            if _all_zero(buf, off, n):
+                break
             return out, off, crc, _Damage(off, "incomplete frame header", True)
         length, stored = unpack(buf, off)
-        end = off + FRAME_HEADER.size + length
-        if length == 0 or length > MAX_RECORD_BYTES or end > n:
-            return out, off, crc, _classify(buf, off, length, stored, crc)
-        actual = frame_crc(view[off : off + 4], view[off + 8 : end], crc)
+        if length == 0:
+            if stored == 0 and _all_zero(buf, off, n):
+                break
+            # the start of the last write was lost while later parts of it were not
+            return out, off, crc, _Damage(off, "zero-length frame", True)
+        if length > MAX_RECORD_BYTES:
+            return out, off, crc, _Damage(off, f"implausible frame length {length}", False)
+        end = off + hsize + length
+        if end > n:
+            detail = f"frame of {length} bytes runs past the end of the file ({n} bytes)"
+            return out, off, crc, _Damage(off, detail, True)
+        actual = frame_crc(view[off : off + 4], view[off + hsize : end], crc)
         if actual != stored:
-            return out, off, crc, _classify(buf, off, length, stored, crc)
+            return out, off, crc, _classify(buf, off, end, stored)
         try:
-            rec = decode_record(buf[off + 8 : end])
+            rec = decode_record(buf[off + hsize : end])
         except DecodeError as exc:
             return out, off, crc, _Damage(off, f"undecodable record: {exc}", False)
-        if isinstance(rec, EntriesRecord):
+        if isinstance(rec, SaveRecord):
             problem = check_entries(rec)
             if problem is not None:
                 return out, off, crc, _Damage(off, problem, False)
@@ -794,37 +805,33 @@ def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage |
     return out, off, crc, None
 
 
-def _classify(buf: bytes, off: int, length: int, stored: int, crc: int) -> _Damage:
-    """Decide whether a bad frame at ``off`` is a torn write (repairable in the last segment)
-    or corruption."""
+def _all_zero(buf: bytes, start: int, end: int) -> bool:
+    return not buf[start:end].strip(b"\0")
+
+
+def _classify(buf: bytes, off: int, end: int, stored: int) -> _Damage:
+    """A frame at ``off`` (ending at ``end``, inside the file) failed its CRC: torn write of the
+    last frame, or corruption?
+
+    Every write is one frame, so only the last frame can be torn, and what a torn write loses
+    reads back as zeros (the file was extended but the data not written, or the sector kept its
+    old zero content). So: a valid frame chained from this one's stored CRC after it means the
+    frame was once whole (corruption); otherwise, a piece of the frame lying in one 512-byte
+    sector that is all zeros means a torn write; anything else is corruption.
+    """
     n = len(buf)
-    end = off + FRAME_HEADER.size + length
-    if length == 0:
-        what = "zero-length frame"
-    elif length > MAX_RECORD_BYTES:
-        what = f"implausible frame length {length}"
-    elif end > n:
-        what = f"frame of {length} bytes runs past the end of the file ({n} bytes)"
-    else:
-        what = "CRC mismatch"
-    # A frame that was once written whole and later damaged is followed by a valid frame
-    # chained from its stored CRC; a torn write never is.
-    if 0 < length <= MAX_RECORD_BYTES and end + FRAME_HEADER.size <= n:
+    hsize = FRAME_HEADER.size
+    if end + hsize <= n:
         nlen, nstored = FRAME_HEADER.unpack_from(buf, end)
-        nend = end + FRAME_HEADER.size + nlen
+        nend = end + hsize + nlen
         if 0 < nlen <= MAX_RECORD_BYTES and nend <= n:
             view = memoryview(buf)
-            if frame_crc(view[end : end + 4], view[end + 8 : nend], stored) == nstored:
-                return _Damage(off, what + " (a valid record follows)", False)
-    if end > n and length <= MAX_RECORD_BYTES:
-        return _Damage(off, what, True)
-    span_end = min(n, max(end, off + FRAME_HEADER.size))
-    nonzero_end = len(buf.rstrip(b"\0"))
-    if nonzero_end < span_end:
-        return _Damage(off, what + " (zero-filled tail)", True)
-    first_sector = off - off % _SECTOR
-    for s in range(first_sector, span_end, _SECTOR):
-        chunk = buf[s : min(s + _SECTOR, n)]
-        if not chunk.strip(b"\0"):
-            return _Damage(off, what + f" (zeroed sector at {s})", True)
-    return _Damage(off, what, False)
+            if frame_crc(view[end : end + 4], view[end + hsize : nend], stored) == nstored:
+                return _Damage(off, "CRC mismatch (a valid record follows)", False)
+    piece_start = off
+    while piece_start < end:
+        piece_end = min(end, (piece_start // _SECTOR + 1) * _SECTOR)
+        if _all_zero(buf, piece_start, piece_end):
+            return _Damage(off, f"CRC mismatch (zeroed bytes at {piece_start})", True)
+        piece_start = piece_end
+    return _Damage(off, "CRC mismatch", False)

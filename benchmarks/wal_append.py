@@ -1,0 +1,212 @@
+"""WAL append throughput against plain ``os.write`` + ``os.fdatasync`` of the same bytes.
+
+For each batch size (1, 64, 1024 entries per ``WAL.save``, each save also carrying a hard state
+as the runtime's saves do) the benchmark first captures the exact bytes the WAL writes per save
+(an untimed pass), then times, alternately for several rounds:
+
+* ``wal``: ``WAL.save(batch, hard_state)`` — encode, frame, CRC32C, one write, one fdatasync;
+* ``raw``: ``os.write(fd, same_bytes)`` + ``os.fdatasync(fd)`` per save into a fresh file.
+
+WAL saves and raw writes are interleaved one by one (alternating which goes first) into two
+files growing side by side, so both meet the same background disk and CPU conditions. The figure
+of merit is ``batch_<n>_ratio`` = raw time / WAL time (1.0 = no overhead over the raw syscalls),
+the median over the rounds (each round starts fresh files).
+
+Usage::
+
+    python -m benchmarks.wal_append [--quick] [--json PATH] [--dir DIR] [--entry-bytes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from trioraft.core.types import Entry, HardState
+from trioraft.storage.fs import REAL_FS, Buffer, FileSystem, NoSyncFileSystem
+from trioraft.storage.wal import WAL
+
+BATCH_SIZES = (1, 64, 1024)
+
+
+class _Recorder(NoSyncFileSystem):
+    """Captures every buffer written (no fsyncs: this pass only learns the bytes)."""
+
+    def __init__(self, inner: FileSystem) -> None:
+        super().__init__(inner)
+        self.writes: list[bytes] = []
+        inner_write = inner.write
+
+        def write(fd: int, data: Buffer) -> None:
+            self.writes.append(bytes(data))
+            inner_write(fd, data)
+
+        def writev(fd: int, parts: Sequence[Buffer]) -> None:
+            write(fd, b"".join(parts))
+
+        self.write = write  # type: ignore[method-assign]
+        self.writev = writev  # type: ignore[method-assign]
+
+
+def _batches(batch: int, count: int, entry_bytes: int) -> list[tuple[list[Entry], HardState]]:
+    payload = os.urandom(entry_bytes)
+    out: list[tuple[list[Entry], HardState]] = []
+    index = 1
+    for _ in range(count):
+        ents = [Entry(term=3, index=index + i, data=payload) for i in range(batch)]
+        out.append((ents, HardState(term=3, vote=1, commit=index - 1)))
+        index += batch
+    return out
+
+
+def _capture(work: str, batches: Sequence[tuple[list[Entry], HardState]]) -> list[bytes]:
+    d = os.path.join(work, "capture")
+    rec = _Recorder(REAL_FS)
+    wal, _ = WAL.open(d, fs=rec)
+    try:
+        rec.writes.clear()
+        for ents, hs in batches:
+            wal.save(ents, hs)
+    finally:
+        wal.close()
+        shutil.rmtree(d)
+    if len(rec.writes) != len(batches):
+        raise RuntimeError("expected exactly one write per save (segment cut during capture?)")
+    return rec.writes
+
+
+def _round(
+    work: str, batches: Sequence[tuple[list[Entry], HardState]], bufs: Sequence[bytes]
+) -> tuple[float, float]:
+    """One round: WAL saves and raw writes interleaved save by save (alternating which goes
+    first), so both see the same background disk and CPU conditions. Returns the summed
+    (wal, raw) times."""
+    d = os.path.join(work, "wal")
+    path = os.path.join(work, "raw.dat")
+    wal, _ = WAL.open(d)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    clock = time.perf_counter
+    wal_t = raw_t = 0.0
+    try:
+        for i, ((ents, hs), buf) in enumerate(zip(batches, bufs, strict=True)):
+            if i % 2:
+                t0 = clock()
+                os.write(fd, buf)
+                os.fdatasync(fd)
+                t1 = clock()
+                wal.save(ents, hs)
+                t2 = clock()
+                raw_t += t1 - t0
+                wal_t += t2 - t1
+            else:
+                t0 = clock()
+                wal.save(ents, hs)
+                t1 = clock()
+                os.write(fd, buf)
+                os.fdatasync(fd)
+                t2 = clock()
+                wal_t += t1 - t0
+                raw_t += t2 - t1
+    finally:
+        wal.close()
+        os.close(fd)
+        shutil.rmtree(d)
+        os.remove(path)
+    return wal_t, raw_t
+
+
+def run(*, quick: bool, work: str, entry_bytes: int) -> dict[str, Any]:
+    """Run every batch size; returns the result dict (also the JSON document)."""
+    counts = {1: 300, 64: 200, 1024: 40} if quick else {1: 2000, 64: 1000, 1024: 200}
+    rounds = 3 if quick else 5
+    result: dict[str, Any] = {
+        "benchmark": "wal_append",
+        "quick": quick,
+        "entry_bytes": entry_bytes,
+        "rounds": rounds,
+        "dir": work,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+    for batch in BATCH_SIZES:
+        batches = _batches(batch, counts[batch], entry_bytes)
+        bufs = _capture(work, batches)
+        nbytes = sum(len(b) for b in bufs)
+        nentries = batch * len(batches)
+        wal_times: list[float] = []
+        raw_times: list[float] = []
+        ratios: list[float] = []
+        for _ in range(rounds):
+            w, r = _round(work, batches, bufs)
+            wal_times.append(w)
+            raw_times.append(r)
+            ratios.append(r / w)
+        wal_t = statistics.median(wal_times)
+        raw_t = statistics.median(raw_times)
+        mib = nbytes / (1 << 20)
+        key = f"batch_{batch}"
+        result[f"{key}_saves"] = len(batches)
+        result[f"{key}_bytes"] = nbytes
+        result[f"{key}_wal_entries_per_s"] = round(nentries / wal_t, 1)
+        result[f"{key}_wal_mib_s"] = round(mib / wal_t, 3)
+        result[f"{key}_raw_entries_per_s"] = round(nentries / raw_t, 1)
+        result[f"{key}_raw_mib_s"] = round(mib / raw_t, 3)
+        result[f"{key}_wal_us_per_save"] = round(wal_t / len(batches) * 1e6, 1)
+        result[f"{key}_raw_us_per_save"] = round(raw_t / len(batches) * 1e6, 1)
+        result[f"{key}_ratio"] = round(statistics.median(ratios), 3)
+        result[f"{key}_ratio_rounds"] = [round(x, 3) for x in ratios]
+    return result
+
+
+def _table(res: dict[str, Any]) -> str:
+    lines = [
+        f"WAL append, {res['entry_bytes']} B entries, one fdatasync per save "
+        f"(median of {res['rounds']} rounds, dir {res['dir']})",
+        f"{'batch':>6} {'WAL entries/s':>14} {'WAL MiB/s':>10} {'raw entries/s':>14} "
+        f"{'raw MiB/s':>10} {'WAL us/save':>12} {'raw us/save':>12} {'ratio':>6}",
+    ]
+    for b in BATCH_SIZES:
+        k = f"batch_{b}"
+        lines.append(
+            f"{b:>6} {res[k + '_wal_entries_per_s']:>14,.0f} {res[k + '_wal_mib_s']:>10.2f} "
+            f"{res[k + '_raw_entries_per_s']:>14,.0f} {res[k + '_raw_mib_s']:>10.2f} "
+            f"{res[k + '_wal_us_per_save']:>12.1f} {res[k + '_raw_us_per_save']:>12.1f} "
+            f"{res[k + '_ratio']:>6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.wal_append", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer saves and rounds")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument(
+        "--dir", help="where to write (default: a temp dir); use the disk you care about"
+    )
+    p.add_argument("--entry-bytes", type=int, default=256, help="payload bytes per entry (256)")
+    args = p.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="trioraft-wal-bench-", dir=args.dir)
+    try:
+        res = run(quick=args.quick, work=work, entry_bytes=args.entry_bytes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(_table(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, sort_keys=True)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
