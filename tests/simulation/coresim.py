@@ -35,12 +35,22 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from trioraft.core.bootstrap import bootstrap_state
 from trioraft.core.config import CoreConfig
 from trioraft.core.messages import Message, SnapshotRequest
 from trioraft.core.raft import RaftCore
 from trioraft.core.ready import Ready, Role
 from trioraft.core.storage import MemoryStorage
-from trioraft.core.types import ConfState, Entry, HardState, SnapshotMeta
+from trioraft.core.types import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeTransition,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    HardState,
+    SnapshotMeta,
+)
 from trioraft.errors import NotLeader, ProposalDropped
 
 
@@ -81,6 +91,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "transfer": 0.3,
     "read_index": 2,
     "campaign": 0.2,
+    "conf_change": 0,
 }
 
 ACTION_KINDS = tuple(DEFAULT_WEIGHTS)
@@ -92,6 +103,10 @@ class Fsm:
 
     index: int = 0
     digest: bytes = b""
+
+
+def _member(node_id: int, conf: ConfState) -> bool:
+    return node_id in (conf.voters | conf.learners | conf.voters_outgoing)
 
 
 def _chain(digest: bytes, e: Entry) -> bytes:
@@ -128,6 +143,10 @@ class SimConfig:
     check_quorum: bool = True
     max_msg_bytes: int = 1 << 20
     max_inflight_msgs: int = 256
+    spares: int = 0  # extra node ids, not members at first (for membership changes)
+    # The leader's runtime takes a fresh snapshot when the stored one does not include the
+    # peer it must go to (see Sim._send); without it a joiner can be stuck forever.
+    fresh_snapshot_for_joiners: bool = True
     keep_after_compact: int = 2  # entries kept behind a snapshot (maximum, drawn uniformly)
     weights: dict[str, float] = attrs.Factory(dict)  # overrides of DEFAULT_WEIGHTS
 
@@ -150,6 +169,8 @@ class Stats:
     reads_confirmed: int = 0
     liveness_leader_ticks: int = 0  # ticks after healing until a leader was seen
     liveness_retries: int = 0  # proposals re-sent after a leadership change
+    conf_changes: int = 0  # membership changes accepted by a leader
+    fresh_snapshots: int = 0  # snapshots taken because a joiner was not in the stored one
 
 
 class Sim:
@@ -163,14 +184,16 @@ class Sim:
         # so that a recorded action list replays identically without it.
         self.rng = random.Random(seed)
         self.weights = {**DEFAULT_WEIGHTS, **self.cfg.weights}
-        ids = list(range(1, self.cfg.nodes + 1))
-        self.conf = ConfState(voters=frozenset(ids))
+        founders = list(range(1, self.cfg.nodes + 1))
+        entries, hs = bootstrap_state(founders)
         self.nodes: dict[int, Node] = {}
-        for i in ids:
+        for i in range(1, self.cfg.nodes + self.cfg.spares + 1):
+            # Founders start from the bootstrap log, spares empty (they join by conf change).
             ms = MemoryStorage()
-            ms.set_conf_state(self.conf)
+            if i in founders:
+                ms.append(entries)
+                ms.set_hard_state(hs)
             self.nodes[i] = Node(i, ms)
-            self._start(self.nodes[i])
         self.net: list[InFlight] = []
         self.blocked: set[tuple[int, int]] = set()
         self.trace: list[Action] = []
@@ -185,7 +208,8 @@ class Sim:
         self.snapshot_digest: dict[tuple[int, int], bytes] = {}
         self.applied_data: set[bytes] = set()
         self.snapshot_digest[(0, 0)] = b""
-        self.log_lines: list[str] = []
+        for node in self.nodes.values():
+            self._start(node)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -222,8 +246,6 @@ class Sim:
         snap = old.snapshot()
         if snap.index:
             ms.apply_snapshot(snap)
-        else:
-            ms.set_conf_state(self.conf)
         ms.set_hard_state(old.hard_state)
         if old.last_index() >= old.first_index():
             ms.append(old.entries(old.first_index(), old.last_index() + 1))
@@ -244,6 +266,20 @@ class Sim:
         for m in msgs:
             if isinstance(m, SnapshotRequest):
                 self.stats.snapshots_sent += 1
+                # The stored snapshot may predate the peer's admission, and the peer's core
+                # ignores snapshots that do not include it (as etcd's does). Like etcd's
+                # server (which sends a snapshot at the current applied index and
+                # configuration), take a fresh snapshot, fail this stream, and let the core
+                # retry with the new one.
+                if (
+                    self.cfg.fresh_snapshot_for_joiners
+                    and not _member(m.dst, m.meta.conf)
+                    and self._compact(node, 0)
+                ):
+                    self.stats.fresh_snapshots += 1
+                    assert node.core is not None
+                    node.core.report_snapshot(m.dst, False)
+                    continue
             if (m.src, m.dst) in self.blocked or m.dst not in self.nodes:
                 self._lost(InFlight(m, node.incarnation))
             else:
@@ -469,6 +505,8 @@ class Sim:
                     pass
                 else:
                     self.pending_reads[ctx] = (node.id, self._known_commit())
+        elif k == "conf_change":
+            self._conf_change(pick, act.b)
         elif k == "campaign":
             if node.core is not None:
                 node.core.campaign()
@@ -485,12 +523,50 @@ class Sim:
         self.settle()
         self.check()
 
-    def _compact(self, node: Node, b: int) -> None:
+    def _conf_change(self, target: int, b: int) -> None:
+        leader = self.leader()
+        if leader is None or leader.core is None:
+            return
+        conf = leader.core.conf_state
+        others = [i for i in sorted(self.nodes) if i != target]
+        second = others[(b >> 4) % len(others)]
+        choice = b % 8
+        if choice in (0, 1):
+            changes = [(ConfChangeType.ADD_VOTER, target)]
+        elif choice == 2:
+            changes = [(ConfChangeType.ADD_LEARNER, target)]
+        elif choice in (3, 4):
+            # Keep at least two voters so that liveness after healing stays meaningful.
+            if len(conf.voters - {target}) < 2:
+                return
+            changes = [(ConfChangeType.REMOVE, target)]
+        elif choice == 5:
+            changes = [(ConfChangeType.ADD_VOTER, target), (ConfChangeType.REMOVE, second)]
+            if len(conf.voters - {second}) < 2:
+                return
+        elif choice == 6:
+            changes = [(ConfChangeType.ADD_VOTER, target), (ConfChangeType.ADD_VOTER, second)]
+        else:
+            changes = [(ConfChangeType.ADD_LEARNER, target)]
+            if target not in conf.voters or len(conf.voters) < 3:
+                return  # demote a voter (joint), keeping two voters
+        cc = ConfChange(
+            changes=tuple(ConfChangeSingle(t, i) for t, i in changes),
+            transition=ConfChangeTransition.AUTO,
+        )
+        try:
+            leader.core.propose_conf_change(cc)
+        except (ProposalDropped, NotLeader):
+            return
+        self.stats.conf_changes += 1
+
+    def _compact(self, node: Node, b: int) -> bool:
         st = node.storage
         index = node.fsm.index
         if index <= st.snapshot().index or index > st.last_index():
-            return
-        meta = SnapshotMeta(index=index, term=st.term(index), conf=self.conf)
+            return False
+        assert node.core is not None
+        meta = SnapshotMeta(index=index, term=st.term(index), conf=node.core.conf_state)
         self.snapshot_digest.setdefault((meta.index, meta.term), node.fsm.digest)
         if self.snapshot_digest[(meta.index, meta.term)] != node.fsm.digest:
             raise Violation(f"node {node.id}: two different states for snapshot {meta}")
@@ -498,6 +574,7 @@ class Sim:
         keep = b % (self.cfg.keep_after_compact + 1)
         st.compact(max(index - keep, st.first_index() - 1))
         self.stats.compactions += 1
+        return True
 
     def random_action(self) -> Action:
         """Draw the next action from the schedule generator (``self.rng``)."""
@@ -624,8 +701,11 @@ class Sim:
                             proposed_to = target
                         self.settle()
                         self.check()
-            if proposed_to and all(self._has_applied(n, wanted) for n in self.nodes.values()):
-                return ticks
+            if proposed_to and leader is not None and leader.core is not None:
+                conf = leader.core.conf_state
+                members = conf.voters | conf.learners | conf.voters_outgoing | conf.learners_next
+                if all(self._has_applied(self.nodes[i], wanted) for i in members):
+                    return ticks
         state = ", ".join(
             f"{n.id}: {n.core.role.value} term {n.core.term} commit {n.core.commit} "
             f"applied {n.fsm.index}"

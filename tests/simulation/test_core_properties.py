@@ -54,6 +54,10 @@ PROFILES: dict[str, tuple[SimConfig, int]] = {
         400,
     ),
     "plain-raft": (SimConfig(nodes=3, pre_vote=False, check_quorum=False), 400),
+    "membership": (
+        SimConfig(nodes=3, spares=2, weights={"conf_change": 3, "propose_leader": 6}),
+        400,
+    ),
 }
 
 LIVENESS_TICKS = 200

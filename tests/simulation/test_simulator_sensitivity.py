@@ -28,12 +28,12 @@ def _quiet_core_logs() -> Iterator[None]:
 
 
 class AmnesiacSim(Sim):
-    """Restarts forget the persisted term and vote (a runtime that never fsyncs them)."""
+    """Restarts forget the persisted vote (a runtime that does not fsync it before replying)."""
 
     def _crash(self, node: Node) -> None:
         super()._crash(node)
         hs = node.storage.hard_state
-        node.storage.set_hard_state(HardState(term=0, vote=0, commit=hs.commit))
+        node.storage.set_hard_state(HardState(term=hs.term, vote=0, commit=hs.commit))
 
 
 class LossyDiskSim(Sim):
@@ -48,8 +48,6 @@ class LossyDiskSim(Sim):
             snap = st.snapshot()
             if snap.index:
                 ms.apply_snapshot(snap)
-            else:
-                ms.set_conf_state(self.conf)
             ms.set_hard_state(attrs.evolve(st.hard_state, commit=min(st.hard_state.commit, keep)))
             if keep >= st.first_index():
                 ms.append(st.entries(st.first_index(), keep + 1))
