@@ -455,8 +455,15 @@ async def test_completed_snapshot_is_not_sent_twice(autojump_clock: trio.testing
         await t1.stream_snapshot(2, stored, reader, request_for(stored))
         assert len(reader.reads) == reads
         assert t1.last_stream[2].bytes_sent == 0
+        assert len(h2.received) == 1
+        # Same snapshot, newer request (say the leader's term moved on): no data is sent
+        # again, but the new request is delivered, as the contract promises.
+        newer = request_for(stored, term=stored.term + 1)
+        await t1.stream_snapshot(2, stored, reader, newer)
+        assert len(reader.reads) == reads
         n.cancel_scope.cancel()
-    assert len(h2.received) == 1 and len(h2.builders) == 1
+    assert [r for _, r in h2.received] == [request_for(stored), newer]
+    assert len(h2.builders) == 1
 
 
 async def test_handler_refusal_is_a_rejection(autojump_clock: trio.testing.MockClock) -> None:

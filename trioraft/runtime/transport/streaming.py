@@ -37,7 +37,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import attrs
@@ -365,18 +365,18 @@ class _SenderState:
             return self.starts[file_index] + offset
         return None
 
-    def chunks_from(self, file_index: int, offset: int, size: int) -> list[tuple[int, int, int]]:
+    def chunks_from(
+        self, file_index: int, offset: int, size: int
+    ) -> Iterator[tuple[int, int, int]]:
         """(file index, offset, length) of every chunk from a position to the end."""
-        out: list[tuple[int, int, int]] = []
         while file_index < len(self.files):
             fsize = self.files[file_index].size
             while offset < fsize:
                 n = min(size, fsize - offset)
-                out.append((file_index, offset, n))
+                yield (file_index, offset, n)
                 offset += n
             file_index += 1
             offset = 0
-        return out
 
 
 async def _session(
@@ -584,6 +584,7 @@ class _Incoming:
     completed: bool = False
     dropped: bool = False
     stored: Any = None
+    delivered: SnapshotRequest | None = None  #: the request last handed to the handler
     active: trio.CancelScope | None = None
     claims: int = 0
     lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -758,6 +759,10 @@ class SnapshotReceiver:
                 await conn.send(SnapshotError(reason="superseded", retry=True))
                 return
             if state.completed:
+                if state.offer.request != state.delivered:
+                    # Same snapshot, newer request (e.g. the sender's term moved on): the
+                    # caller's contract is that *its* request reached the core.
+                    self._deliver(handler, state, ctx)
                 await conn.send(SnapshotDone())
                 return
             with trio.CancelScope() as scope:
@@ -874,6 +879,13 @@ class SnapshotReceiver:
                     raise _Corrupt(f"file {f.name!r} failed its CRC check after transfer")
                 await self._advance(state)
 
+    def _deliver(self, handler: InboundHandler[Any], state: _Incoming, ctx: str) -> None:
+        state.delivered = state.offer.request
+        try:
+            handler.snapshot_received(state.stored, state.offer.request)
+        except Exception:
+            log.exception("%s: snapshot_received raised", ctx)
+
     async def _commit(
         self, conn: FramedStream, state: _Incoming, handler: InboundHandler[Any], ctx: str
     ) -> Exception | None:
@@ -897,10 +909,7 @@ class SnapshotReceiver:
                     state.stored = stored
                     self.stats.snapshots_received += 1
                     log.info("%s: committed; delivering the request to the core", ctx)
-                    try:
-                        handler.snapshot_received(stored, state.offer.request)
-                    except Exception:
-                        log.exception("%s: snapshot_received raised", ctx)
+                    self._deliver(handler, state, ctx)
             nursery.cancel_scope.cancel()
         return failure
 
