@@ -496,15 +496,49 @@ def snapshot_verify(snap_dir: str, out: TextIO) -> int:
 # -- a local cluster of example processes ---------------------------------------------------------
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports that were free a moment ago (held open together while chosen)."""
+    """``n`` distinct TCP ports that are free now.
+
+    Ports are chosen below the kernel's ephemeral range when possible: outgoing connections
+    (the nodes' own peer connections, for instance) take their local ports from that range and
+    could otherwise grab a port reserved here before its node binds it.
+    """
+    import random
+
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    chosen: list[int] = []
     socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        attempts = 0
+        while len(chosen) < n and low > 11000 and attempts < 50 * n:
+            attempts += 1
+            port = rng.randrange(10000, low)
+            if port in chosen:
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            chosen.append(port)
+        while len(chosen) < n:  # fall back to ports the kernel picks
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((host, 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            chosen.append(s.getsockname()[1])
+        return chosen
     finally:
         for s in socks:
             s.close()

@@ -13,7 +13,6 @@ whole cluster and starts it again from its data directories to show that nothing
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from trioraft.cli import free_ports  # free loopback ports, outside the ephemeral range
 from trioraft.config import Config
 from trioraft.node import RaftNode, open_raft_node
 from trioraft.runtime.transport.tcp import TcpTransport
@@ -68,18 +68,6 @@ def incr(delta: int) -> bytes:
 # -- 2. Starting the nodes ---------------------------------------------------------------------
 
 
-def pick_ports(n: int) -> list[int]:
-    """``n`` free loopback ports (the OS picks them)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @asynccontextmanager
 async def start_cluster(
     root: Path, peers: dict[int, str], counters: dict[int, Counter]
@@ -118,7 +106,7 @@ async def start_cluster(
 
 async def tour(root: Path, *, increments: int = 10) -> int:
     """Run the tutorial's steps; returns the final counter value."""
-    ports = pick_ports(3)
+    ports = free_ports(3)
     peers = {i + 1: f"127.0.0.1:{port}" for i, port in enumerate(ports)}
     counters = {i: Counter() for i in peers}
 
