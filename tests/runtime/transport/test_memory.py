@@ -221,11 +221,14 @@ async def test_stopped_nodes_unknown_and_removed_peers(autojump_clock: MockClock
     net = MemoryNetwork(seed=9)
     unreachable: list[int] = []
     async with trio.open_nursery() as n:
-        ts, hs = await start(n, net, ids=(1, 2))
+        ts, hs = await start(n, net, ids=(1, 2), on_unreachable=unreachable.append)
         t3 = net.transport(3)  # never serving: a stopped node
-        ts[1]._on_unreachable = unreachable.append
         ts[1].send(hb(1, 3, 0))
-        assert ts[1].stats.dropped_unreachable == 1 and unreachable == [3]
+        ts[1].send(hb(1, 3, 1))
+        assert ts[1].stats.dropped_unreachable == 2
+        assert unreachable == []  # not from inside send() ...
+        await trio.sleep(0.1)
+        assert unreachable == [3]  # ... but soon after, once per batch
         assert t3.stats.messages_received == 0
         ts[1].remove_peer(2)
         ts[1].send(hb(1, 2, 0))

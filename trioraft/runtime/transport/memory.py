@@ -429,7 +429,8 @@ class MemoryTransport:
         snapshot_rate: bytes/s limit shared by all outgoing snapshot streams.
         max_frame_size: frame limit of stream/call connections (raised to fit
             ``stream_options.chunk_size``).
-        on_unreachable: called with a peer id when a message to it is lost to the topology.
+        on_unreachable: called (from this transport's task, soon after) with a peer id when a
+            message to it was lost to the topology or to a stopped node. Must not block.
     """
 
     def __init__(
@@ -468,6 +469,8 @@ class MemoryTransport:
         self._streams = ActiveStreams()
         self._calls: dict[int, CallClient] = {}
         self._heap: list[tuple[float, int, int, Message]] = []
+        self._unreachable: set[int] = set()
+        self._unreachable_event = trio.Event()
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._handler: InboundHandler[Any] | None = None
@@ -504,6 +507,8 @@ class MemoryTransport:
                 self._nursery = nursery
                 self._heap.clear()
                 nursery.start_soon(self._deliver_loop, handler)
+                if self._on_unreachable is not None:
+                    nursery.start_soon(self._report_unreachable, self._on_unreachable)
                 task_status.started(self.node_id)
                 await trio.sleep_forever()
         finally:
@@ -524,7 +529,21 @@ class MemoryTransport:
         else:
             self.stats.dropped_unreachable += 1
             if self._on_unreachable is not None:
-                self._on_unreachable(msg.dst)
+                # Reported from this transport's own task, never from inside send() (which the
+                # raft actor calls while it handles a Ready).
+                self._unreachable.add(msg.dst)
+                self._unreachable_event.set()
+
+    async def _report_unreachable(self, callback: Callable[[int], None]) -> None:
+        while True:
+            await self._unreachable_event.wait()
+            self._unreachable_event = trio.Event()
+            peers, self._unreachable = sorted(self._unreachable), set()
+            for peer in peers:
+                try:
+                    callback(peer)
+                except Exception:
+                    log.exception("node %d: on_unreachable callback raised", self.node_id)
 
     def _schedule(self, at: float, seq: int, src: int, msg: Message) -> None:
         if self._heap and (at, seq) >= self._heap[0][:2]:
