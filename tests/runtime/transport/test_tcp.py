@@ -121,9 +121,10 @@ async def read_until_closed(stream: trio.SocketStream) -> bytes:
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # the length prefix says ~1.2 GB: too large
         struct.pack(">I", 5) + b"\xff\xfe\xfd\xfc\xfb",  # not CBOR
         struct.pack(">I", 0),  # empty frame
+        struct.pack(">I", 1 << 20) + b"x" * 100,  # 1 MiB is fine later, not before a Hello
         struct.pack(">I", 9) + cbor2.dumps({"type": "Hello"}),  # a Hello missing its fields
     ],
-    ids=["http", "not-cbor", "empty", "bad-hello"],
+    ids=["http", "not-cbor", "empty", "big-before-hello", "bad-hello"],
 )
 async def test_garbage_closes_only_that_connection(
     nursery: trio.Nursery, garbage: bytes, caplog: pytest.LogCaptureFixture

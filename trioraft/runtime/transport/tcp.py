@@ -78,6 +78,7 @@ __all__ = ["TcpTransport"]
 log = logging.getLogger(__name__)
 
 _BATCH = 128  # Raft messages written with one send_all
+_HANDSHAKE_MAX_FRAME = 64 << 10  # frame limit until the peer has identified itself
 
 
 @attrs.define(eq=False)
@@ -572,7 +573,8 @@ class TcpTransport:
         try:
             if self._ssl_server is not None:
                 s = trio.SSLStream(stream, self._ssl_server, server_side=True)
-            conn = FramedStream(s, max_frame_size=self._max_frame)
+            # Strangers get small frames only: nobody unauthenticated makes us buffer megabytes.
+            conn = FramedStream(s, max_frame_size=_HANDSHAKE_MAX_FRAME)
             with trio.move_on_after(self._handshake_timeout) as timeout:
                 hello = await conn.receive()
             if timeout.cancelled_caught:
@@ -595,6 +597,7 @@ class TcpTransport:
                     await conn.send(HelloAck(ok=False, node_id=self.node_id, reason=refusal))
                 return
             await conn.send(HelloAck(ok=True, node_id=self.node_id))
+            conn.max_frame_size = self._max_frame
             src = hello.node_id
             with trio.CancelScope() as scope:
                 scopes = self._inbound.setdefault(src, set())
