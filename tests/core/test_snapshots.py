@@ -201,11 +201,28 @@ def test_follower_with_conflicting_entry_at_snapshot_index_restores() -> None:
     assert rd.snapshot is not None and core.last_index == 4
 
 
-def test_follower_ignores_snapshot_that_excludes_it() -> None:
+def test_follower_restores_a_snapshot_that_predates_its_membership() -> None:
     core, _st = make_core(log=ents(1), hs=HardState(term=1))
     core.step(snap_req(9, 2, ConfState(voters=frozenset({2, 3}))))
     rd = core.ready()
-    assert rd.snapshot is None and core.last_index == 1
+    assert rd.snapshot is not None and core.last_index == 9
+    assert core.conf_state.voters == {2, 3}  # the log after the snapshot adds us
+
+
+def test_new_member_added_after_the_last_snapshot_catches_up() -> None:
+    c = Cluster(3, seed=4)
+    c.elect(1)
+    for i in range(5):
+        c.propose(1, b"v%d" % i)
+    c.stabilize()
+    c.compact(1)  # this snapshot's configuration does not know node 4
+    c.add_node(4)
+    from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType
+
+    c.propose_conf_change(1, ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),)))
+    c.stabilize()
+    assert c.applied(4) == c.applied(1)
+    assert c.core(4).conf_state.learners == {4}
 
 
 def test_follower_ignores_snapshot_with_inconsistent_configuration() -> None:

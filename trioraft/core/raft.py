@@ -1030,9 +1030,12 @@ class RaftCore:
     def _restore(self, meta: SnapshotMeta) -> bool:
         if meta.index <= self._log.committed:
             return False  # stale: we already have everything it covers
-        if self._id not in (meta.conf.voters | meta.conf.learners | meta.conf.voters_outgoing):
-            logger.warning("%d: snapshot %d does not include us; ignoring", self._id, meta.index)
-            return False
+        if self._id not in meta.conf.all_nodes():
+            # A snapshot taken before we were added (etcd refuses these, which leaves a new
+            # member that needs compacted entries stuck): the log after it adds us back.
+            logger.info(
+                "%d: snapshot %d predates our membership; restoring anyway", self._id, meta.index
+            )
         if self._log.match_term(meta.index, meta.term):
             # Our log already holds the snapshot's last entry: keep the log, move commit.
             self._log.commit_to(meta.index)
