@@ -662,7 +662,8 @@ class SnapshotReceiver:
         if state is not None and (
             state.key != (offer.index, offer.term) or state.offer.files != offer.files
         ):
-            log.info("%s: supersedes the partial snapshot %d/%d", ctx, *state.key)
+            if not state.completed:
+                log.info("%s: supersedes the partial snapshot %d/%d", ctx, *state.key)
             await self._drop(src, state, "superseded by a newer offer")
             state = None
         if state is not None:
