@@ -106,13 +106,12 @@ class SnapshotRecord:
     """A snapshot marker: the snapshot ``meta`` is durably in the snapshot store.
 
     ``reset`` is set when the snapshot replaced the log (a follower install whose index/term the
-    log did not hold): entries written before this record with a larger index are dropped on
-    replay. ``hard_state``, when present, is persisted atomically with the marker.
+    log did not hold): on replay, once the durable commit index has reached the marker, entries
+    written before this record with a larger index are dropped.
     """
 
     meta: SnapshotMeta
     reset: bool = False
-    hard_state: HardState | None = None
 
 
 WalRecord = SegmentHeader | SaveRecord | SnapshotRecord

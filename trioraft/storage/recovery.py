@@ -29,7 +29,7 @@ from trioraft.errors import StorageCorrupted
 from trioraft.storage.fs import REAL_FS, FileSystem, ensure_dir
 from trioraft.storage.records import SnapshotRecord
 from trioraft.storage.snapshots import SnapshotStore, StoredSnapshot, snapshot_dir_name
-from trioraft.storage.wal import DEFAULT_SEGMENT_BYTES, WAL
+from trioraft.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, _final_hard_state
 
 __all__ = ["SNAP_DIR", "WAL_DIR", "Recovered", "recover"]
 
@@ -82,13 +82,12 @@ def recover(
     wal, scan = WAL._open_scan(os.path.join(data_dir, WAL_DIR), fs=fs, segment_bytes=segment_bytes)
     try:
         store = SnapshotStore(os.path.join(data_dir, SNAP_DIR), fs=fs, retention=retention)
-        hs = HardState()
-        referenced: set[tuple[int, int]] = set()
-        for _pos, _off, rec in scan.records:
-            if isinstance(rec, SnapshotRecord):
-                referenced.add((rec.meta.index, rec.meta.term))
-            if rec.hard_state is not None:
-                hs = rec.hard_state
+        hs = _final_hard_state(scan)
+        referenced = {
+            (rec.meta.index, rec.meta.term)
+            for _pos, _off, rec in scan.records
+            if isinstance(rec, SnapshotRecord)
+        }
         chosen: StoredSnapshot | None = None
         orphans: list[StoredSnapshot] = []
         for (index, term), item in store._scan():

@@ -23,7 +23,9 @@ Theory of operation.
   write (after a failed fsync the page cache can no longer be trusted).
 * Replay. The WAL is a log of operations, so its state is obtained by applying every record in
   order: entries replace any suffix from their first index, hard states overwrite, a snapshot
-  marker with ``reset`` drops entries past its index (the follower's log was replaced). Opening
+  marker with ``reset`` drops entries past its index (the follower's log was replaced) once the
+  durable commit index has reached it (below that, the install's hard state never became durable
+  and the node restarts as it was before the install). Opening
   "at" snapshot marker S applies the whole log but materializes only entries above S.
 * Markers and the log reset. :meth:`WAL.save_snapshot_marker` decides ``reset`` itself: the
   snapshot replaced the log iff the log does not hold an entry at the snapshot's index with the
@@ -380,6 +382,9 @@ class WAL:
         base = start.index
         ents: list[Entry] = []
         hs = HardState()
+        # A reset marker above the durable commit index is an install whose hard state never
+        # became durable: the node restarts as before the install, so it drops nothing.
+        commit = _final_hard_state(scan).commit
         for pos, off, rec in scan.records:
             if isinstance(rec, SaveRecord):
                 first = rec.first_index
@@ -400,11 +405,8 @@ class WAL:
                     hs = rec.hard_state
             elif isinstance(rec, SegmentHeader):
                 hs = rec.hard_state
-            elif isinstance(rec, SnapshotRecord):
-                if rec.hard_state is not None:
-                    hs = rec.hard_state
-                if rec.reset:
-                    del ents[max(0, rec.meta.index - base) :]
+            elif isinstance(rec, SnapshotRecord) and rec.reset and rec.meta.index <= commit:
+                del ents[max(0, rec.meta.index - base) :]
         self._hs = hs
         self._base_index = base
         self._base_term = start.term
@@ -725,6 +727,14 @@ class WAL:
 
 # ---------------------------------------------------------------------------------------------
 # framing helpers
+
+
+def _final_hard_state(scan: _Scan) -> HardState:
+    hs = HardState()
+    for _pos, _off, rec in scan.records:
+        if not isinstance(rec, SnapshotRecord) and rec.hard_state is not None:
+            hs = rec.hard_state
+    return hs
 
 
 def _frame(rec: WalRecord, crc: int) -> tuple[list[bytes], int, int]:

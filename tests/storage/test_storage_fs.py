@@ -1,0 +1,296 @@
+"""The file-system seam: the real implementation and the simulated one behave alike, and the
+simulated one loses exactly what was not made durable when it crashes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from trioraft.storage.fs import (
+    REAL_FS,
+    FileSystem,
+    LockHeldError,
+    NoSyncFileSystem,
+    SimulatedCrash,
+    SimulatedFileSystem,
+    ensure_dir,
+    read_file,
+    write_file_durably,
+)
+
+
+@pytest.fixture(params=["real", "sim"])
+def fs_root(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[tuple[FileSystem, str]]:
+    if request.param == "real":
+        yield REAL_FS, str(tmp_path)
+    else:
+        sim = SimulatedFileSystem()
+        sim.mkdir("/root")
+        yield sim, "/root"
+
+
+def test_basic_file_operations(fs_root: tuple[FileSystem, str]) -> None:
+    fs, root = fs_root
+    p = os.path.join(root, "f")
+    fd = fs.open(p, "w")
+    fs.write(fd, b"hello ")
+    fs.writev(fd, [b"wor", memoryview(b"ld"), bytearray(b"!")])
+    assert fs.fsize(fd) == 12
+    fs.pwrite(fd, b"J", 0)
+    fs.seek(fd, 0)
+    assert fs.read(fd, 5) == b"Jello"
+    assert fs.pread(fd, 100, 6) == b"world!"
+    fs.truncate(fd, 5)
+    fs.fdatasync(fd)
+    fs.fsync(fd)
+    fs.close(fd)
+    assert fs.size(p) == 5
+    assert read_file(fs, p) == b"Jello"
+
+    fd = fs.open(p, "a")
+    fs.write(fd, b"!")
+    fs.close(fd)
+    assert read_file(fs, p) == b"Jello!"
+
+    with pytest.raises(FileExistsError):
+        fs.open(p, "x")
+    with pytest.raises(FileNotFoundError):
+        fs.open(os.path.join(root, "missing"), "r")
+    with pytest.raises(FileNotFoundError):
+        fs.open(os.path.join(root, "missing"), "r+")
+
+
+def test_directory_operations(fs_root: tuple[FileSystem, str]) -> None:
+    fs, root = fs_root
+    d = os.path.join(root, "a", "b", "c")
+    ensure_dir(fs, d)
+    assert fs.isdir(d)
+    ensure_dir(fs, d)  # idempotent
+    write_file_durably(fs, os.path.join(d, "x"), b"1")
+    fs.fsync_dir(d)
+    assert fs.listdir(d) == ["x"]
+    fs.rename(os.path.join(d, "x"), os.path.join(d, "y"))
+    assert fs.listdir(d) == ["y"]
+    assert fs.exists(os.path.join(d, "y")) and not fs.exists(os.path.join(d, "x"))
+    fs.rename(d, os.path.join(root, "a", "moved"))
+    assert fs.listdir(os.path.join(root, "a")) == ["b", "moved"]
+    assert read_file(fs, os.path.join(root, "a", "moved", "y")) == b"1"
+    with pytest.raises(FileExistsError):
+        fs.mkdir(os.path.join(root, "a"))
+    fs.remove(os.path.join(root, "a", "moved", "y"))
+    assert fs.listdir(os.path.join(root, "a", "moved")) == []
+    fs.rmtree(os.path.join(root, "a"))
+    assert not fs.exists(os.path.join(root, "a"))
+    assert not fs.isdir(os.path.join(root, "nothing"))
+
+
+def test_lock_is_exclusive_until_released(fs_root: tuple[FileSystem, str]) -> None:
+    fs, root = fs_root
+    p = os.path.join(root, "LOCK")
+    lock = fs.lock(p)
+    with pytest.raises(LockHeldError) as info:
+        fs.lock(p)
+    assert p in str(info.value)
+    lock.release()
+    lock.release()  # idempotent
+    again = fs.lock(p)
+    again.release()
+
+
+def test_nosync_wrapper_skips_fsyncs_only() -> None:
+    sim = SimulatedFileSystem()
+    fs = NoSyncFileSystem(sim)
+    fd = fs.open("/f", "w")
+    fs.write(fd, b"abc")
+    fs.fsync(fd)
+    fs.fdatasync(fd)
+    fs.fsync_dir("/")
+    fs.close(fd)
+    assert sim.read_bytes("/f") == b"abc"
+    assert sim.durable_bytes("/f") == b""
+
+
+# -- the simulated crash model --------------------------------------------------------------------
+
+
+def _make(sim: SimulatedFileSystem, path: str, data: bytes, *, sync: bool, dir_sync: bool) -> None:
+    fd = sim.open(path, "w")
+    sim.write(fd, data)
+    if sync:
+        sim.fsync(fd)
+    sim.close(fd)
+    if dir_sync:
+        sim.fsync_dir(os.path.dirname(path))
+
+
+def test_crash_keeps_only_durable_state_when_pessimistic() -> None:
+    sim = SimulatedFileSystem()
+    sim.mkdir("/d")
+    sim.fsync_dir("/")
+    _make(sim, "/d/synced", b"durable", sync=True, dir_sync=True)
+    fd = sim.open("/d/synced", "a")
+    sim.write(fd, b" + lost")
+    sim.close(fd)
+    _make(sim, "/d/no-dir-sync", b"x", sync=True, dir_sync=False)
+    sim.crash(None)
+    assert sim.listdir("/d") == ["synced"]
+    assert sim.read_bytes("/d/synced") == b"durable"
+
+
+def test_crash_reverts_rename_without_dir_fsync() -> None:
+    sim = SimulatedFileSystem()
+    _make(sim, "/a", b"1", sync=True, dir_sync=True)
+    sim.rename("/a", "/b")
+    sim.crash(None)
+    assert sim.listdir("/") == ["a"]
+    sim.rename("/a", "/b")
+    sim.fsync_dir("/")
+    sim.crash(None)
+    assert sim.listdir("/") == ["b"]
+
+
+def test_rename_durable_through_either_directory() -> None:
+    sim = SimulatedFileSystem()
+    for d in ("/src", "/dst"):
+        sim.mkdir(d)
+    sim.fsync_dir("/")
+    _make(sim, "/src/f", b"1", sync=True, dir_sync=True)
+    sim.rename("/src/f", "/dst/f")
+    sim.fsync_dir("/dst")
+    sim.crash(None)
+    assert sim.listdir("/src") == [] and sim.listdir("/dst") == ["f"]
+
+
+def test_renamed_directory_keeps_its_synced_content() -> None:
+    sim = SimulatedFileSystem()
+    sim.mkdir("/tmp")
+    sim.mkdir("/snap")
+    sim.fsync_dir("/")
+    sim.mkdir("/tmp/build")  # never fsynced in /tmp: only the rename into /snap is
+    _make(sim, "/tmp/build/file", b"data", sync=True, dir_sync=True)
+    sim.rename("/tmp/build", "/snap/done")
+    sim.fsync_dir("/snap")
+    sim.crash(None)
+    assert sim.listdir("/snap") == ["done"]
+    assert sim.read_bytes("/snap/done/file") == b"data"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_crash_tears_unsynced_appends_into_prefix_plus_zeros(seed: int) -> None:
+    print("seed", seed)
+    sim = SimulatedFileSystem()
+    _make(sim, "/f", b"A" * 100, sync=True, dir_sync=True)
+    fd = sim.open("/f", "a")
+    sim.write(fd, b"B" * 1000)
+    sim.close(fd)
+    sim.crash(random.Random(seed))
+    got = sim.read_bytes("/f")
+    assert got.startswith(b"A" * 100)
+    tail = got[100:]
+    assert len(tail) <= 1000
+    real = len(tail) - len(tail.lstrip(b"B"))
+    assert tail[real:] == bytes(len(tail) - real), "after the written prefix only zeros"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crash_of_overwritten_region_mixes_whole_sectors(seed: int) -> None:
+    print("seed", seed)
+    sim = SimulatedFileSystem()
+    _make(sim, "/f", b"\0" * 4096, sync=True, dir_sync=True)
+    fd = sim.open("/f", "r+")
+    sim.pwrite(fd, b"X" * 2000, 100)
+    sim.close(fd)
+    sim.crash(random.Random(seed))
+    got = sim.read_bytes("/f")
+    assert len(got) == 4096
+    for s in range(0, 4096, 512):
+        sector = got[s : s + 512]
+        new = bytearray(512)
+        for i in range(512):
+            if 100 <= s + i < 2100:
+                new[i] = ord("X")
+        assert sector in (bytes(512), bytes(new))
+
+
+def test_fault_injection_enospc_and_eio() -> None:
+    sim = SimulatedFileSystem()
+    fd = sim.open("/f", "w")
+    sim.inject_fault("write", errno.ENOSPC, match="/f", after=1)
+    sim.write(fd, b"ok")
+    with pytest.raises(OSError) as info:
+        sim.write(fd, b"full")
+    assert info.value.errno == errno.ENOSPC
+    sim.write(fd, b"again")  # count=1: only one failure
+    sim.inject_fault("fsync", errno.EIO)
+    with pytest.raises(OSError) as info:
+        sim.fsync(fd)
+    assert info.value.errno == errno.EIO
+    assert sim.durable_bytes("/f") == b""
+    sim.fsync(fd)
+    assert sim.durable_bytes("/f") == b"okagain"
+    sim.inject_fault("open", errno.EACCES, count=2)
+    with pytest.raises(PermissionError):
+        sim.open("/g", "w")
+    sim.clear_faults()
+    sim.close(sim.open("/g", "w"))
+
+
+def test_crash_at_stops_the_machine_until_reboot() -> None:
+    sim = SimulatedFileSystem()
+    sim.tracing = True
+    fd = sim.open("/f", "w")  # op 0: create
+    sim.write(fd, b"a")  # op 1
+    sim.crash_at(sim.op_count + 1)
+    sim.fsync(fd)  # op 2
+    with pytest.raises(SimulatedCrash):
+        sim.write(fd, b"b")
+    assert sim.crashed
+    with pytest.raises(SimulatedCrash):
+        sim.listdir("/")
+    assert "CRASH" in sim.trace[-1]
+    sim.crash(None)
+    assert not sim.crashed
+    assert sim.listdir("/") == []  # the create was never made durable by a dir fsync
+
+
+def test_crash_drops_locks_and_descriptors() -> None:
+    sim = SimulatedFileSystem()
+    sim.lock("/LOCK")
+    fd = sim.open("/f", "w")
+    sim.crash(None)
+    sim.lock("/LOCK").release()
+    with pytest.raises(OSError):
+        sim.write(fd, b"x")
+
+
+def test_paths_and_write_bytes_helpers() -> None:
+    sim = SimulatedFileSystem()
+    sim.mkdir("/d")
+    _make(sim, "/d/f", b"abc", sync=False, dir_sync=False)
+    sim.write_bytes("/d/f", b"xyz")
+    assert sim.durable_bytes("/d/f") == b"xyz"
+    assert sim.paths() == ["/d", "/d/f"]
+    assert sim.paths("/d") == ["/d/f"]
+
+
+def test_simulated_rename_rules() -> None:
+    sim = SimulatedFileSystem()
+    sim.mkdir("/a")
+    sim.mkdir("/a/b")
+    _make(sim, "/a/b/f", b"1", sync=False, dir_sync=False)
+    with pytest.raises(OSError) as info:
+        sim.rename("/a", "/a/b/inside")
+    assert info.value.errno == errno.EINVAL
+    sim.mkdir("/full")
+    _make(sim, "/full/x", b"1", sync=False, dir_sync=False)
+    with pytest.raises(OSError) as info:
+        sim.rename("/a", "/full")
+    assert info.value.errno == errno.ENOTEMPTY
+    with pytest.raises(FileNotFoundError):
+        sim.rename("/nope", "/x")
+    with pytest.raises(IsADirectoryError):
+        sim.remove("/a")
