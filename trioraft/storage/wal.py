@@ -826,8 +826,10 @@ def _classify(buf: bytes, off: int, end: int, stored: int) -> _Damage:
     Every write is one frame, so only the last frame can be torn, and what a torn write loses
     reads back as zeros (the file was extended but the data not written, or the sector kept its
     old zero content). So: a valid frame chained from this one's stored CRC after it means the
-    frame was once whole (corruption); otherwise, a piece of the frame lying in one 512-byte
-    sector that is all zeros means a torn write; anything else is corruption.
+    frame was once whole (corruption); otherwise the frame is torn if it ends in zeros that run
+    to the end of the file, or if a piece of it lying in one 512-byte sector is all zeros (a
+    later sector of the write reached the disk, an earlier one did not); anything else is
+    corruption.
     """
     n = len(buf)
     hsize = FRAME_HEADER.size
@@ -838,6 +840,9 @@ def _classify(buf: bytes, off: int, end: int, stored: int) -> _Damage:
             view = memoryview(buf)
             if frame_crc(view[end : end + 4], view[end + hsize : nend], stored) == nstored:
                 return _Damage(off, "CRC mismatch (a valid record follows)", False)
+    nonzero_end = len(buf.rstrip(b"\0"))
+    if nonzero_end < end:
+        return _Damage(off, f"CRC mismatch (zero-filled from {max(nonzero_end, off)})", True)
     piece_start = off
     while piece_start < end:
         piece_end = min(end, (piece_start // _SECTOR + 1) * _SECTOR)
