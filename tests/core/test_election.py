@@ -323,20 +323,18 @@ def test_node_outside_the_configuration_never_campaigns() -> None:
 
 
 def test_no_campaign_while_committed_conf_changes_are_unapplied() -> None:
-    c = Cluster(3, seed=1)
-    c.elect(1)
-    from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType
+    from trioraft.core.encoding import encode_conf_change
+    from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType, Entry, EntryKind
 
-    c.propose_conf_change(1, ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),)))
-    # deliver the append and its commit to node 2 but do not let it apply
-    core2 = c.core(2)
-    c.stabilize()
-    assert core2.applied == core2.commit
-    # simulate "committed but not applied": a fresh core restarted with applied behind commit
-    st = c.nodes[2].storage
-    again = RaftCore(CoreConfig(id=2, pre_vote=False, applied=0), st)
-    again.campaign()
-    assert again.role == Role.FOLLOWER
+    change = ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),))
+    log = [*ents(1, 1), Entry(1, 3, EntryKind.CONF_CHANGE, encode_conf_change(change))]
+    core, st = make_core(log=log, hs=HardState(term=1, commit=3))
+    core.campaign()
+    assert core.role == Role.FOLLOWER  # index 3 is committed but not applied
+    drain(core, st)  # hands out and applies 1..3
+    assert core.conf_state.learners == {4}
+    core.campaign()
+    assert core.role == Role.CANDIDATE
 
 
 def test_campaign_as_leader_is_a_noop() -> None:

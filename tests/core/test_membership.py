@@ -258,3 +258,36 @@ def test_auto_leave_happens_even_if_a_transfer_starts() -> None:
     c.core(1).transfer_leadership(3)
     c.stabilize()
     assert not c.core(1).conf_state.joint
+
+
+def test_undecodable_or_inapplicable_conf_change_entries_are_skipped() -> None:
+    from core_helpers import ents
+
+    from trioraft.core.encoding import encode_conf_change
+    from trioraft.core.types import Entry, EntryKind, HardState
+
+    leave = encode_conf_change(ConfChange())  # leaving a joint config we are not in
+    log = [
+        *ents(1),
+        Entry(1, 2, EntryKind.CONF_CHANGE, b"not cbor"),
+        Entry(1, 3, EntryKind.CONF_CHANGE, leave),
+    ]
+    core, st = make_core(log=log, hs=HardState(term=1, commit=3))
+    d = drain(core, st)
+    assert [e.index for e in d.committed] == [1, 2, 3]
+    assert core.conf_state == ConfState(voters=frozenset({1, 2, 3}))
+
+
+def test_conf_change_limits() -> None:
+    c = cluster(config_overrides={"max_msg_bytes": 40})
+    c.add_node(4)
+    big = ConfChange(changes=(ConfChangeSingle(V, 4),), context=b"x" * 64)
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_conf_change(1, big)
+    assert exc.value.reason == "too-large"
+    c2 = cluster(config_overrides={"max_uncommitted_bytes": 10})
+    c2.propose(1, b"x" * 9)  # uncommitted (not stabilized)
+    c2.add_node(4)
+    with pytest.raises(ProposalDropped) as exc:
+        c2.propose_conf_change(1, cc((L, 4)))
+    assert exc.value.reason == "uncommitted-limit"

@@ -470,3 +470,18 @@ def test_conf_change_entry_kinds_are_not_forwarded() -> None:
         c.propose_conf_change(
             ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_VOTER, 4),))
         )  # the leader has not committed an entry of its term yet
+
+
+def test_forwarded_proposals_are_dropped_during_a_transfer() -> None:
+    c, st = leader()
+    drain(c, st)
+    c.transfer_leadership(2)
+    c.step(ProposalForward(src=3, dst=1, term=c.term, entries=(Entry(0, 0, data=b"f"),)))
+    assert drain(c, st).entries == []
+
+
+def test_same_term_leader_messages_at_a_leader_are_ignored() -> None:
+    c, st = leader()
+    drain(c, st)
+    c.step(AppendRequest(src=2, dst=1, term=c.term, prev_index=0, prev_term=0))
+    assert c.role == Role.LEADER and drain(c, st).messages == []
