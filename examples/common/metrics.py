@@ -34,10 +34,13 @@ _GAUGES = (
     ("first_index", "First log index still held in the log."),
     ("last_index", "Last log index."),
     ("snapshot_index", "Index covered by the newest local snapshot."),
+    ("pending_proposals", "Proposals of this node waiting for their entries to apply."),
 )
 _COUNTERS = (
     ("snapshots_installed", "Snapshots received from a leader and installed."),
     ("snapshots_sent", "Snapshots streamed to followers."),
+    ("snapshots_taken", "Snapshots taken locally (saved by this node's state machine)."),
+    ("messages_dropped", "Inbound Raft messages dropped because the node's inbox was full."),
 )
 _ROLES = ("follower", "pre_candidate", "candidate", "leader", "learner")
 
