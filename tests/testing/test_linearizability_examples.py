@@ -428,3 +428,13 @@ def test_patch_ambiguous_drops_unapplied_and_caps_applied() -> None:
     assert check_operations(KV, patch_ambiguous([*ops, late_read], position)).verdict is (
         Verdict.ILLEGAL
     )
+
+
+def test_history_keeps_tags() -> None:
+    history = History[KvInput, KvOutput](lambda: 0.0)
+    a = history.invoke(1, KvPut("k", "a"), tag="req-1")
+    b = history.invoke(1, KvPut("k", "b"), tag="req-2")
+    history.invoke(1, KvGet("k"), tag="req-3")
+    history.ok(a, KvOutput())
+    history.ambiguous(b)
+    assert [op.tag for op in history.operations()] == ["req-1", "req-2", "req-3"]

@@ -127,6 +127,8 @@ class Operation(Generic[I_co, O_co]):
         output: the response, or :data:`UNKNOWN` when the outcome is not known.
         return_time: when the response arrived; ``math.inf`` for an ambiguous operation that may
             have taken effect at any time after ``call_time``.
+        tag: any identifier the recorder wants to keep (e.g. a request id for
+            :func:`patch_ambiguous`); ignored by the checker.
     """
 
     client: int
@@ -134,6 +136,7 @@ class Operation(Generic[I_co, O_co]):
     call_time: float
     output: O_co | UnknownOutput
     return_time: float = math.inf
+    tag: Hashable = None
 
     def __attrs_post_init__(self) -> None:
         if math.isnan(self.call_time) or math.isnan(self.return_time):
@@ -727,6 +730,7 @@ class _Pending(Generic[I]):
     client: int
     input: I
     call_time: float
+    tag: Hashable
 
 
 class History(Generic[I, O]):
@@ -753,11 +757,17 @@ class History(Generic[I, O]):
         self._next_client += 1
         return self._next_client
 
-    def invoke(self, client: int, inp: I) -> int:
-        """Record a call, just before sending the request. Returns a token for the outcome."""
+    def invoke(self, client: int, inp: I, *, tag: Hashable = None) -> int:
+        """Record a call, just before sending the request. Returns a token for the outcome.
+
+        Args:
+            client: the calling client's id.
+            inp: the request.
+            tag: kept in :attr:`Operation.tag` (e.g. a unique request id).
+        """
         token = self._next_token
         self._next_token += 1
-        self._pending[token] = _Pending(client, inp, self._clock())
+        self._pending[token] = _Pending(client, inp, self._clock(), tag)
         return token
 
     def _take(self, token: int) -> _Pending[I]:
@@ -770,7 +780,7 @@ class History(Generic[I, O]):
         """Record a definite response, just after it arrived."""
         now = self._clock()
         p = self._take(token)
-        self._done.append((token, Operation(p.client, p.input, p.call_time, output, now)))
+        self._done.append((token, Operation(p.client, p.input, p.call_time, output, now, p.tag)))
 
     def fail(self, token: int) -> None:
         """The operation definitely had no effect (e.g. rejected before being proposed, or a
@@ -782,7 +792,8 @@ class History(Generic[I, O]):
         """The outcome is unknown (timeout, connection reset, server crash): recorded with
         output :data:`UNKNOWN` and return time ``+inf``."""
         p = self._take(token)
-        self._done.append((token, Operation(p.client, p.input, p.call_time, UNKNOWN, math.inf)))
+        op: Operation[I, O] = Operation(p.client, p.input, p.call_time, UNKNOWN, math.inf, p.tag)
+        self._done.append((token, op))
 
     @property
     def pending(self) -> int:
@@ -793,7 +804,7 @@ class History(Generic[I, O]):
         """The history in call order; still-pending operations are included as ambiguous."""
         ops = list(self._done)
         ops.extend(
-            (t, Operation(p.client, p.input, p.call_time, UNKNOWN, math.inf))
+            (t, Operation(p.client, p.input, p.call_time, UNKNOWN, math.inf, p.tag))
             for t, p in self._pending.items()
         )
         ops.sort(key=lambda x: (x[1].call_time, x[0]))
