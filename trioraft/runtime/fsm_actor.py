@@ -192,16 +192,16 @@ class FsmActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve items until cancelled or the channel closes."""
         task_status.started()
-        async with self._items:
-            async for item in self._items:
-                if isinstance(item, ApplyBatch):
-                    await self._apply(item.entries)
-                elif isinstance(item, RestoreJob):
-                    await self._restore(item)
-                elif isinstance(item, CaptureJob):
-                    self._capture(item)
-                else:
-                    await call_hook(self._sm, item.name, *item.args)
+        # Not closed on exit, so late senders during shutdown never see a broken channel.
+        async for item in self._items:
+            if isinstance(item, ApplyBatch):
+                await self._apply(item.entries)
+            elif isinstance(item, RestoreJob):
+                await self._restore(item)
+            elif isinstance(item, CaptureJob):
+                self._capture(item)
+            else:
+                await call_hook(self._sm, item.name, *item.args)
 
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         sm = self._sm

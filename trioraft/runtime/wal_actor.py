@@ -94,19 +94,20 @@ class WalActor:
         """Serve until cancelled or the channel closes. A storage error propagates and fails
         the node: after a failed fsync nothing may be acknowledged."""
         task_status.started()
-        async with self._jobs:
-            while True:
+        # The receive side is deliberately not closed on exit: during shutdown the raft actor
+        # may still hand over a job before it sees its own cancellation.
+        while True:
+            try:
+                first = await self._jobs.receive()
+            except trio.EndOfChannel:
+                return
+            batch: list[WalItem] = [first]
+            while len(batch) < self._max_batch:
                 try:
-                    first = await self._jobs.receive()
-                except trio.EndOfChannel:
-                    return
-                batch: list[WalItem] = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self._jobs.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._process(batch)
+                    batch.append(self._jobs.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await self._process(batch)
 
     async def _process(self, batch: list[WalItem]) -> None:
         entries: list[Entry] = []
