@@ -116,6 +116,13 @@ def recover(
                 continue
             chosen = item
             break
+        if chosen is None and (0, 0) not in referenced:
+            wanted = ", ".join(f"{i}/{t}" for i, t in sorted(referenced) if i <= hs.commit)
+            raise StorageCorrupted(
+                store.directory,
+                "no usable snapshot: the WAL no longer starts at index 1 and needs one of the "
+                f"snapshots [{wanted}] (missing or damaged)",
+            )
         contents = wal._replay(scan, chosen.raft_meta if chosen is not None else None)
         floor = chosen.index if chosen is not None else 0
         for orphan in orphans:

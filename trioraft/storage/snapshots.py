@@ -610,14 +610,15 @@ class SnapshotBuilder:
         with self._mu:
             self._check_open()
             st = self._files.get(name)
+            size = 0 if st is None else st.size
+            if offset > size:
+                raise ValueError(
+                    f"write at offset {offset} of {name!r} would leave a hole (size {size})"
+                )
             if st is None:
                 st = self._create(name)
             if st.writer is not None and not st.writer.closed:
                 raise ValueError(f"snapshot file {name!r} is open for streaming")
-            if offset > st.size:
-                raise ValueError(
-                    f"write at offset {offset} of {name!r} would leave a hole (size {st.size})"
-                )
             if st.fd is None:
                 st.fd = self._reopen(st)
             fs = self._fs
