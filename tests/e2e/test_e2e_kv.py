@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 from e2e_support import assert_all_readable, http_request, put_all, running_cluster
@@ -17,15 +18,45 @@ def test_kill_leader_keeps_every_acknowledged_write(tmp_path: Path) -> None:
         for node in (1, 2, 3):
             assert_all_readable(c, node, dict(list(items.items())[:5]))
 
-        c.kill(leader)
-        survivors = [i for i in (1, 2, 3) if i != leader]
-        new_leader = c.wait_leader(among=survivors)
-        assert new_leader != leader
+        # Writers keep going while the leader is SIGKILLed; every write answered 204 must
+        # survive. 503 (certainly not done) and 504 (unknown) are allowed answers meanwhile.
+        acked: dict[str, bytes] = {}
+        answers: list[int] = []
+        stop = threading.Event()
 
-        more = {f"after-{i}": b"x" * i for i in range(20)}
+        def writer(wid: int) -> None:
+            n = 0
+            while not stop.is_set():
+                node = (1, 2, 3)[(wid + n) % 3]
+                key, value = f"w{wid}-{n}", f"{wid}:{n}".encode()
+                res = c.put(node, key, value, timeout=10)
+                answers.append(res.status)
+                if res.status == 204:
+                    acked[key] = value
+                else:
+                    assert res.status in (0, 503, 504), res
+                n += 1
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            c.wait_for("some writes", lambda: len(acked) >= 20)
+            c.kill(leader)
+            survivors = [i for i in (1, 2, 3) if i != leader]
+            new_leader = c.wait_leader(among=survivors)
+            assert new_leader != leader
+            before = len(acked)
+            c.wait_for("writes under the new leader", lambda: len(acked) >= before + 20)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+        more = {f"after-{i}": b"x" * i for i in range(10)}
         put_all(c, survivors[0], more)
         for node in survivors:
-            assert_all_readable(c, node, items | more)
+            assert_all_readable(c, node, items | acked | more)
 
 
 def _raw(port: int, data: bytes) -> bytes:
