@@ -227,7 +227,7 @@ async def test_brand_new_follower_gets_a_snapshot(
         await cluster.wait_until(lambda: leader.status().first_index > 5)
         new = await cluster.add_node(4)
         await cluster.wait_applied(leader.commit_index, nodes=[4])
-        assert new.status().snapshots_installed == 1
+        assert new.status().snapshots_installed >= 1
         sm: ListStateMachine = cluster.state_machine(4)
         assert sm.records == cluster.state_machine(leader.id).records
         # the address book came with the snapshot / log
