@@ -184,7 +184,7 @@ class _Connection:
             else:  # pragma: no cover - h11 guarantees only Data/EndOfMessage here
                 raise h11.RemoteProtocolError(f"unexpected event {event!r}")
 
-    async def _respond(self, response: Response) -> None:
+    async def _respond(self, response: Response, *, head: bool = False) -> None:
         headers = [
             ("server", _SERVER_NAME.decode()),
             ("content-length", str(len(response.body))),
@@ -193,7 +193,7 @@ class _Connection:
             headers.append(("content-type", response.content_type))
         headers.extend(response.headers)
         await self._send(h11.Response(status_code=response.status, headers=headers))
-        if response.body:
+        if response.body and not head:  # a response to HEAD has headers only
             await self._send(h11.Data(data=response.body))
         await self._send(h11.EndOfMessage())
 
@@ -271,7 +271,7 @@ class _Connection:
             except Exception:
                 logger.exception("handler failed for %s %s", request.method, request.path)
                 response = text_response(500, "internal server error")
-            await self._respond(response)
+            await self._respond(response, head=request.method == "HEAD")
             if self.conn.our_state is h11.MUST_CLOSE:
                 return
             try:
@@ -286,6 +286,10 @@ def _to_request(event: h11.Request, body: bytes) -> Request | None:
         method = event.method.decode("ascii").upper()
     except UnicodeDecodeError:
         return None
+    if target.startswith(("http://", "https://")):
+        # absolute-form (RFC 9112 3.2.2): servers must accept it; only the path matters here.
+        parts = urllib.parse.urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     if not target.startswith("/"):
         return None
     raw_path, _, raw_query = target.partition("?")

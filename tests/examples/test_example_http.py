@@ -157,3 +157,16 @@ async def test_expect_100_continue() -> None:
         assert rest.startswith(b"HTTP/1.1 200 ")
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_head_and_absolute_form_targets() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        client = await Client.connect(port)
+        out = await raw_exchange(port, b"HEAD /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 ")
+        assert out.endswith(b"\r\n\r\n")  # headers only, no body
+        status, _, body = await client.request("GET", "http://example.com/abs?x=1")
+        assert status == 200 and body.startswith(b"GET /abs [('x', ['1'])]")
+        await client.aclose()
+        nursery.cancel_scope.cancel()
