@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from trioraft.core.storage import Compacted, LogStorage, Unavailable, limit_size
+from trioraft.core.storage import Compacted, LogStorage, Unavailable, limited_end
 from trioraft.core.types import Entry, SnapshotMeta
 
 __all__ = ["RaftLog", "Unstable"]
@@ -222,8 +222,20 @@ class RaftLog:
             if len(ents) < min(hi, offset) - lo:
                 return ents  # the size limit cut the stored part short
         if hi > offset:
-            ents = ents + self.unstable.slice(max(lo, offset), hi)
-        return limit_size(ents, max_bytes)
+            u = self.unstable.entries
+            start, end = max(lo, offset) - offset, hi - offset
+            if max_bytes is None:
+                return ents + u[start:end]
+            used = sum(e.size() for e in ents)
+            if ents:
+                # Continue the budget of the stored part; stop before the first entry too many.
+                i = start
+                while i < end and used + u[i].size() <= max_bytes:
+                    used += u[i].size()
+                    i += 1
+                return ents + u[start:i]
+            return u[start : limited_end(u, start, end, max_bytes)]
+        return ents
 
     def entries_from(self, lo: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries from ``lo`` to the end, limited to ``max_bytes``."""

@@ -24,6 +24,7 @@ __all__ = [
     "StorageError",
     "Unavailable",
     "limit_size",
+    "limited_end",
 ]
 
 
@@ -94,17 +95,27 @@ class LogStorage(Protocol):
         ...
 
 
+def limited_end(entries: Sequence[Entry], start: int, end: int, max_bytes: int | None) -> int:
+    """The end ``e`` (``start < e <= end``) such that ``entries[start:e]`` stays within
+    ``max_bytes`` but holds at least one entry; ``start`` when ``start >= end``. Nothing is
+    copied, so limiting a long range costs only the entries kept."""
+    if max_bytes is None or start >= end:
+        return end
+    total = entries[start].size()
+    i = start + 1
+    while i < end:
+        total += entries[i].size()
+        if total > max_bytes:
+            return i
+        i += 1
+    return end
+
+
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """Return the longest prefix of ``entries`` within ``max_bytes`` total size, but never less
     than one entry (so progress is always possible)."""
-    if max_bytes is None or not entries:
-        return entries
-    total = entries[0].size()
-    for i in range(1, len(entries)):
-        total += entries[i].size()
-        if total > max_bytes:
-            return entries[:i]
-    return entries
+    end = limited_end(entries, 0, len(entries), max_bytes)
+    return entries if end == len(entries) else entries[:end]
 
 
 class MemoryStorage:
@@ -161,7 +172,8 @@ class MemoryStorage:
             raise Compacted(f"index {lo} is compacted (snapshot at {offset})")
         if hi > self.last_index() + 1:
             raise Unavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
-        return limit_size(self._ents[lo - offset : hi - offset], max_bytes)
+        start = lo - offset
+        return self._ents[start : limited_end(self._ents, start, hi - offset, max_bytes)]
 
     def snapshot(self) -> SnapshotMeta:
         """See :meth:`LogStorage.snapshot`."""
