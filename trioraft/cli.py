@@ -1054,7 +1054,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    handled = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, on_term) for sig in handled}
     try:
         with cluster:
             try:
@@ -1073,7 +1074,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("\nstopping the cluster...", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
