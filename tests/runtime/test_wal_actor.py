@@ -62,19 +62,22 @@ async def test_one_save_per_batch_and_ordering() -> None:
     # Queue everything before the actor runs: it must be one batch.
     jobs_send.send_nowait(job(1, ents(1, 2), HardState(term=1, commit=0)))
     jobs_send.send_nowait(job(2, ents(3, 3), HardState(term=1, commit=2)))
-    marker_done: Future[None] = Future()
+    marker_done: Future[bool] = Future()
+    stale: Future[bool] = Future()
     jobs_send.send_nowait(MarkerJob(SnapshotMeta(index=2, term=1), marker_done))
     jobs_send.send_nowait(job(3, ents(3, 4, term=2), HardState(term=2, commit=3)))
     jobs_send.send_nowait(ReleaseJob(2))
     jobs_send.send_nowait(job(4, (), None, snapshot=SnapshotMeta(index=10, term=2)))
     jobs_send.send_nowait(job(5, ents(11, 11, term=2), HardState(term=2, commit=10)))
+    jobs_send.send_nowait(MarkerJob(SnapshotMeta(index=8, term=2), stale))  # older than 10
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
         acked = await inbox_recv.receive()
         nursery.cancel_scope.cancel()
     assert isinstance(acked, Persisted)
     assert [j.number for j in acked.jobs] == [1, 2, 3, 4, 5]
-    assert marker_done.done()
+    assert marker_done.result() is True
+    assert stale.result() is False  # never rewinds past the installed snapshot
     assert wal.ops == [
         ("save", [(1, 1), (2, 1), (3, 1)], HardState(term=1, commit=2)),
         ("marker", 2),

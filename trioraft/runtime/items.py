@@ -145,10 +145,11 @@ class PersistJob:
 
 @attrs.frozen(eq=False)
 class MarkerJob:
-    """Record a local snapshot's marker durably; ``done`` resolves when it is."""
+    """Record a local snapshot's marker durably; ``done`` resolves with True when it is, or
+    with False when a newer snapshot (installed from the leader meanwhile) made it moot."""
 
     meta: SnapshotMeta
-    done: Future[None]
+    done: Future[bool]
 
 
 @attrs.frozen(eq=False)

@@ -159,7 +159,14 @@ class NodeRuntime:
             static_peers=config.peers,
             chunk_bytes=config.snapshot_chunk_bytes,
         )
-        self.wal_actor = WalActor(self.id, wal, disk, self.wal_recv, self.inbox_send)
+        self.wal_actor = WalActor(
+            self.id,
+            wal,
+            disk,
+            self.wal_recv,
+            self.inbox_send,
+            snapshot_index=0 if snap is None else snap.index,
+        )
         self.raft: RaftActor | None = None
         self.storage: MemoryStorage | None = None
 

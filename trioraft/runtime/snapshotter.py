@@ -294,9 +294,13 @@ class Snapshotter:
         stored = await self._write(reason, captured)
         # Contract 2: files + meta durable (commit) before the WAL marker.
         meta = SnapshotMeta(index=stored.index, term=stored.term, conf=stored.conf)
-        marker_done: Future[None] = Future()
+        marker_done: Future[bool] = Future()
         self._wal.send_nowait(MarkerJob(meta, marker_done))
-        await marker_done.wait()
+        if not await marker_done.wait():
+            # A newer snapshot was installed from the leader while this one was being saved;
+            # the store's retention removes this one in time.
+            existing = await self._disk(self._store.get, self.last_index)
+            return existing if existing is not None else stored
         compact_to = max(0, stored.index - self._cfg.catchup_entries)
         recorded: Future[None] = Future()
         self._raft_inbox.send_nowait(LocalSnapshot(meta, compact_to, recorded))

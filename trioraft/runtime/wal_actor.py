@@ -67,6 +67,7 @@ class WalActor:
         jobs: receive side of the WAL channel.
         raft_inbox: where :class:`Persisted` acknowledgements go (unbounded channel).
         max_batch_jobs: upper bound on jobs merged into one save (keeps latency bounded).
+        snapshot_index: index of the newest snapshot marker already in the WAL.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class WalActor:
         raft_inbox: trio.MemorySendChannel[Any],
         *,
         max_batch_jobs: int = 4096,
+        snapshot_index: int = 0,
     ) -> None:
         self._id = node_id
         self._wal = wal
@@ -85,6 +87,9 @@ class WalActor:
         self._jobs = jobs
         self._raft_inbox = raft_inbox
         self._max_batch = max_batch_jobs
+        # Index of the newest snapshot marker written: a local snapshot older than a snapshot
+        # installed meanwhile must not be recorded (its marker would rewind the log's base).
+        self._marker_index = snapshot_index
         #: number of WAL.save calls (fsyncs) so far
         self.saves = 0
         #: number of persist jobs made durable so far
@@ -113,7 +118,7 @@ class WalActor:
         entries: list[Entry] = []
         hard_state: HardState | None = None
         done: list[PersistJob] = []
-        markers: list[MarkerJob] = []
+        markers: list[tuple[MarkerJob, bool]] = []
 
         async def flush() -> None:
             nonlocal hard_state
@@ -128,6 +133,7 @@ class WalActor:
                 if item.snapshot is not None:
                     await flush()
                     await self._disk(self._wal.save_snapshot_marker, item.snapshot)
+                    self._marker_index = max(self._marker_index, item.snapshot.index)
                     log.debug(
                         "node %d: recorded snapshot marker %d/%d (install)",
                         self._id,
@@ -139,9 +145,19 @@ class WalActor:
                     hard_state = item.hard_state
                 done.append(item)
             elif isinstance(item, MarkerJob):
+                if item.meta.index <= self._marker_index:
+                    log.info(
+                        "node %d: snapshot %d not recorded: snapshot %d is newer",
+                        self._id,
+                        item.meta.index,
+                        self._marker_index,
+                    )
+                    markers.append((item, False))
+                    continue
                 await flush()
                 await self._disk(self._wal.save_snapshot_marker, item.meta)
-                markers.append(item)
+                self._marker_index = item.meta.index
+                markers.append((item, True))
             else:
                 await flush()
                 await self._disk(self._wal.release_to, item.index)
@@ -149,5 +165,5 @@ class WalActor:
         self.jobs_done += len(done)
         if done:
             self._raft_inbox.send_nowait(Persisted(tuple(done)))
-        for m in markers:
-            m.done.set_result(None)
+        for m, recorded in markers:
+            m.done.set_result(recorded)
