@@ -250,3 +250,21 @@ async def test_user_exception_in_block_propagates_unwrapped(
         async with open_cluster(1) as cluster:
             await cluster.wait_for_leader()
             raise KeyError("mine")
+
+
+async def test_read_barrier_survives_a_lost_read_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"x")
+        f = followers(cluster, leader)[0]
+        cluster.network.block(f.id, leader.id)  # the forwarded ReadIndexRequest is lost
+
+        async def heal() -> None:
+            await trio.sleep(0.3)
+            cluster.network.unblock(f.id, leader.id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heal)
+            assert await f.read_barrier(timeout=5) >= 4

@@ -241,6 +241,7 @@ class NodeRuntime:
             self.snapshotter.send_snapshot,
             tick_interval=cfg.tick_interval,
             forward=cfg.forward_proposals,
+            reissue_ticks=cfg.election_ticks,
         )
         log.info(
             "node %d: starting at term %d, commit %d, applied %d, log [%d, %d]",

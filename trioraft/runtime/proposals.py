@@ -178,6 +178,11 @@ class ReadBatcher:
             self._queued.extend(f for f in futures if not f.done())
 
     @property
+    def issued(self) -> bool:
+        """True if batches wait for their read index."""
+        return bool(self._issued)
+
+    @property
     def queued(self) -> bool:
         """True if requests wait to be issued."""
         return bool(self._queued)

@@ -107,6 +107,8 @@ class RaftActor:
         watch: leader/term/role observers.
         send_snapshot: starts streaming a snapshot to a follower.
         tick_interval: seconds per tick.
+        forward: resolve refused requests with a :class:`Forward` to the leader.
+        reissue_ticks: ticks after which unanswered read-index requests are issued again.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class RaftActor:
         *,
         tick_interval: float,
         forward: bool = True,
+        reissue_ticks: int = 10,
     ) -> None:
         self.core = core
         self.storage = storage
@@ -139,6 +142,8 @@ class RaftActor:
         self._tick = tick_interval
         self._forward = forward
         self._reads_queued = False
+        self._reissue_ticks = reissue_ticks
+        self._read_ticks = 0
         self._role = core.role
         self._restoring: PersistJob | None = None
         self._deferred: list[PersistJob] = []
@@ -169,6 +174,14 @@ class RaftActor:
             now = trio.current_time()
             if now >= next_tick:
                 core.tick()
+                self._read_ticks += 1
+                if self._read_ticks >= self._reissue_ticks:
+                    self._read_ticks = 0
+                    if self._reads.issued:
+                        # A forwarded read-index request or its answer may have been lost:
+                        # ask again (answers to the old contexts are ignored).
+                        self._reads.requeue_all()
+                        self._reads_queued = True
                 next_tick += tick
                 if next_tick <= now:
                     # We fell behind (a long stall); do not replay a burst of ticks.
