@@ -139,6 +139,7 @@ class Workload:
     definite_failures: dict[str, str] = attrs.Factory(dict)  # request id -> error
     seq: int = 0
     log_reads: float = 0.15  # share of reads that go through the log instead of ReadIndex
+    unsafe_reads: bool = False  # read the local state without a barrier (must be caught)
 
     def _pick_node(self) -> int | None:
         running = [n.id for n in self.cluster.running]
@@ -219,7 +220,9 @@ class Workload:
         token = self.history.invoke(client, KvGet(key), tag=rid)
         try:
             node = self.cluster.node(nid)
-            if self.rng.random() < self.log_reads:
+            if self.unsafe_reads:
+                value = self.cluster.state_machine(nid).data.get(key)
+            elif self.rng.random() < self.log_reads:
                 value = await node.propose(cbor2.dumps([rid, "get", key, None, None]))
             else:
                 sm: KvStateMachine = self.cluster.state_machine(nid)
@@ -252,8 +255,24 @@ class NemesisLog:
         self.events.append((trio.current_time(), what))
 
 
+FAULTS = (
+    "partition",
+    "isolate-leader",
+    "lossy",
+    "crash-leader",
+    "crash-any",
+    "snapshot",
+    "slow-reorder",
+)
+
+
 async def nemesis(
-    cluster: Cluster, rng: random.Random, deadline: float, log: NemesisLog, n: int
+    cluster: Cluster,
+    rng: random.Random,
+    deadline: float,
+    log: NemesisLog,
+    n: int,
+    faults: tuple[str, ...] = FAULTS,
 ) -> None:
     net = cluster.network
     ids = list(range(1, n + 1))
@@ -261,17 +280,7 @@ async def nemesis(
         await trio.sleep(rng.uniform(1.0, 3.0))  # a quiet period
         if trio.current_time() >= deadline:
             break
-        fault = rng.choice(
-            [
-                "partition",
-                "isolate-leader",
-                "lossy",
-                "crash-leader",
-                "crash-any",
-                "snapshot",
-                "slow-reorder",
-            ]
-        )
+        fault = rng.choice(faults)
         log.add(fault)
         duration = rng.uniform(1.0, 4.0)
         leader = next((x.id for x in cluster.running if x.is_leader), None)
@@ -341,7 +350,14 @@ def _position(registry: Registry) -> Callable[[Operation[KvInput, KvOutput]], in
 
 
 async def run_workload(
-    seed: int, *, duration: float = 30.0, clients: int = 5, n: int = 3, keys: int = 4
+    seed: int,
+    *,
+    duration: float = 30.0,
+    clients: int = 5,
+    n: int = 3,
+    keys: int = 4,
+    faults: tuple[str, ...] = FAULTS,
+    unsafe_reads: bool = False,
 ) -> Report:
     rng = random.Random(seed)
     registry = Registry()
@@ -359,9 +375,10 @@ async def run_workload(
         cluster.network.set_delay(0.001, 0.005)
         await cluster.wait_for_leader()
         work = Workload(cluster, registry, history, rng, [f"k{i}" for i in range(keys)])
+        work.unsafe_reads = unsafe_reads
         deadline = trio.current_time() + duration
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(nemesis, cluster, rng, deadline, log, n)
+            nursery.start_soon(nemesis, cluster, rng, deadline, log, n, faults)
             for _ in range(clients):
                 nursery.start_soon(work.client, deadline)
         # Convergence: after healing every node applies the same log.
@@ -428,6 +445,25 @@ async def test_kv_is_linearizable_under_nemesis_long(
 ) -> None:
     report = await run_workload(seed, duration=120.0, clients=8, n=5, keys=6)
     assert report.verdict is Verdict.OK, f"seed={seed}\n{report.description}"
+
+
+async def test_reads_without_a_barrier_are_caught(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The pipeline has teeth: reading a node's local state without the ReadIndex barrier
+    returns stale values from an isolated old leader or a lagging follower, and the checker
+    must find the history not linearizable."""
+    seed = int(os.environ.get("TRIORAFT_SEED", "7"))
+    report = await run_workload(
+        seed,
+        duration=20.0,
+        clients=6,
+        keys=2,
+        faults=("isolate-leader", "partition"),
+        unsafe_reads=True,
+    )
+    assert report.verdict is Verdict.ILLEGAL, f"seed={seed}: stale reads went unnoticed"
+    assert "cannot linearize next" in report.description
 
 
 def test_checker_flags_a_stale_read_in_a_recorded_history() -> None:
