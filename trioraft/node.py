@@ -36,6 +36,7 @@ from trioraft.runtime.items import (
     ProposeReq,
     ReadReq,
     TransferReq,
+    UnreachableReq,
 )
 from trioraft.runtime.node import NodeRuntime, decode_result
 from trioraft.runtime.proposals import Future
@@ -438,6 +439,14 @@ class RaftNode:
                 last = current
                 yield LeaderInfo(watch.leader, watch.term, watch.leader == self.id)
             await watch.wait_changed(seen)
+
+    def report_unreachable(self, peer: int) -> None:
+        """Tell Raft that messages to ``peer`` cannot be delivered (wire a transport's
+        ``on_unreachable`` callback here): the leader stops pipelining to it and probes instead.
+        Safe to call from any task of the node's Trio run, also after the node stopped."""
+        rt = self._rt
+        if not rt.stopped:
+            rt.inbox_send.send_nowait(UnreachableReq(peer))
 
     async def campaign(self) -> None:
         """Start an election now (tests, manual failover)."""

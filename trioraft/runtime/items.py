@@ -40,6 +40,7 @@ __all__ = [
     "Restored",
     "SnapshotStatus",
     "TransferReq",
+    "UnreachableReq",
 ]
 
 
@@ -83,6 +84,13 @@ class TransferReq:
 
     target: int
     future: Future[Any]
+
+
+@attrs.frozen(eq=False)
+class UnreachableReq:
+    """The transport could not deliver to ``peer``."""
+
+    peer: int
 
 
 @attrs.frozen(eq=False)

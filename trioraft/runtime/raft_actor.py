@@ -47,6 +47,7 @@ from trioraft.runtime.items import (
     RestoreJob,
     SnapshotStatus,
     TransferReq,
+    UnreachableReq,
 )
 from trioraft.runtime.proposals import ProposalTracker, ReadBatcher
 
@@ -241,6 +242,8 @@ class RaftActor:
                 item.future.set_exception(exc)
             else:
                 item.future.set_result(None)
+        elif isinstance(item, UnreachableReq):
+            core.report_unreachable(item.peer)
         elif isinstance(item, CampaignReq):
             core.campaign()
         else:

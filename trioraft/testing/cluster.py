@@ -229,7 +229,12 @@ class Cluster:
         if h.node is not None:
             raise RuntimeError(f"node {node_id} is already running")
         h.state_machine = self._factory(node_id)
-        transport = self.network.transport(node_id, disk=self._disk, **transport_options(h.config))
+        transport = self.network.transport(
+            node_id,
+            disk=self._disk,
+            on_unreachable=lambda peer: h.node.report_unreachable(peer) if h.node else None,
+            **transport_options(h.config),
+        )
         h.transport = transport
         node: RaftNode = await self._nursery.start(self._run, h, transport)
         return node
@@ -478,8 +483,10 @@ async def open_tcp_cluster(
             ssl_client_context=ssl_client_context,
             server_hostname=server_hostname,
             disk=disk,
+            on_unreachable=lambda peer: box[0].report_unreachable(peer) if box else None,
             **transport_options(cfg),
         )
+        box: list[RaftNode] = []
         async with open_raft_node(
             cfg,
             factory(nid),
@@ -487,6 +494,7 @@ async def open_tcp_cluster(
             transport=transport,
             disk=disk,
         ) as node:
+            box.append(node)
             task_status.started(node)
             await trio.sleep_forever()
 
