@@ -245,18 +245,17 @@ class WAL:
                 last = i == len(segments) - 1
                 data = read_file(fs, seg.path)
                 records, end, crc, damage = _parse(data)
-                if records or damage is None:
-                    problem = _check_header(records, seg, prev_crc, i > 0)
-                    if problem is not None:
-                        raise StorageCorrupted(seg.path, problem, 0)
+                if not records and last and (damage is None or damage.torn):
+                    # nothing valid at all: an interrupted segment start; set it aside
+                    self._set_aside(seg, data, damage or _Damage(0, "empty segment", True))
+                    segments.pop()
+                    break
+                problem = _check_header(records, seg, prev_crc, i > 0)
+                if problem is not None:
+                    raise StorageCorrupted(seg.path, problem, 0)
                 if damage is not None:
                     if not last or not damage.torn:
                         raise StorageCorrupted(seg.path, damage.detail, damage.offset)
-                    if not records:
-                        # nothing valid at all: an interrupted segment start; set it aside
-                        self._set_aside(seg, data, damage)
-                        segments.pop()
-                        break
                     self._repair(seg, data, end, damage)
                 for off, rec in records:
                     scan.records.append((i, off, rec))
