@@ -58,6 +58,16 @@ PROFILES: dict[str, tuple[SimConfig, int]] = {
         SimConfig(nodes=3, spares=2, weights={"conf_change": 3, "propose_leader": 6}),
         400,
     ),
+    # The same without the runtime's fresh snapshot for joiners: the core alone must cope.
+    "membership-core": (
+        SimConfig(
+            nodes=3,
+            spares=2,
+            fresh_snapshot_for_joiners=False,
+            weights={"conf_change": 3, "propose_leader": 6, "compact": 8},
+        ),
+        400,
+    ),
 }
 
 LIVENESS_TICKS = 200
@@ -134,7 +144,7 @@ def _examples(default: int) -> int:
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_core_properties(profile: str) -> None:
     @settings(
-        max_examples=_examples(80),
+        max_examples=_examples(60),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
         database=None,
