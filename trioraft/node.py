@@ -224,17 +224,32 @@ class RaftNode:
         rt = self._rt
         rt.check_running()
         limit = _timeout(timeout, rt.config.proposal_timeout)
-        with trio.move_on_after(limit):
-            async with rt.proposal_slots:
-                future: Future[Any] = Future()
-                rt.inbox_send.send_nowait(ProposeReq(bytes(data), future))
-                result = await self._wait(future)
-                if isinstance(result, Forward):
-                    if not (forward and rt.config.forward_proposals):
-                        raise NotLeader(result.leader)
-                    return decode_result(await rt.forward(result.leader, "propose", bytes(data)))
-                return result
-        raise AmbiguousOutcome(f"no outcome for the proposal within {limit} s")
+        deadline = trio.current_time() + limit
+
+        def expired() -> BaseException:
+            return AmbiguousOutcome(f"no outcome for the proposal within {limit} s")
+
+        # The hot path (this node leads) takes no cancel scope and does not yield before the
+        # request is queued: the deadline timer fails the future if it takes too long.
+        if not rt.proposal_slots.try_acquire():
+            with trio.move_on_at(deadline):
+                await rt.proposal_slots.acquire()
+            if trio.current_time() >= deadline:
+                raise expired()
+        try:
+            future: Future[Any] = Future()
+            rt.deadlines.add(deadline, future, expired)
+            rt.inbox_send.send_nowait(ProposeReq(bytes(data), future))
+            result = await self._wait(future)
+        finally:
+            rt.proposal_slots.release()
+        if isinstance(result, Forward):
+            if not (forward and rt.config.forward_proposals):
+                raise NotLeader(result.leader)
+            with trio.move_on_at(deadline):
+                return decode_result(await rt.forward(result.leader, "propose", bytes(data)))
+            raise expired()
+        return result
 
     async def _wait(self, future: Future[Any]) -> Any:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from trioraft.errors import AmbiguousOutcome, NodeStopped, ProposalDropped
 from trioraft.runtime.proposals import AppliedWaiters, Future, ProposalTracker, ReadBatcher
@@ -82,3 +83,45 @@ async def test_applied_waiters() -> None:
     w.wake_all()
     assert e9.is_set()
     await trio.lowlevel.checkpoint()
+
+
+async def test_deadlines_fail_late_futures(autojump_clock: trio.testing.MockClock) -> None:
+    from trioraft.runtime.proposals import Deadlines
+
+    d = Deadlines()
+    late: Future[int] = Future()
+    early_done: Future[int] = Future()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        d.add(trio.current_time() + 2, late, lambda: AmbiguousOutcome("late"))
+        d.add(trio.current_time() + 1, early_done, lambda: AmbiguousOutcome("never"))
+        d.add(float("inf"), Future(), lambda: AmbiguousOutcome("never"))
+        early_done.set_result(7)
+        await trio.sleep(1.5)
+        assert not late.done()
+        await trio.sleep(1)
+        assert late.done() and late.abandoned
+        with pytest.raises(AmbiguousOutcome):
+            late.result()
+        assert early_done.result() == 7
+        nursery.cancel_scope.cancel()
+
+
+async def test_slots_limit_without_yielding(autojump_clock: trio.testing.MockClock) -> None:
+    from trioraft.runtime.proposals import Slots
+
+    s = Slots(2)
+    assert s.try_acquire() and s.try_acquire()
+    assert not s.try_acquire()
+    got = []
+
+    async def waiter() -> None:
+        await s.acquire()
+        got.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        assert got == []
+        s.release()
+    assert len(got) == 1 and s.used == 2

@@ -53,7 +53,13 @@ from trioraft.errors import (
 )
 from trioraft.runtime.disk import DiskExecutor
 from trioraft.runtime.fsm_actor import FsmActor
-from trioraft.runtime.proposals import AppliedWaiters, ProposalTracker, ReadBatcher
+from trioraft.runtime.proposals import (
+    AppliedWaiters,
+    Deadlines,
+    ProposalTracker,
+    ReadBatcher,
+    Slots,
+)
 from trioraft.runtime.raft_actor import LeaderWatch, RaftActor
 from trioraft.runtime.snapshotter import Snapshotter, SnapshotterConfig
 from trioraft.runtime.transport.base import (
@@ -120,7 +126,8 @@ class NodeRuntime:
         self.reads = ReadBatcher(self.id)
         self.waiters = AppliedWaiters()
         self.watch = LeaderWatch()
-        self.proposal_slots = trio.Semaphore(config.max_pending_proposals)
+        self.proposal_slots = Slots(config.max_pending_proposals)
+        self.deadlines = Deadlines()
         self.messages_dropped = 0
 
         snap = recovered.snapshot
@@ -233,6 +240,7 @@ class NodeRuntime:
             storage,
             self.transport,
             self.inbox_recv,
+            self.inbox_send,
             self.wal_send,
             self.fsm_send,
             self.proposals,
@@ -252,6 +260,7 @@ class NodeRuntime:
             storage.first_index(),
             storage.last_index(),
         )
+        await nursery.start(self.deadlines.run)
         await nursery.start(self._serve_transport)
         await nursery.start(self.wal_actor.run)
         await nursery.start(self.fsm.run)

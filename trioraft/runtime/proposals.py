@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import trio
 
 from trioraft.errors import AmbiguousOutcome, ProposalDropped
 
-__all__ = ["AppliedWaiters", "Future", "ProposalTracker", "ReadBatcher"]
+__all__ = ["AppliedWaiters", "Deadlines", "Future", "ProposalTracker", "ReadBatcher", "Slots"]
 
 T = TypeVar("T")
 
@@ -232,3 +233,81 @@ class AppliedWaiters:
         for _, _, event in self._heap:
             event.set()
         self._heap = []
+
+
+class Deadlines:
+    """Fails futures whose deadline passed, from one timer task (cheaper than a cancel scope
+    per request on the hot path). A future failed this way is marked abandoned, so a request
+    not yet handed to the core is never proposed."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Future[Any], Callable[[], BaseException]]] = []
+        self._seq = itertools.count()
+        self._wake = trio.Event()
+
+    def add(self, deadline: float, future: Future[Any], error: Callable[[], BaseException]) -> None:
+        """Fail ``future`` with ``error()`` at ``deadline`` unless it is resolved by then."""
+        if deadline == float("inf"):
+            return
+        heap = self._heap
+        if not heap or deadline < heap[0][0]:
+            self._wake.set()
+        heapq.heappush(heap, (deadline, next(self._seq), future, error))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The timer task; runs until cancelled."""
+        task_status.started()
+        heap = self._heap
+        while True:
+            while heap and heap[0][2].done():
+                heapq.heappop(heap)
+            if not heap:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            deadline = heap[0][0]
+            if trio.current_time() < deadline:
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
+                if self._wake.is_set():
+                    self._wake = trio.Event()
+                continue
+            _, _, future, error = heapq.heappop(heap)
+            if not future.done():
+                future.abandoned = True
+                future.set_exception(error())
+
+
+class Slots:
+    """A counting limit that costs nothing while below the limit (unlike ``trio.Semaphore``,
+    whose ``acquire`` always yields to the scheduler)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self.used = 0
+        self._freed = trio.Event()
+        self._waiting = 0
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        if self.used < self._limit:
+            self.used += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting while all are taken."""
+        while self.used >= self._limit:
+            self._waiting += 1
+            try:
+                await self._freed.wait()
+            finally:
+                self._waiting -= 1
+        self.used += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.used -= 1
+        if self._waiting:
+            self._freed.set()
+            self._freed = trio.Event()

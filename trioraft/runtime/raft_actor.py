@@ -56,8 +56,10 @@ __all__ = ["LeaderWatch", "RaftActor"]
 log = logging.getLogger(__name__)
 
 _MESSAGE_TYPES = frozenset(MESSAGE_TYPES)
-#: inbox items handled before the actor checks for a due tick and emits a Ready
+#: inbox items handled before the actor emits a Ready
 _MAX_DRAIN = 4096
+#: the ticker's inbox item
+_TICK = object()
 
 
 class _Sender(Protocol):
@@ -101,6 +103,7 @@ class RaftActor:
         storage: the core's in-memory log (written only by this actor).
         transport: where outgoing messages go.
         inbox: receive side of this actor's inbox.
+        inbox_send: send side of the same inbox (the ticker posts ticks there).
         wal: send side of the WAL actor's channel.
         fsm: send side of the FSM actor's channel.
         proposals: proposals waiting for their entries to apply.
@@ -118,6 +121,7 @@ class RaftActor:
         storage: MemoryStorage,
         transport: _Sender,
         inbox: trio.MemoryReceiveChannel[Any],
+        inbox_send: trio.MemorySendChannel[Any],
         wal: trio.MemorySendChannel[Any],
         fsm: trio.MemorySendChannel[Any],
         proposals: ProposalTracker,
@@ -134,6 +138,7 @@ class RaftActor:
         self._id = core.id
         self._transport = transport
         self._inbox = inbox
+        self._inbox_send = inbox_send
         self._wal = wal
         self._fsm = fsm
         self._proposals = proposals
@@ -158,12 +163,13 @@ class RaftActor:
         """Serve until cancelled."""
         core = self.core
         inbox = self._inbox
-        tick = self._tick
-        next_tick = trio.current_time() + tick
         self._watch.update(core.leader, core.term, core.role)
-        task_status.started()
-        while True:
-            with trio.move_on_at(next_tick):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            while True:
+                # One wait per batch; a tick arrives as an inbox item, so the hot loop needs no
+                # cancel scope of its own.
                 item = await inbox.receive()
                 self._handle(item)
                 for _ in range(_MAX_DRAIN):
@@ -172,25 +178,33 @@ class RaftActor:
                     except trio.WouldBlock:
                         break
                     self._handle(item)
+                if self._reads_queued:
+                    self._issue_reads()
+                while core.has_ready():
+                    self._route(core.ready())
+
+    async def _ticker(self) -> None:
+        tick = self._tick
+        next_tick = trio.current_time() + tick
+        while True:
+            await trio.sleep_until(next_tick)
+            self._inbox_send.send_nowait(_TICK)
+            next_tick += tick
             now = trio.current_time()
-            if now >= next_tick:
-                core.tick()
-                self._read_ticks += 1
-                if self._read_ticks >= self._reissue_ticks:
-                    self._read_ticks = 0
-                    if self._reads.issued:
-                        # A forwarded read-index request or its answer may have been lost:
-                        # ask again (answers to the old contexts are ignored).
-                        self._reads.requeue_all()
-                        self._reads_queued = True
-                next_tick += tick
-                if next_tick <= now:
-                    # We fell behind (a long stall); do not replay a burst of ticks.
-                    next_tick = now + tick
-            if self._reads_queued:
-                self._issue_reads()
-            while core.has_ready():
-                self._route(core.ready())
+            if next_tick <= now:
+                # We fell behind (a long stall); do not replay a burst of ticks.
+                next_tick = now + tick
+
+    def _on_tick(self) -> None:
+        self.core.tick()
+        self._read_ticks += 1
+        if self._read_ticks >= self._reissue_ticks:
+            self._read_ticks = 0
+            if self._reads.issued:
+                # A forwarded read-index request or its answer may have been lost: ask again
+                # (answers to the old contexts are ignored).
+                self._reads.requeue_all()
+                self._reads_queued = True
 
     # -- inbox ---------------------------------------------------------------------------------
 
@@ -198,6 +212,8 @@ class RaftActor:
         core = self.core
         if type(item) in _MESSAGE_TYPES:
             core.step(item)
+        elif item is _TICK:
+            self._on_tick()
         elif isinstance(item, ProposeReq):
             if item.future.abandoned:
                 return  # the proposer gave up before we got to it: never propose it
