@@ -13,6 +13,11 @@ Usage::
 
     python -m benchmarks.inprocess_cluster [--quick] [--json PATH] [--dir DIR]
         [--proposers 1,64] [--seconds S] [--payload BYTES] [--no-fsync]
+        [--wal thread|inline|both]
+
+``cpu us/op`` is the process CPU time (event loop and disk threads) per proposal, for all
+three nodes together; ``cpu util`` is CPU time over wall time. On a shared machine the CPU
+figures are more stable than ops/s.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from typing import Any
 
 import trio
 
 from trioraft.node import RaftNode
+from trioraft.runtime.disk import INLINE_DISK
 from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
 from trioraft.testing.cluster import open_tcp_cluster
 
@@ -79,7 +86,12 @@ async def _wait_leader(nodes: dict[int, RaftNode]) -> RaftNode:
 
 
 async def run_case(
-    base_dir: str, proposers: int, seconds: float, payload: int, fsync: bool
+    base_dir: str,
+    proposers: int,
+    seconds: float,
+    payload: int,
+    fsync: bool,
+    wal_inline: bool = False,
 ) -> dict[str, Any]:
     """One cluster, one proposer count; returns the case's figures."""
     data = b"x" * payload
@@ -90,6 +102,7 @@ async def run_case(
         lambda _: CounterMachine(),
         fsync=fsync,
         snapshot_entries=0,
+        wal_disk=INLINE_DISK if wal_inline else None,
     ) as nodes:
         leader = await _wait_leader(nodes)
         # warm up connections and the WAL
@@ -107,10 +120,12 @@ async def run_case(
                 done += 1
 
         t_start = trio.current_time()
+        cpu_start = time.process_time()
         async with trio.open_nursery() as nursery:
             for _ in range(proposers):
                 nursery.start_soon(proposer)
         elapsed = trio.current_time() - t_start
+        cpu = time.process_time() - cpu_start
         saves = sum(n._rt.wal_actor.saves for n in nodes.values())
     latencies.sort()
     return {
@@ -124,6 +139,9 @@ async def run_case(
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 3) if latencies else None,
         "wal_saves_all_nodes": saves,
+        "wal_inline": wal_inline,
+        "cpu_us_per_op": round(cpu / done * 1e6, 1) if done else None,
+        "cpu_utilization": round(cpu / elapsed, 3),
     }
 
 
@@ -137,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per case")
     p.add_argument("--payload", type=int, default=16, help="bytes per proposal (16)")
     p.add_argument("--no-fsync", action="store_true", help="turn fsync off (not durable)")
+    p.add_argument(
+        "--wal",
+        choices=("thread", "inline", "both"),
+        default="both",
+        help="run WAL writes in worker threads, inline on the event loop, or compare both",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -144,24 +168,35 @@ def main(argv: list[str] | None = None) -> int:
     root = args.dir or tempfile.mkdtemp(prefix="trioraft-bench-")
     results: list[dict[str, Any]] = []
     try:
-        for i, count in enumerate(counts):
-            case_dir = os.path.join(root, f"case-{i}-{count}")
-            print(f"running {count} proposer(s) for {seconds:.0f} s ...", file=sys.stderr)
-            result = trio.run(run_case, case_dir, count, seconds, args.payload, not args.no_fsync)
-            results.append(result)
-            shutil.rmtree(case_dir, ignore_errors=True)
+        modes = {"thread": [False], "inline": [True], "both": [False, True]}[args.wal]
+        for inline in modes:
+            for i, count in enumerate(counts):
+                case_dir = os.path.join(root, f"case-{i}-{count}-{inline}")
+                print(
+                    f"running {count} proposer(s) for {seconds:.0f} s "
+                    f"(WAL {'inline' if inline else 'in threads'}) ...",
+                    file=sys.stderr,
+                )
+                result = trio.run(
+                    run_case, case_dir, count, seconds, args.payload, not args.no_fsync, inline
+                )
+                results.append(result)
+                shutil.rmtree(case_dir, ignore_errors=True)
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)
     header = (
-        f"{'proposers':>9} {'fsync':>5} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'fsyncs':>8}"
+        f"{'proposers':>9} {'WAL':>7} {'fsync':>5} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'fsyncs':>8} {'cpu us/op':>9} {'cpu util':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['proposers']:>9} {('on' if r['fsync'] else 'off'):>5} {r['ops_s']:>10.1f} "
-            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['wal_saves_all_nodes']:>8}"
+            f"{r['proposers']:>9} {('inline' if r['wal_inline'] else 'thread'):>7} "
+            f"{('on' if r['fsync'] else 'off'):>5} {r['ops_s']:>10.1f} "
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['wal_saves_all_nodes']:>8} "
+            f"{r['cpu_us_per_op']:>9} {r['cpu_utilization']:>8}"
         )
     doc = {
         "benchmark": "inprocess_cluster",

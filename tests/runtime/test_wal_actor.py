@@ -114,3 +114,32 @@ async def test_group_commit_under_load(autojump_clock: trio.testing.MockClock) -
     assert actor.saves < 20, actor.saves
     saved = [i for op in wal.ops for i, _ in op[1]]
     assert saved == list(range(1, 101))
+
+
+async def test_commit_only_hard_state_rides_along() -> None:
+    """A hard state that only moves the commit index costs no fsync of its own."""
+    wal = FakeWal()
+    jobs_send, jobs_recv = trio.open_memory_channel[Any](math.inf)
+    inbox_send, inbox_recv = trio.open_memory_channel[Any](math.inf)
+    actor = WalActor(1, wal, INLINE_DISK, jobs_recv, inbox_send, hard_state=HardState(term=2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        jobs_send.send_nowait(job(1, ents(1, 1, term=2), HardState(term=2, commit=0)))
+        await inbox_recv.receive()
+        jobs_send.send_nowait(job(2, (), HardState(term=2, commit=1)))  # commit only
+        assert [j.number for j in (await inbox_recv.receive()).jobs] == [2]  # acked at once
+        assert len(wal.ops) == 1
+        jobs_send.send_nowait(job(3, ents(2, 2, term=2), HardState(term=2, commit=1)))
+        await inbox_recv.receive()
+        assert wal.ops[-1] == ("save", [(2, 2)], HardState(term=2, commit=1))
+        jobs_send.send_nowait(job(4, (), HardState(term=3, vote=1, commit=1)))  # vote: durable
+        await inbox_recv.receive()
+        assert wal.ops[-1] == ("save", [], HardState(term=3, vote=1, commit=1))
+        jobs_send.send_nowait(job(5, (), HardState(term=3, vote=1, commit=2)))
+        await inbox_recv.receive()
+        done: Future[bool] = Future()
+        jobs_send.send_nowait(MarkerJob(SnapshotMeta(index=2, term=2), done))
+        await done.wait()
+        # the deferred commit is written before the marker
+        assert wal.ops[-2:] == [("save", [], HardState(term=3, vote=1, commit=2)), ("marker", 2)]
+        nursery.cancel_scope.cancel()

@@ -106,6 +106,7 @@ class NodeRuntime:
         recovered: Any,
         transport: Transport,
         disk: DiskExecutor,
+        wal_disk: DiskExecutor | None = None,
     ) -> None:
         self.config = config
         self.id = config.id
@@ -169,10 +170,11 @@ class NodeRuntime:
         self.wal_actor = WalActor(
             self.id,
             wal,
-            disk,
+            wal_disk or disk,
             self.wal_recv,
             self.inbox_send,
             snapshot_index=0 if snap is None else snap.index,
+            hard_state=recovered.hard_state,
         )
         self.raft: RaftActor | None = None
         self.storage: MemoryStorage | None = None

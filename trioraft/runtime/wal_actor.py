@@ -68,6 +68,7 @@ class WalActor:
         raft_inbox: where :class:`Persisted` acknowledgements go (unbounded channel).
         max_batch_jobs: upper bound on jobs merged into one save (keeps latency bounded).
         snapshot_index: index of the newest snapshot marker already in the WAL.
+        hard_state: the hard state already durable in the WAL.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class WalActor:
         *,
         max_batch_jobs: int = 4096,
         snapshot_index: int = 0,
+        hard_state: HardState | None = None,
     ) -> None:
         self._id = node_id
         self._wal = wal
@@ -90,6 +92,8 @@ class WalActor:
         # Index of the newest snapshot marker written: a local snapshot older than a snapshot
         # installed meanwhile must not be recorded (its marker would rewind the log's base).
         self._marker_index = snapshot_index
+        self._written_hs = hard_state or HardState()
+        self._pending_hs: HardState | None = None
         #: number of WAL.save calls (fsyncs) so far
         self.saves = 0
         #: number of persist jobs made durable so far
@@ -98,6 +102,18 @@ class WalActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or the channel closes. A storage error propagates and fails
         the node: after a failed fsync nothing may be acknowledged."""
+        try:
+            await self._run(task_status)
+        finally:
+            # Best effort: a commit index that was only deferred is written on a clean stop.
+            if self._pending_hs is not None and not getattr(self._wal, "failed", False):
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._disk(self._wal.save, [], self._pending_hs)
+                    except Exception:
+                        log.debug("node %d: final hard state not written", self._id)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
         # The receive side is deliberately not closed on exit: during shutdown the raft actor
         # may still hand over a job before it sees its own cancellation.
@@ -116,22 +132,30 @@ class WalActor:
 
     async def _process(self, batch: list[WalItem]) -> None:
         entries: list[Entry] = []
-        hard_state: HardState | None = None
+        must_write = False  # the batch changes term/vote or appends: it needs a save
         done: list[PersistJob] = []
         markers: list[tuple[MarkerJob, bool]] = []
 
-        async def flush() -> None:
-            nonlocal hard_state
-            if entries or hard_state is not None:
-                await self._disk(self._wal.save, list(entries), hard_state)
+        async def flush(*, force: bool = False) -> None:
+            # A hard state that only moved the commit index is not worth an fsync of its own
+            # (the commit index is recovered from the leader, as in etcd's MustSync); it rides
+            # along with the next save. Snapshot markers and releases force it out first, so
+            # a marker never lies above the durable commit index.
+            nonlocal must_write
+            hs = self._pending_hs
+            if entries or must_write or (force and hs is not None):
+                await self._disk(self._wal.save, list(entries), hs)
                 self.saves += 1
                 entries.clear()
-                hard_state = None
+                must_write = False
+                self._pending_hs = None
+                if hs is not None:
+                    self._written_hs = hs
 
         for item in batch:
             if isinstance(item, PersistJob):
                 if item.snapshot is not None:
-                    await flush()
+                    await flush(force=True)
                     await self._disk(self._wal.save_snapshot_marker, item.snapshot)
                     self._marker_index = max(self._marker_index, item.snapshot.index)
                     log.debug(
@@ -140,9 +164,16 @@ class WalActor:
                         item.snapshot.index,
                         item.snapshot.term,
                     )
-                merge_entries(entries, item.entries)
-                if item.hard_state is not None:
-                    hard_state = item.hard_state
+                    must_write = True  # the commit that covers the snapshot goes out now
+                if item.entries:
+                    merge_entries(entries, item.entries)
+                    must_write = True
+                hs = item.hard_state
+                if hs is not None:
+                    self._pending_hs = hs
+                    w = self._written_hs
+                    if hs.term != w.term or hs.vote != w.vote:
+                        must_write = True
                 done.append(item)
             elif isinstance(item, MarkerJob):
                 if item.meta.index <= self._marker_index:
@@ -154,12 +185,12 @@ class WalActor:
                     )
                     markers.append((item, False))
                     continue
-                await flush()
+                await flush(force=True)
                 await self._disk(self._wal.save_snapshot_marker, item.meta)
                 self._marker_index = item.meta.index
                 markers.append((item, True))
             else:
-                await flush()
+                await flush(force=True)
                 await self._disk(self._wal.release_to, item.index)
         await flush()
         self.jobs_done += len(done)

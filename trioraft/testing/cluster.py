@@ -459,6 +459,7 @@ async def open_tcp_cluster(
     ssl_client_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     host: str = "127.0.0.1",
+    wal_disk: DiskExecutor | None = None,
     **config: Any,
 ) -> AsyncIterator[dict[int, RaftNode]]:
     """Run ``n`` nodes in this process, talking real TCP (optionally TLS) on loopback, with
@@ -493,6 +494,7 @@ async def open_tcp_cluster(
             data_dir=os.path.join(base_dir, f"node-{nid}"),
             transport=transport,
             disk=disk,
+            wal_disk=wal_disk,
         ) as node:
             box.append(node)
             task_status.started(node)
