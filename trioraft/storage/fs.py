@@ -50,6 +50,8 @@ Buffer = bytes | bytearray | memoryview
 OpenMode = Literal["r", "r+", "w", "a", "x"]
 
 
+_FADVISE = getattr(os, "posix_fadvise", None)
+
 #: gathered writes are issued in groups of at most this many buffers (below IOV_MAX)
 _IOV_BATCH = 512
 
@@ -105,6 +107,10 @@ class FileSystem(Protocol):
 
     def truncate(self, fd: int, size: int) -> None:
         """Cut (or zero-extend) the file to ``size`` bytes."""
+
+    def writeback(self, fd: int, offset: int, length: int) -> None:
+        """Hint: start writing this range to the disk now and drop it from the cache once
+        clean. Not a durability guarantee (that is ``fsync``); may do nothing."""
 
     def fsize(self, fd: int) -> int:
         """Current size of an open file."""
@@ -306,6 +312,13 @@ class RealFileSystem:
         """See :meth:`FileSystem.fsize`."""
         return os.fstat(fd).st_size
 
+    def writeback(self, fd: int, offset: int, length: int) -> None:
+        """See :meth:`FileSystem.writeback`: ``posix_fadvise(POSIX_FADV_DONTNEED)``, which on
+        Linux starts writeback of the dirty pages in the range without waiting for it."""
+        if _FADVISE is not None:
+            with contextlib.suppress(OSError):
+                _FADVISE(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
     def rename(self, src: str, dst: str) -> None:
         """See :meth:`FileSystem.rename`."""
         os.rename(src, dst)
@@ -410,6 +423,9 @@ class NoSyncFileSystem:
         """No-op."""
 
     def fsync_dir(self, path: str) -> None:
+        """No-op."""
+
+    def writeback(self, fd: int, offset: int, length: int) -> None:
         """No-op."""
 
 
@@ -762,6 +778,11 @@ class SimulatedFileSystem:
         """See :meth:`FileSystem.fsize`."""
         with self._mu:
             return len(self._inodes[self._fd(fd).ino].data)
+
+    def writeback(self, fd: int, offset: int, length: int) -> None:
+        """See :meth:`FileSystem.writeback`: nothing becomes durable (only fsync does that)."""
+        with self._mu:
+            self._fd(fd)
 
     def rename(self, src: str, dst: str) -> None:
         """See :meth:`FileSystem.rename`."""

@@ -70,6 +70,10 @@ SNAPSHOT_FORMAT_VERSION: Final = 1
 WRITE_BUFFER_BYTES: Final = 1 << 20
 #: chunk size when reading a file back to check its CRC
 VERIFY_CHUNK_BYTES: Final = 8 << 20
+#: start writeback of a file being written every this many bytes (see FileSystem.writeback):
+#: the disk works while the caller produces more data, the final fsync has less left to do,
+#: and a big snapshot does not flood the page cache
+FLUSH_AFTER_BYTES: Final = 8 << 20
 _DIR_RE = re.compile(r"^(\d{20})-(\d{20})$")
 
 
@@ -452,6 +456,9 @@ class _FileState:
     path: str
     fd: int | None
     size: int = 0
+    #: bytes handed to the file system / offset up to which writeback was started
+    written: int = 0
+    flushed: int = 0
     crc: int = 0
     #: length of the prefix ``crc`` covers; ``None`` = must be recomputed from the file
     crc_len: int | None = 0
@@ -630,6 +637,9 @@ class SnapshotBuilder:
                     fs.truncate(st.fd, end)
             except OSError as exc:
                 raise StorageFailed(f"writing {st.path} failed: {exc}") from exc
+            st.written = end
+            st.flushed = min(st.flushed, end)
+            self._maybe_writeback(st)
             if st.crc_len is not None and offset == st.crc_len:
                 st.crc = crc32c.crc32c(data, st.crc)
                 st.crc_len = end
@@ -768,6 +778,13 @@ class SnapshotBuilder:
             self._fs.write(st.fd, data)
         except OSError as exc:
             raise StorageFailed(f"writing {st.path} failed: {exc}") from exc
+        st.written += len(data)
+        self._maybe_writeback(st)
+
+    def _maybe_writeback(self, st: _FileState) -> None:
+        if st.fd is not None and st.written - st.flushed >= FLUSH_AFTER_BYTES:
+            self._fs.writeback(st.fd, st.flushed, st.written - st.flushed)
+            st.flushed = st.written
 
     def _finish(self, st: _FileState) -> None:
         """fsync and close a file (no-op if already closed)."""
