@@ -424,5 +424,6 @@ def error_from_response(resp: ClientResponse) -> RaftError:
     if resp.error == "timeout":
         return Timeout(resp.detail)
     if resp.error == "stopped":
-        return ProposalDropped("leader-stopped", resp.detail)
+        # The leader stopped while the request was in flight: it may have been appended.
+        return AmbiguousOutcome(f"the leader stopped: {resp.detail}")
     return RaftError(f"forwarded request failed: {resp.error}: {resp.detail}")
