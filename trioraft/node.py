@@ -277,13 +277,21 @@ class RaftNode:
         rt = self._rt
         rt.check_running()
         limit = _timeout(timeout, rt.config.read_timeout)
-        with trio.move_on_after(limit):
-            future: Future[int] = Future()
-            rt.inbox_send.send_nowait(ReadReq(future))
-            index: int = await self._wait(future)
-            await self.wait_applied(index)
-            return index
-        raise Timeout(f"no linearizable read point within {limit} s")
+        deadline = trio.current_time() + limit
+
+        def expired() -> BaseException:
+            return Timeout(f"no linearizable read point within {limit} s")
+
+        future: Future[int] = Future()
+        rt.deadlines.add(deadline, future, expired)
+        rt.inbox_send.send_nowait(ReadReq(future))
+        index: int = await self._wait(future)
+        if rt.fsm.applied < index:
+            with trio.move_on_at(deadline):
+                await self.wait_applied(index)
+                return index
+            raise expired()
+        return index
 
     async def wait_applied(self, index: int) -> None:
         """Wait until the state machine applied ``index``.
