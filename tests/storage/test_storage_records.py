@@ -109,6 +109,49 @@ def test_check_entries_catches_malformed_columns(rec: SaveRecord) -> None:
     assert check_entries(rec) is not None
 
 
+_SAVE_DICT = {
+    "first_index": 5,
+    "count": 1,
+    "terms": b"\1" + b"\0" * 7,
+    "kinds": b"",
+    "sizes": b"\2\0\0\0",
+    "data": b"ab",
+    "hard_state": {"term": 1, "vote": 0, "commit": 3},
+    "type": "SaveRecord",
+}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"hard_state": None},
+        {"first_index": True},  # bool is not an int
+        {"count": 1.0},
+        {"terms": bytearray(8)},
+        {"data": "ab"},
+        {"hard_state": {"term": 1, "vote": 0}},  # the converter fills the default
+        {"hard_state": {"term": 1, "vote": 0, "commit": "3"}},
+        {"hard_state": {"term": 1, "vote": 0, "commit": 3, "x": 1}},
+        {"hard_state": [1, 0, 3]},
+        {"extra": 1},
+        {"type": "SnapshotRecord"},
+    ],
+)
+def test_fast_save_decoding_agrees_with_the_converter(change: dict[str, object]) -> None:
+    raw = {**_SAVE_DICT, **change}
+    payload = cbor2.dumps(raw)
+    try:
+        expected: object = converter.structure(cbor2.loads(payload), WalRecord)
+    except Exception:
+        expected = DecodeError
+    try:
+        got: object = decode_record(payload)
+    except DecodeError:
+        got = DecodeError
+    assert got == expected
+
+
 def test_decode_is_strict() -> None:
     with pytest.raises(DecodeError):
         decode_record(b"\xff\x00garbage")
