@@ -40,6 +40,33 @@ async def test_add_learner_promote_remove(autojump_clock: trio.testing.MockClock
         assert cluster[4].status().members.get(4) == "mem://4"
 
 
+class ConfWatcher(ListStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.confs: list[tuple[int, frozenset[int], frozenset[int]]] = []
+
+    async def on_conf_committed(self, index: int, conf: object) -> None:
+        self.confs.append((index, conf.voters, conf.learners))  # type: ignore[attr-defined]
+
+
+async def test_conf_committed_hook(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3, lambda _: ConfWatcher()) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"x")
+        await cluster.start(4, join=True)
+        await leader.add_learner(4)
+        await cluster.wait_applied(leader.commit_index)
+        for nid in (1, 2, 3, 4):
+            sm: ConfWatcher = cluster.state_machine(nid)
+            # the three bootstrap entries, then the learner
+            assert [c[1] for c in sm.confs[:3]] == [
+                frozenset({1}),
+                frozenset({1, 2}),
+                frozenset({1, 2, 3}),
+            ]
+            assert sm.confs[-1][2] == frozenset({4})
+
+
 async def test_add_node_through_a_follower(autojump_clock: trio.testing.MockClock) -> None:
     async with open_cluster(3) as cluster:
         leader = await cluster.wait_for_leader()

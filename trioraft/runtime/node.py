@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import math
+import random
 from typing import Any
 
 import trio
@@ -130,6 +131,8 @@ class NodeRuntime:
         self.proposal_slots = Slots(config.max_pending_proposals)
         self.deadlines = Deadlines()
         self.messages_dropped = 0
+        #: this node's own seeded randomness (runtime decisions only; the core has its own)
+        self.rng = random.Random(config.id if config.seed is None else config.seed)
 
         snap = recovered.snapshot
         self.snapshotter = Snapshotter(
@@ -140,6 +143,7 @@ class NodeRuntime:
                 snapshot_interval=config.snapshot_interval,
                 snapshot_margin=config.snapshot_margin,
                 chunk_bytes=config.snapshot_chunk_bytes,
+                first_interval_fraction=0.5 + 0.5 * self.rng.random(),
             ),
             store,
             disk,

@@ -76,6 +76,9 @@ class SnapshotterConfig:
     snapshot_interval: float | None = None
     snapshot_margin: int = 1
     chunk_bytes: int = 1 << 20
+    #: the first timer fires after this fraction of the interval (like SOFAJRaft, a random
+    #: value in [0.5, 1) keeps the nodes of a cluster from all saving at the same moment)
+    first_interval_fraction: float = 1.0
 
 
 class _Store(Protocol):
@@ -213,7 +216,11 @@ class Snapshotter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled."""
         interval = self._cfg.snapshot_interval
-        next_timer = trio.current_time() + interval if interval else math.inf
+        next_timer = (
+            trio.current_time() + interval * self._cfg.first_interval_fraction
+            if interval
+            else math.inf
+        )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
