@@ -122,10 +122,6 @@ class Unstable:
             self.entries.extend(ents)
             self.offset_in_progress = min(self.offset_in_progress, start)
 
-    def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries ``[lo, hi)``, which must lie within the unstable entries."""
-        return self.entries[lo - self.offset : hi - self.offset]
-
 
 class RaftLog:
     """Storage plus unstable tail, with commit and apply cursors.
