@@ -23,7 +23,7 @@ import posixpath
 import random
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import attrs
@@ -51,6 +51,24 @@ OpenMode = Literal["r", "r+", "w", "a", "x"]
 
 
 _FADVISE = getattr(os, "posix_fadvise", None)
+_F_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None)
+
+
+def _full_fsync(fd: int) -> None:
+    # On macOS fsync() does not flush the drive's cache; F_FULLFSYNC does.
+    if _F_FULLFSYNC is not None:
+        try:
+            fcntl.fcntl(fd, _F_FULLFSYNC)
+            return
+        except OSError:
+            pass  # not supported by this file system: fall back to fsync
+    os.fsync(fd)
+
+
+_fdatasync: Callable[[int], None] = (
+    os.fdatasync if _F_FULLFSYNC is None and hasattr(os, "fdatasync") else _full_fsync
+)
+
 
 #: gathered writes are issued in groups of at most this many buffers (below IOV_MAX)
 _IOV_BATCH = 512
@@ -298,11 +316,11 @@ class RealFileSystem:
 
     def fsync(self, fd: int) -> None:
         """See :meth:`FileSystem.fsync`."""
-        os.fsync(fd)
+        _full_fsync(fd)
 
     def fdatasync(self, fd: int) -> None:
         """See :meth:`FileSystem.fdatasync`."""
-        os.fdatasync(fd)
+        _fdatasync(fd)
 
     def truncate(self, fd: int, size: int) -> None:
         """See :meth:`FileSystem.truncate`."""
@@ -339,7 +357,7 @@ class RealFileSystem:
         """See :meth:`FileSystem.fsync_dir`."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
+            _full_fsync(fd)
         finally:
             os.close(fd)
 
