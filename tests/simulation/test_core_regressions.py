@@ -7,7 +7,9 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from coresim import Action, Sim, SimConfig
+from coresim import Action, Sim, SimConfig, Violation
+
+from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +60,76 @@ def test_joiner_added_after_newest_snapshot_catches_up_with_a_fresh_snapshot() -
     assert sim.stats.fresh_snapshots >= 1
     assert sim.stats.snapshots_installed >= 1
     assert sim.nodes[4].fsm.index == max(n.fsm.index for n in sim.nodes.values())
+
+
+def _deliver_all(sim: Sim) -> None:
+    for _ in range(50):
+        if not sim.net:
+            return
+        batch, sim.net = sim.net, []
+        for f in batch:
+            sim._deliver(f)
+        sim.settle()
+
+
+def _change(sim: Sim, change: ConfChangeType, node_id: int) -> None:
+    leader = sim.leader()
+    assert leader is not None and leader.core is not None
+    leader.core.propose_conf_change(ConfChange(changes=(ConfChangeSingle(change, node_id),)))
+    sim.settle()
+
+
+def _shrink_to_one_voter_then_crash_leader(change: ConfChangeType) -> Sim:
+    """Two voters L (leader) and F. L proposes demoting F (``change``); the entry is durable on
+    both, F acknowledges, L commits and applies it (L is now the only voter) but its disk is
+    slow: the hard state carrying the new commit index and a few newer entries are not yet
+    durable on L, while F already stored them and learned the commit. L crashes. After the
+    restart L knows only the old configuration {L, F} and needs F's vote, which F refuses
+    because F's log is longer; F is a learner in its configuration, so it never campaigns."""
+    sim = Sim(0, SimConfig(nodes=3))
+    for _ in range(50):
+        sim._round()
+        if sim.leader() is not None:
+            break
+    first = sim.leader()
+    assert first is not None and first.core is not None
+    _change(sim, ConfChangeType.REMOVE, max(i for i in (1, 2, 3) if i != first.id))
+    _deliver_all(sim)
+    for _ in range(3):
+        sim._round()
+    leader = sim.leader()
+    assert leader is not None and leader.core is not None
+    assert len(leader.core.conf_state.voters) == 2
+    (other,) = leader.core.conf_state.voters - {leader.id}
+    follower = sim.nodes[other]
+    _change(sim, change, follower.id)
+    leader.hold_writes = True
+    _deliver_all(sim)
+    assert leader.core.conf_state.voters == {leader.id}
+    assert leader.storage.hard_state.commit < leader.core.commit
+    for j in range(3):
+        leader.core.propose(b"tail%d" % j)
+    sim.settle()
+    _deliver_all(sim)
+    assert follower.storage.last_index() > leader.storage.last_index()
+    sim._crash(leader)
+    sim.heal_and_check_liveness(max_ticks=100)
+    return sim
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason=(
+        "Apply-time membership (as in etcd) loses liveness when a 2-voter cluster shrinks to "
+        "one voter and the leader crashes before its hard state with the new commit is "
+        "durable: the remaining voter still uses the old configuration and needs the vote of "
+        "the demoted/removed node, which refuses it (longer log) and cannot campaign itself. "
+        "Known upstream (etcd-io/etcd#10563, #12359). A fix could let a vote rejection carry "
+        "the voter's commit index and its term, so the candidate commits and applies the "
+        "change it already holds; or refuse simple changes that leave a single voter. Found "
+        "by the 'membership' profile (seeds 10192 and 10234, 1000-action schedules)."
+    ),
+)
+def test_two_voters_demote_one_and_leader_crashes() -> None:
+    _shrink_to_one_voter_then_crash_leader(ConfChangeType.ADD_LEARNER)
