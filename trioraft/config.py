@@ -10,7 +10,7 @@ value or combination raises :class:`~trioraft.errors.ConfigError` naming the fie
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -224,6 +224,23 @@ class Config:
         if self.join:
             return frozenset()
         return frozenset(self.peers) if self.peers else frozenset({self.id})
+
+    def transport_options(self) -> dict[str, Any]:
+        """Keyword arguments that carry the snapshot-streaming knobs (chunk size, window, stall
+        timeout, throttle) to a transport::
+
+            TcpTransport(1, "cluster", listen=..., peers=..., **config.transport_options())
+        """
+        from trioraft.runtime.transport.streaming import StreamOptions
+
+        return {
+            "stream_options": StreamOptions(
+                chunk_size=self.snapshot_chunk_bytes,
+                window=self.snapshot_window_chunks,
+                stall_timeout=self.snapshot_stall_timeout,
+            ),
+            "snapshot_rate": self.snapshot_throttle_bytes_per_s,
+        }
 
     def to_core_config(self, *, applied: int = 0) -> CoreConfig:
         """The sans-I/O core's configuration for this node.

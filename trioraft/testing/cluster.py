@@ -40,7 +40,6 @@ from trioraft.errors import Timeout
 from trioraft.node import RaftNode, open_raft_node, unwrap_group
 from trioraft.runtime.disk import INLINE_DISK, DiskExecutor, ThreadDisk
 from trioraft.runtime.transport.memory import MemoryNetwork, MemoryTransport
-from trioraft.runtime.transport.streaming import StreamOptions
 from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
 from trioraft.storage.fs import SimulatedFileSystem
 
@@ -58,16 +57,8 @@ log = logging.getLogger(__name__)
 
 
 def transport_options(config: Config) -> dict[str, Any]:
-    """Keyword arguments carrying ``config``'s snapshot-streaming knobs to a transport
-    (``MemoryTransport`` or ``TcpTransport``)."""
-    return {
-        "stream_options": StreamOptions(
-            chunk_size=config.snapshot_chunk_bytes,
-            window=config.snapshot_window_chunks,
-            stall_timeout=config.snapshot_stall_timeout,
-        ),
-        "snapshot_rate": config.snapshot_throttle_bytes_per_s,
-    }
+    """Same as :meth:`Config.transport_options`."""
+    return config.transport_options()
 
 
 class ListStateMachine:
