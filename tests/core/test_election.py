@@ -353,3 +353,21 @@ def test_messages_for_other_nodes_or_from_self_are_ignored() -> None:
     core.step(VoteRequest(src=0, dst=1, term=9, last_index=0, last_term=0))
     core.step(HeartbeatRequest(src=2, dst=1, term=0))
     assert core.term == 0 and not core.has_ready()
+
+
+def test_vote_responses_carry_the_voters_commit() -> None:
+    core, st = make_core(log=ents(1, 1, 2), hs=HardState(term=2, commit=2))
+    core.step(vote_req(2, term=3, last_index=1, last_term=1))
+    (resp,) = drain(core, st).of(VoteResponse)
+    assert not resp.granted and (resp.commit, resp.commit_term) == (2, 1)
+
+
+def test_candidate_learns_commit_from_a_refusing_voter_when_logs_match() -> None:
+    core, st = make_core(log=ents(1, 1, 2), hs=HardState(term=2, commit=1))
+    core.campaign()
+    drain(core, st)
+    core.step(VoteResponse(src=2, dst=1, term=3, granted=False, commit=3, commit_term=9))
+    assert core.commit == 1  # the voter's entry 3 differs from ours: learn nothing
+    core.step(VoteResponse(src=3, dst=1, term=1, granted=False, commit=3, commit_term=2))
+    assert core.commit == 3  # a stale term does not matter: committed entries stay committed
+    assert [e.index for e in drain(core, st).committed] == [2, 3]

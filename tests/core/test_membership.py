@@ -291,3 +291,44 @@ def test_conf_change_limits() -> None:
     with pytest.raises(ProposalDropped) as exc:
         c2.propose_conf_change(1, cc((L, 4)))
     assert exc.value.reason == "uncommitted-limit"
+
+
+def test_two_voters_shrink_to_one_and_the_leader_crashes_before_persisting_the_commit() -> None:
+    # etcd-io/etcd#10563: the remaining voter restarts with the demotion entry but not its
+    # commit, so it still needs the demoted node's vote; the demoted node refuses (its log is
+    # longer) and cannot campaign. Its refusal carries its commit, which unblocks the voter.
+    c = Cluster(ids=[1, 2], seed=3, auto_persist=False)
+    c.elect(1)
+    c.stabilize()
+
+    def run(node: int) -> None:
+        while c.process(node) is not None:
+            pass
+
+    c.propose_conf_change(1, cc((L, 2)))
+    run(1)
+    c.persist(1)  # the demotion entry is durable on the leader
+    c.deliver()
+    run(2)
+    c.persist(2)
+    c.deliver()  # 2's acknowledgement: the demotion commits on 1
+    run(1)  # hands out the commit (hard state write held back) and applies it
+    assert c.core(1).conf_state.voters == {1}
+    for i in range(3):
+        c.propose(1, b"tail%d" % i)
+    run(1)  # the learner gets the tail and the commit; 1's own writes stay held
+    c.deliver()
+    run(2)
+    c.persist(2)
+    assert c.core(2).conf_state.learners == {2}  # node 2 applied its demotion
+    assert c.nodes[2].storage.last_index() > c.nodes[1].storage.last_index()
+    c.crash(1)  # loses the commit and the tail
+    c.restart(1)
+    c.stabilize()  # re-applies what it knows to be committed: not the demotion
+    assert c.core(1).conf_state.voters == {1, 2}
+    c.advance(60)
+    assert c.leader() == 1 and c.core(1).conf_state.voters == {1}
+    c.check_invariants()
+    c.propose(1, b"alive")
+    c.stabilize()
+    assert c.applied(1)[-1][1] == b"alive"

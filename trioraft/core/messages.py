@@ -42,13 +42,21 @@ class VoteRequest:
 
 @attrs.frozen(kw_only=True)
 class VoteResponse:
-    """Reply to :class:`VoteRequest`."""
+    """Reply to :class:`VoteRequest`.
+
+    ``commit``/``commit_term`` are the voter's commit index and the term of its entry there: a
+    candidate whose log holds that entry may commit up to it (Log Matching makes the prefixes
+    equal). This lets a voter that refuses its vote still hand over the commit index, e.g. the
+    commit of a membership change the candidate must apply before it can win.
+    """
 
     src: NodeId
     dst: NodeId
     term: int
     granted: bool
     pre_vote: bool = False
+    commit: int = 0
+    commit_term: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -755,7 +755,13 @@ class RaftCore:
             )
             self._send(
                 VoteResponse(
-                    src=self._id, dst=m.src, term=m.term, granted=True, pre_vote=m.pre_vote
+                    src=self._id,
+                    dst=m.src,
+                    term=m.term,
+                    granted=True,
+                    pre_vote=m.pre_vote,
+                    commit=self._log.committed,
+                    commit_term=self._log.term_or_zero(self._log.committed),
                 )
             )
             if not m.pre_vote:
@@ -776,7 +782,13 @@ class RaftCore:
             )
             self._send(
                 VoteResponse(
-                    src=self._id, dst=m.src, term=self._term, granted=False, pre_vote=m.pre_vote
+                    src=self._id,
+                    dst=m.src,
+                    term=self._term,
+                    granted=False,
+                    pre_vote=m.pre_vote,
+                    commit=self._log.committed,
+                    commit_term=self._log.term_or_zero(self._log.committed),
                 )
             )
 
@@ -794,6 +806,8 @@ class RaftCore:
         if m.term <= 0:
             logger.warning("%d: ignoring %s without a term", self._id, type(m).__name__)
             return
+        if isinstance(m, VoteResponse) and m.commit > self._log.committed:
+            self._learn_commit(m)
         if m.term > self._term:
             if isinstance(m, VoteRequest):
                 in_lease = (
@@ -846,7 +860,13 @@ class RaftCore:
             elif isinstance(m, VoteRequest) and m.pre_vote:
                 self._send(
                     VoteResponse(
-                        src=self._id, dst=m.src, term=self._term, granted=False, pre_vote=True
+                        src=self._id,
+                        dst=m.src,
+                        term=self._term,
+                        granted=False,
+                        pre_vote=True,
+                        commit=self._log.committed,
+                        commit_term=self._log.term_or_zero(self._log.committed),
                     )
                 )
             else:
@@ -868,6 +888,23 @@ class RaftCore:
             self._step_follower(m)
         else:
             self._step_candidate(m)
+
+    def _learn_commit(self, m: VoteResponse) -> None:
+        # Whatever the terms: the voter's entries up to its commit are committed, and if our log
+        # holds its entry at that index, our prefix is the same (Log Matching). Without this a
+        # candidate that must first apply a committed membership change (e.g. 2 voters -> 1
+        # after the leader crashed before persisting the commit) could wait forever for a vote
+        # the removed node refuses.
+        if self._log.match_term(m.commit, m.commit_term):
+            logger.info(
+                "%d [term %d]: commit %d -> %d learned from %d's vote response",
+                self._id,
+                self._term,
+                self._log.committed,
+                m.commit,
+                m.src,
+            )
+            self._log.commit_to(m.commit)
 
     def _step_follower(self, m: Message) -> None:
         if isinstance(m, (AppendRequest, HeartbeatRequest, SnapshotRequest)):
