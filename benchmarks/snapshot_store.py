@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -123,16 +124,12 @@ def run(*, quick: bool, work: str, mib: int | None = None) -> dict[str, Any]:
     verify_times: list[float] = []
     for r in range(rounds):
         index = r + 1
-        st, rt, ft = _round(
-            [
-                lambda index=index: _StoreWriter(store, index),
-                lambda: _RawWriter(paths[0]),
-                lambda: _RawWriter(paths[1], FLUSH_AFTER_BYTES),
-            ],
-            block,
-            chunks,
-            r,
-        )
+        makers: list[Callable[[], Any]] = [
+            functools.partial(_StoreWriter, store, index),
+            functools.partial(_RawWriter, paths[0]),
+            functools.partial(_RawWriter, paths[1], FLUSH_AFTER_BYTES),
+        ]
+        st, rt, ft = _round(makers, block, chunks, r)
         times["save"].append(st)
         times["raw"].append(rt)
         times["raw_flush"].append(ft)
@@ -147,7 +144,10 @@ def run(*, quick: bool, work: str, mib: int | None = None) -> dict[str, Any]:
                 os.remove(p)
         # the same protocol with plain raw writes on both sides: the noise floor
         a, b = _round(
-            [lambda: _RawWriter(paths[2]), lambda: _RawWriter(paths[0])], block, chunks, r
+            [functools.partial(_RawWriter, paths[2]), functools.partial(_RawWriter, paths[0])],
+            block,
+            chunks,
+            r,
         )
         noise.append(b / a)
         for p in paths:
