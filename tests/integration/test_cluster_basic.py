@@ -3,6 +3,8 @@ linearizable reads, leadership transfer, leader crash and failover, lifecycle an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
@@ -268,3 +270,18 @@ async def test_read_barrier_survives_a_lost_read_request(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(heal)
             assert await f.read_barrier(timeout=5) >= 4
+
+
+async def test_cluster_helper_on_real_disks(tmp_path: Path) -> None:
+    """The in-memory cluster also runs on real data directories (real time, disk threads)."""
+    with trio.fail_after(30):
+        async with open_cluster(
+            3, simulated_fs=False, base_dir=str(tmp_path), tick_interval=0.02
+        ) as cluster:
+            leader = await cluster.wait_for_leader()
+            assert await leader.propose(b"x") == 1
+            await cluster.crash(leader.id)  # a real disk keeps what was written
+            await cluster.restart(leader.id)
+            await cluster.wait_for_leader()
+            await cluster.wait_applied(leader.commit_index)
+    assert (tmp_path / "node-1" / "wal").is_dir()
