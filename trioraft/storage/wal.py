@@ -8,35 +8,39 @@ Layout (one directory, normally ``<data>/wal/``)::
     0000000000000001-00000000000a1b2c.wal.broken   original of a repaired torn tail (kept)
 
 Each segment is a sequence of CRC-chained frames (see :mod:`trioraft.storage.records`): a
-:class:`~trioraft.storage.records.SegmentHeader`, the hard state current when the segment was
-started, then entries, hard-state and snapshot-marker records in write order. A brand-new WAL
-starts with the empty marker ``(index 0, term 0)``.
+:class:`~trioraft.storage.records.SegmentHeader` carrying the hard state current when the segment
+was started, then one frame per write: a :class:`~trioraft.storage.records.SaveRecord` per
+:meth:`WAL.save` (entries and hard state together) or a snapshot marker. A brand-new WAL starts
+with the empty marker ``(index 0, term 0)``.
 
 Theory of operation.
 
-* Writing. :meth:`WAL.save` frames every record of the batch into one buffer, issues one write
+* Writing. :meth:`WAL.save` encodes the whole batch as one frame, issues one (gathered) write
   and one ``fdatasync`` and returns only then (group commit: the caller merges many Readys into
   one call). When the current segment has reached ``segment_bytes`` a new one is started first:
-  header and hard state written and synced, then the directory fsynced, so no acknowledged record
-  can sit in a file whose directory entry may vanish. Any failed write or fsync puts the WAL into
-  a failed state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later
-  write (after a failed fsync the page cache can no longer be trusted).
+  its header written and synced, then the directory fsynced, so no acknowledged record can sit in
+  a file whose directory entry may vanish. Any failed write or fsync puts the WAL into a failed
+  state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later write
+  (after a failed fsync the page cache can no longer be trusted).
 * Replay. The WAL is a log of operations, so its state is obtained by applying every record in
   order: entries replace any suffix from their first index, hard states overwrite, a snapshot
   marker with ``reset`` drops entries past its index (the follower's log was replaced) once the
   durable commit index has reached it (below that, the install's hard state never became durable
-  and the node restarts as it was before the install). Opening
-  "at" snapshot marker S applies the whole log but materializes only entries above S.
+  and the node restarts as it was before the install). Opening "at" snapshot marker S applies the
+  whole log but materializes only entries above S.
 * Markers and the log reset. :meth:`WAL.save_snapshot_marker` decides ``reset`` itself: the
   snapshot replaced the log iff the log does not hold an entry at the snapshot's index with the
   snapshot's term. This keeps stale entries of an older term out of a follower's log after an
   install (they would make its log look less up to date than it is in elections).
 * Damage. Reading a segment stops at the first frame that is short, runs past the end of the
-  file, has a bad CRC, or has a zero length. In the last segment that is a torn write when the
-  frame reaches into a zero-filled tail, runs past the end of the file, or overlaps an all-zero
-  512-byte sector, and no valid frame follows it; the file is copied to ``<name>.broken``,
-  truncated to the last good frame and fsynced. Anything else (or any damage in an earlier
-  segment) raises :class:`~trioraft.errors.StorageCorrupted` with the file and offset.
+  file, has a bad CRC, or has a zero length; zeros after the last frame are a clean end. Every
+  write is one frame, so only the last frame can be torn, and what a crash loses reads back as
+  zeros or a short file: in the last segment a bad frame is a torn write when it runs past the
+  end of the file, has a zeroed header, or ends in zeros through the end of the file or has an
+  all-zero part within one 512-byte sector, and no valid frame follows it. The file is then
+  copied to ``<name>.broken``, truncated to the last good frame and fsynced. Anything else (or
+  any damage in an earlier segment) raises :class:`~trioraft.errors.StorageCorrupted` with the
+  file and offset.
 * Release. :meth:`WAL.release_to` deletes whole segments whose entries are all below the given
   index, oldest first, never the segment holding the newest snapshot marker the durable commit
   index has reached (so a restart can always find its marker and the hard state behind it).
