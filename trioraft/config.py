@@ -95,8 +95,8 @@ class Config:
             retained snapshot so an older snapshot remains usable if the newest is damaged.
         snapshot_chunk_bytes: bytes per chunk when streaming a snapshot to a follower (1 MiB).
         snapshot_window_chunks: chunks in flight per snapshot stream (credit window) (4).
-        snapshot_throttle_bytes_per_s: cap on snapshot streaming bandwidth per stream
-            (``None`` = unthrottled).
+        snapshot_throttle_bytes_per_s: cap on the node's total outgoing snapshot streaming
+            bandwidth, shared by all concurrent streams (``None`` = unthrottled).
         snapshot_stall_timeout: seconds without progress after which a snapshot stream is
             abandoned and reported as failed to Raft (30 s).
 

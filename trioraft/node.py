@@ -530,8 +530,9 @@ async def open_raft_node(
 
     Raises:
         StorageCorrupted: the data directory is damaged beyond automatic repair.
-        StorageFailed: a write or fsync failed.
-        ConfigError: e.g. the directory is locked by another node.
+        StorageFailed: a write or fsync failed, or the data directory is locked by another
+            process.
+        ConfigError: an invalid configuration.
     """
     from trioraft.storage import fs as fsmod
     from trioraft.storage.recovery import recover

@@ -150,16 +150,21 @@ async def _serve(
 
     config = build_config(flags)
     host, port = parse_raft_url(flags.raft_url)
+    # The transport exists before the node; unreachable-peer reports reach the node once it is up.
+    node_box: list[Any] = []
     transport = TcpTransport(
         node_id=flags.id,
         cluster_id=flags.cluster_id,
         listen=(host, port),
         peers={pid: addr for pid, addr in config.peers.items() if pid != flags.id},
+        on_unreachable=lambda peer: node_box[0].report_unreachable(peer) if node_box else None,
+        **config.transport_options(),
     )
     addresses = dict(config.peers)
     async with open_raft_node(
         config, state_machine, data_dir=flags.data_dir, transport=transport
     ) as node:
+        node_box.append(node)
 
         def status() -> dict[str, Any]:
             return status_document(node.status(), node_id=flags.id, addresses=addresses)

@@ -89,6 +89,7 @@ async def start_cluster(
                 "tutorial-counter",
                 listen=(host, int(port)),
                 peers={i: a for i, a in peers.items() if i != node_id},
+                **config.transport_options(),
             )
             nodes[node_id] = await stack.enter_async_context(
                 open_raft_node(
