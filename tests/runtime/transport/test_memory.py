@@ -309,6 +309,28 @@ async def test_call_timeout_is_the_callers_cancel_scope(autojump_clock: MockCloc
         n.cancel_scope.cancel()
 
 
+async def test_call_in_flight_when_its_peer_is_removed_still_gets_its_answer(
+    autojump_clock: MockClock,
+) -> None:
+    # A follower forwards "remove node 2" to node 2 (the leader) and applies the change before
+    # the answer arrives: removing the peer must not turn a success into an unknown outcome.
+    net = MemoryNetwork(seed=13)
+    async with trio.open_nursery() as n:
+        ts, _ = await start(n, net)
+        answers: list[bytes] = []
+
+        async def forwarded() -> None:
+            r = await ts[1].call(2, ClientRequest(kind="sleep", payload=b"5"))
+            answers.append(r.payload)
+
+        async with trio.open_nursery() as calls:
+            calls.start_soon(forwarded)
+            await trio.sleep(1.0)
+            ts[1].remove_peer(2)
+        assert answers == [b"slept"]
+        n.cancel_scope.cancel()
+
+
 async def test_call_requires_serving(autojump_clock: MockClock) -> None:
     net = MemoryNetwork(seed=12)
     t1 = net.transport(1)

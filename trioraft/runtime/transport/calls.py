@@ -29,9 +29,12 @@ from trioraft.runtime.transport.frames import CallRequest, CallResponse
 from trioraft.runtime.transport.framing import ConnectionClosed, FramedStream, FrameError
 from trioraft.runtime.transport.util import TransportStats
 
-__all__ = ["CallClient", "serve_calls"]
+__all__ = ["CALL_DRAIN_GRACE", "CallClient", "serve_calls"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a removed peer's call connection stays open for calls already waiting on it.
+CALL_DRAIN_GRACE = 30.0
 
 
 @attrs.define(eq=False)
@@ -146,6 +149,21 @@ class CallClient:
         """Closes the connection; pending calls fail with :class:`CallFailed`."""
         if self._conn is not None:
             await self._close(self._conn, "transport closed the connection")
+
+    async def aclose_when_idle(self, grace: float) -> None:
+        """Closes the connection once no call is waiting, or after ``grace`` seconds.
+
+        Used when the peer leaves the cluster: a call already sent to it (typically the very
+        membership change that removes it) must still get its answer, or a change that
+        succeeded would be reported to the client as an unknown outcome.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        with trio.move_on_after(grace):
+            while conn.pending and not conn.closed:
+                await next(iter(conn.pending.values())).event.wait()
+        await self._close(conn, "peer removed from the cluster")
 
 
 async def serve_calls(

@@ -37,7 +37,7 @@ from trioraft.runtime.transport.base import (
     SnapshotTransferError,
     StoredSnapshotLike,
 )
-from trioraft.runtime.transport.calls import CallClient, serve_calls
+from trioraft.runtime.transport.calls import CALL_DRAIN_GRACE, CallClient, serve_calls
 from trioraft.runtime.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     ConnectionClosed,
@@ -648,7 +648,7 @@ class MemoryTransport:
         self._streams.cancel(peer, "peer-removed")
         client = self._calls.pop(peer, None)
         if client is not None and self._nursery is not None:
-            self._nursery.start_soon(client.aclose)
+            self._nursery.start_soon(client.aclose_when_idle, CALL_DRAIN_GRACE)
 
     # ----------------------------------------------------------------------------------------
     # Inbound connections

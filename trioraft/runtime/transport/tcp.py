@@ -42,7 +42,7 @@ from trioraft.runtime.transport.base import (
     StoredSnapshotLike,
     TransportError,
 )
-from trioraft.runtime.transport.calls import CallClient, serve_calls
+from trioraft.runtime.transport.calls import CALL_DRAIN_GRACE, CallClient, serve_calls
 from trioraft.runtime.transport.frames import (
     PROTOCOL_VERSION,
     PURPOSES,
@@ -380,7 +380,7 @@ class TcpTransport:
         if p.scope is not None:
             p.scope.cancel()
         if p.calls is not None and self._nursery is not None:
-            self._nursery.start_soon(p.calls.aclose)
+            self._nursery.start_soon(p.calls.aclose_when_idle, CALL_DRAIN_GRACE)
         p.calls = None
         p.send_channel.close()
 
