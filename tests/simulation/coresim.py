@@ -92,6 +92,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "read_index": 2,
     "campaign": 0.2,
     "conf_change": 0,
+    "one_way": 0.5,
 }
 
 ACTION_KINDS = tuple(DEFAULT_WEIGHTS)
@@ -461,6 +462,10 @@ class Sim:
             self.blocked = {(x, y) for x in ids for y in ids if (x in side) != (y in side)}
         elif k == "isolate":
             self.blocked = {(x, y) for x in ids for y in ids if x != y and pick in (x, y)}
+        elif k == "one_way":
+            # Asymmetric fault: cut only the directed link pick -> other.
+            others = [i for i in ids if i != pick]
+            self.blocked.add((pick, others[act.b % len(others)]))
         elif k == "heal":
             self.blocked = set()
         elif k == "crash":
@@ -535,10 +540,7 @@ class Sim:
             changes = [(ConfChangeType.ADD_VOTER, target)]
         elif choice == 2:
             changes = [(ConfChangeType.ADD_LEARNER, target)]
-            if target in conf.voters and len(conf.voters) < 3:
-                # Shrinking to a single voter hits a known liveness limitation of apply-time
-                # membership (see test_core_regressions.py); keep schedules clear of it.
-                return
+            # (may demote one of two voters: see test_two_voters_demote_one_and_leader_crashes)
         elif choice in (3, 4):
             # Keep at least two voters so that liveness after healing stays meaningful.
             if len(conf.voters - {target}) < 2:

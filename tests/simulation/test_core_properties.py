@@ -97,7 +97,9 @@ def _run(seed: int, profile: str, actions: Sequence[Action] | None = None) -> Si
 
 
 def _failure_kind(exc: BaseException) -> str:
-    return str(exc).split(":", 1)[0]
+    if isinstance(exc, Violation):
+        return str(exc).split(":", 1)[0]
+    return type(exc).__name__  # the core raised (step() must never raise)
 
 
 def check_seed(seed: int, profile: str) -> Sim:
@@ -105,7 +107,7 @@ def check_seed(seed: int, profile: str) -> Sim:
     note(f"TRIORAFT_SEED={seed} profile={profile}")
     try:
         return _run(seed, profile)
-    except Violation as exc:
+    except Exception as exc:
         kind = _failure_kind(exc)
         config, steps = PROFILES[profile]
         recorder = Sim(seed, config)
@@ -116,15 +118,13 @@ def check_seed(seed: int, profile: str) -> Sim:
         def still_fails(actions: Sequence[Action]) -> bool:
             try:
                 _run(seed, profile, actions)
-            except Violation as again:
+            except Exception as again:
                 return _failure_kind(again) == kind
-            except Exception:
-                return False
             return False
 
         small = minimize(still_fails, trace) if still_fails(trace) else trace
         raise Violation(
-            f"{exc}\n  seed={seed} profile={profile}\n"
+            f"{type(exc).__name__}: {exc}\n  seed={seed} profile={profile}\n"
             f"  replay: TRIORAFT_SEED={seed} pytest tests/simulation -k '{profile}'\n"
             f"  minimized schedule ({len(small)} of {len(trace)} actions): "
             + " ".join(str(a) for a in small)

@@ -7,8 +7,9 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from coresim import Action, Sim, SimConfig, Violation
+from coresim import Action, Sim, SimConfig
 
+from trioraft.core.ready import Role
 from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType
 
 
@@ -117,19 +118,65 @@ def _shrink_to_one_voter_then_crash_leader(change: ConfChangeType) -> Sim:
     return sim
 
 
+def test_two_voters_demote_one_and_leader_crashes() -> None:
+    """Apply-time membership (as in etcd) used to lose liveness here: the remaining voter kept
+    the old configuration and needed the vote of the demoted node, which refused it (longer
+    log) and could not campaign itself (etcd-io/etcd#10563, #12359). Found by the 'membership'
+    profile (seeds 10192 and 10234, 1000-action schedules); fixed in the core (80afc81): vote
+    responses carry the voter's commit, and a candidate holding that entry adopts it."""
+    sim = _shrink_to_one_voter_then_crash_leader(ConfChangeType.ADD_LEARNER)
+    assert sim.stats.liveness_leader_ticks > 0
+
+
 @pytest.mark.xfail(
     strict=True,
-    raises=Violation,
+    raises=KeyError,
     reason=(
-        "Apply-time membership (as in etcd) loses liveness when a 2-voter cluster shrinks to "
-        "one voter and the leader crashes before its hard state with the new commit is "
-        "durable: the remaining voter still uses the old configuration and needs the vote of "
-        "the demoted/removed node, which refuses it (longer log) and cannot campaign itself. "
-        "Known upstream (etcd-io/etcd#10563, #12359). A fix could let a vote rejection carry "
-        "the voter's commit index and its term, so the candidate commits and applies the "
-        "change it already holds; or refuse simple changes that leave a single voter. Found "
-        "by the 'membership' profile (seeds 10192 and 10234, 1000-action schedules)."
+        "RaftCore.step raises KeyError (in _become_leader: no progress for itself): a "
+        "candidate learns from a pre-vote response (80afc81) that the entry removing it is "
+        "committed, applies it mid-election (its configuration no longer contains it), and "
+        "still wins: the votes of the remaining voters make a quorum of the new configuration. "
+        "A node that is not a voter of its applied configuration should stop campaigning (and "
+        "never become leader). Found by the 'membership-core' profile (seeds 40167 and 40429, "
+        "1000-action schedules)."
     ),
 )
-def test_two_voters_demote_one_and_leader_crashes() -> None:
-    _shrink_to_one_voter_then_crash_leader(ConfChangeType.ADD_LEARNER)
+def test_candidate_removed_mid_election_does_not_become_leader() -> None:
+    sim = Sim(0, SimConfig(nodes=3))
+    n1, n2, n3 = (sim.nodes[i] for i in (1, 2, 3))
+    assert n1.core is not None and n2.core is not None and n3.core is not None
+    sim.settle()  # apply the bootstrap configuration
+    n1.core.campaign()
+    sim.settle()
+    _deliver_all(sim)
+    assert sim.leader() is n1
+    # Remove node 3: it stores the entry but never hears that it committed.
+    n1.core.propose_conf_change(ConfChange(changes=(ConfChangeSingle(ConfChangeType.REMOVE, 3),)))
+    sim.settle()
+    batch, sim.net = sim.net, []
+    for f in batch:  # the appends reach 2 and 3
+        sim._deliver(f)
+    sim.settle()
+    sim.blocked = {(1, 3)}
+    _deliver_all(sim)  # the acknowledgements: 1 commits and applies the removal
+    n1.core.tick()
+    sim.settle()
+    _deliver_all(sim)  # a heartbeat tells 2 the commit
+    assert n2.core.conf_state.voters == {1, 2}
+    assert 3 in n3.core.conf_state.voters
+    assert n3.core.last_index == n1.core.last_index
+    # Node 1 loses its quorum and steps down; node 2's leader lease expires.
+    sim.blocked = {(a, b) for a in (1, 2, 3) for b in (1, 2, 3) if a != b}
+    for _ in range(40):
+        n1.core.tick()
+        n2.core.tick()
+        sim.settle()
+    sim.net = []
+    sim.blocked = set()
+    # Node 3 campaigns: pre-vote responses carry commit, it applies its own removal, and the
+    # votes of 1 and 2 form a quorum of {1, 2}.
+    n3.core.campaign()
+    sim.settle()
+    _deliver_all(sim)
+    sim.check()
+    assert n3.core.role is not Role.LEADER
