@@ -1,0 +1,506 @@
+"""Snapshot throughput of a 3-node trioraft cluster, beside the hardware, PySyncObj and etcd.
+
+What is measured (all processes on loopback, one run, same machine):
+
+* save: on the leader, trigger to durable install of a snapshot of S MiB of 1 KiB values
+  (capture, write, fsync, atomic rename, WAL marker, log compaction), beside a raw sequential
+  write + fsync of the same number of bytes.
+* install: a follower that was down while the leader loaded the state and compacted restarts;
+  from its first received byte until its runtime has installed and loaded the snapshot, beside a
+  raw loopback TCP copy + write + fsync of the same bytes. ``catchup_s`` is the whole catch-up
+  as a user sees it: from starting the follower's process until it has the state.
+* recover: the same follower, now holding the snapshot plus a WAL tail of 100k single-put
+  entries, is restarted; from process start until it has applied everything again (serves).
+* peak RSS growth of the leader (during the transfer) and of the follower (from ready until the
+  received snapshot is on disk, i.e. before its state is loaded into memory).
+* the same catch-up on PySyncObj (file dump mode) and, when ``etcd`` is installed, on a 3-node
+  etcd loaded with the same keys and values (small ``--snapshot-count`` so the follower must be
+  sent a snapshot).
+
+Usage::
+
+    python -m benchmarks.snapshot_throughput [--quick] [--json PATH] [--state-mib S]
+        [--tail N] [--dir DIR] [--no-pysyncobj] [--no-etcd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    MIB,
+    BenchError,
+    EtcdCluster,
+    NodeCluster,
+    PeakRss,
+    ProcessSet,
+    Progress,
+    handle_signals,
+    key_for,
+    machine_info,
+    make_value_pool,
+    print_table,
+    ratio,
+    raw_loopback_copy,
+    raw_write_fsync,
+    rounded,
+    value_for,
+    wait_until,
+    work_dir,
+    write_json,
+)
+
+SENTINEL = 10**9  # index of the key written last (its presence means "caught up")
+
+
+def _others(leader: int, size: int = 3) -> list[int]:
+    return [i for i in range(1, size + 1) if i != leader]
+
+
+def _load_in_steps(
+    node: Any, count: int, value_bytes: int, progress: Progress, what: str, **kw: Any
+) -> float:
+    """Load ``count`` keys through ``node`` in about 20 requests (for progress); seconds."""
+    steps = max(1, min(20, count // 1024))
+    per = (count + steps - 1) // steps
+    t0 = time.monotonic()
+    done = 0
+    while done < count:
+        n = min(per, count - done)
+        node.request("load", count=n, value_bytes=value_bytes, start=done, timeout=900, **kw)
+        done += n
+        mib = done * value_bytes / MIB
+        progress.update(f"{what}: {mib:,.0f} MiB loaded", done / count)
+    progress.done()
+    return time.monotonic() - t0
+
+
+# -- trioraft -----------------------------------------------------------------------------------
+
+
+def run_trioraft(
+    procs: ProcessSet, base: Path, args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    """The trioraft part: save, install (with raw baselines), recover, RSS."""
+    count = args.state_mib * MIB // args.value_bytes
+    res: dict[str, Any] = {}
+    cluster = NodeCluster(
+        procs,
+        base,
+        "benchmarks.trioraft_node",
+        label="trioraft",
+        extra_args=["--catchup-entries", "0", "--snapshot-entries", "0"],
+    )
+    progress.phase("trioraft: starting 3 nodes")
+    cluster.start_all()
+    leader_id = cluster.wait_leader()
+    follower_id = _others(leader_id)[-1]
+    leader = cluster.nodes[leader_id]
+    progress.phase(
+        f"trioraft: node {follower_id} down; loading {args.state_mib} MiB via {leader_id}"
+    )
+    cluster.stop(follower_id)
+    res["load_s"] = _load_in_steps(
+        leader, count, args.value_bytes, progress, "trioraft", batch=64, concurrency=8
+    )
+
+    progress.phase("trioraft: save (snapshot on the leader, compacting its log)")
+    snap = leader.request("snapshot", timeout=900)
+    snap_bytes = int(snap["bytes"])
+    res["snapshot_index"] = snap["index"]
+    res["snapshot_bytes"] = snap_bytes
+    res["save_s"] = snap["seconds"]
+    state_file = Path(snap["path"]) / "state.bin"
+
+    progress.phase(f"raw: sequential write + fsync of {snap_bytes / MIB:,.1f} MiB")
+    res["raw_write_s"] = raw_write_fsync(base / "raw-write.bin", snap_bytes)
+
+    progress.phase(f"trioraft: node {follower_id} restarts and catches up by snapshot")
+    with PeakRss({"leader": leader.pid}) as rss:
+        node = cluster.start(follower_id, wait_ready=False)
+        ready = node.wait_event("ready", timeout=120)
+        t_ready = float(ready["t"])
+        waited = node.request("wait_applied", index=snap["index"], timeout=1800)
+    res["catchup_s"] = waited["t"] - node.spawn_t
+    res["ready_s"] = t_ready - node.spawn_t
+    begin = waited.get("receive_begin") or t_ready
+    res["install_s"] = waited["t"] - begin
+    res["receive_s"] = (waited.get("restore_begin") or waited["t"]) - begin
+    if waited.get("restore_begin"):
+        res["load_state_s"] = waited["t"] - waited["restore_begin"]
+    res["leader_rss_growth_mib"] = rss.growth_mib("leader")
+    base_kib = ready.get("rss_kib")
+    hwm_kib = waited.get("hwm_before_restore_kib")
+    res["follower_rss_growth_mib"] = (
+        (hwm_kib - base_kib) / 1024 if hwm_kib is not None and base_kib is not None else None
+    )
+    if waited.get("hwm_kib") is not None and base_kib is not None:
+        res["follower_rss_growth_with_state_mib"] = (waited["hwm_kib"] - base_kib) / 1024
+    st = cluster.status(follower_id)
+    res["follower_snapshots_installed"] = st["snapshots_installed"]
+    if st["snapshots_installed"] < 1:
+        raise BenchError(f"node {follower_id} caught up without installing a snapshot")
+
+    progress.phase("raw: loopback TCP copy + write + fsync of the same bytes")
+    # The same bytes: the leader's snapshot file itself (read with sendfile), or generated data
+    # of the same size when it is gone.
+    src = state_file if state_file.exists() else None
+    copy_bytes = state_file.stat().st_size if src is not None else snap_bytes
+    copy_s = raw_loopback_copy(src, base / "raw-copy.bin", copy_bytes)
+    res["raw_copy_s"] = copy_s * snap_bytes / copy_bytes  # same rate, scaled to the same bytes
+
+    tail = args.tail
+    progress.phase(f"trioraft: writing a {tail:,}-entry WAL tail (single 1 KiB puts)")
+    steps = max(1, min(20, tail // 500))
+    per = (tail + steps - 1) // steps
+    done = 0
+    t0 = time.monotonic()
+    while done < tail:
+        n = min(per, tail - done)
+        leader.request(
+            "tail", count=n, value_bytes=args.value_bytes, keys=count, concurrency=64, timeout=900
+        )
+        done += n
+        progress.update(f"{done:,} entries", done / tail)
+    progress.done()
+    res["tail_s"] = time.monotonic() - t0
+    commit = int(leader.request("status")["commit"])
+    cluster.nodes[follower_id].request("wait_applied", index=commit, timeout=900)
+
+    progress.phase(f"trioraft: recover (restart node {follower_id}: snapshot + {tail:,} entries)")
+    cluster.stop(follower_id)
+    node = cluster.start(follower_id, wait_ready=False)
+    ready = node.wait_event("ready", timeout=600)
+    waited = node.request("wait_applied", index=commit, timeout=900)
+    res["recover_s"] = waited["t"] - node.spawn_t
+    res["recover_open_s"] = float(ready["t"]) - node.spawn_t
+    res["recover_entries"] = commit - int(snap["index"])
+    for i in list(cluster.nodes):
+        cluster.stop(i)
+    return res
+
+
+# -- PySyncObj ----------------------------------------------------------------------------------
+
+
+def run_pysyncobj(
+    procs: ProcessSet, base: Path, args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    """The same catch-up on PySyncObj (file dump mode)."""
+    count = args.state_mib * MIB // args.value_bytes
+    res: dict[str, Any] = {}
+    cluster = NodeCluster(procs, base, "benchmarks.pysyncobj_node", label="pysyncobj")
+    progress.phase("pysyncobj: starting 3 nodes")
+    cluster.start_all()
+    leader_id = cluster.wait_leader()
+    follower_id = _others(leader_id)[-1]
+    leader = cluster.nodes[leader_id]
+    progress.phase(f"pysyncobj: node {follower_id} down; loading {args.state_mib} MiB")
+    cluster.stop(follower_id)
+    res["load_s"] = _load_in_steps(
+        leader, count, args.value_bytes, progress, "pysyncobj", batch=64, concurrency=64
+    )
+    leader.request("load", count=1, value_bytes=16, start=SENTINEL, timeout=60)
+    progress.phase("pysyncobj: full dumps (log compaction) on both live nodes")
+    # Both live nodes compact (in parallel), so whoever leads must send the dump.
+    pending = {i: cluster.nodes[i].send("compact", timeout=3600) for i in cluster.live()}
+    dumps = {i: cluster.nodes[i].reply(rid, timeout=3600) for i, rid in pending.items()}
+    res["dump_s"] = dumps[leader_id]["seconds"]
+    dump = cluster.data_dir(leader_id) / "dump.bin"
+    res["dump_bytes"] = dump.stat().st_size if dump.exists() else None
+    progress.phase(f"pysyncobj: node {follower_id} restarts and catches up")
+    limit = args.pysyncobj_timeout
+    with PeakRss({"leader": leader.pid}) as rss:
+        node = cluster.start(follower_id, wait_ready=False)
+        ready = node.wait_event("ready", timeout=120)
+        try:
+            waited = node.request("wait_key", key=key_for(SENTINEL), timeout=limit)
+        except BenchError:
+            waited = None
+    log = cluster.base / f"pysyncobj-{follower_id}.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    res["follower_failed_dump_loads"] = text.count("failed to load full dump")
+    res["leader_rss_growth_mib"] = rss.growth_mib("leader")
+    if waited is None:
+        res["catchup_s"] = None
+        res["timed_out_after_s"] = limit
+        for i in list(cluster.nodes):
+            cluster.stop(i)
+        return res
+    res["catchup_s"] = waited["t"] - node.spawn_t
+    res["ready_s"] = float(ready["t"]) - node.spawn_t
+    base_kib = ready.get("rss_kib")
+    if waited.get("hwm_kib") is not None and base_kib is not None:
+        res["follower_rss_growth_with_state_mib"] = (waited["hwm_kib"] - base_kib) / 1024
+    res["follower_keys"] = waited.get("keys")
+    for i in list(cluster.nodes):
+        cluster.stop(i)
+    return res
+
+
+# -- etcd ---------------------------------------------------------------------------------------
+
+
+def run_etcd(
+    procs: ProcessSet, base: Path, args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    """The same catch-up on a 3-node etcd: a stopped member misses enough entries (beyond
+    etcd's 5000 catch-up entries) that the leader must send it a snapshot."""
+    count = args.state_mib * MIB // args.value_bytes
+    res: dict[str, Any] = {}
+    snapshot_count = 1000
+    cluster = EtcdCluster(procs, base, snapshot_count=snapshot_count)
+    progress.phase("etcd: starting 3 members")
+    cluster.start_all()
+    leader = cluster.wait_leader()
+    follower = _others(leader)[-1]
+    cluster.stop(follower)
+    live = _others(follower)
+    leader = cluster.wait_leader(among=live)
+    progress.phase(f"etcd: member {follower} down; loading {args.state_mib} MiB")
+    pool = make_value_pool()
+    batch = 64
+    batches = (count + batch - 1) // batch
+
+    def put_batch(b: int) -> None:
+        lo = b * batch
+        hi = min(count, lo + batch)
+        pairs = [(key_for(i), value_for(pool, i, args.value_bytes)) for i in range(lo, hi)]
+        cluster.put_many(leader, pairs)
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        for n, fut in enumerate(
+            concurrent.futures.as_completed([ex.submit(put_batch, b) for b in range(batches)])
+        ):
+            fut.result()
+            if n % 64 == 0:
+                progress.update("etcd: loading", (n + 1) / batches)
+    progress.done()
+    res["load_s"] = time.monotonic() - t0
+    # etcd keeps 5000 entries behind each snapshot for slow followers: write enough small
+    # entries that the stopped member's position is compacted away.
+    filler = 5000 + 2 * snapshot_count + 100
+    progress.phase(f"etcd: {filler:,} small puts so the log is compacted past member {follower}")
+
+    def put_small(j: int) -> None:
+        cluster.put(leader, f"filler-{j % 100}", b"x")
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        for n, fut in enumerate(
+            concurrent.futures.as_completed([ex.submit(put_small, j) for j in range(filler)])
+        ):
+            fut.result()
+            if n % 500 == 0:
+                progress.update("etcd: filler", (n + 1) / filler)
+    progress.done()
+    cluster.put(leader, key_for(SENTINEL), b"sentinel")
+    st = cluster.status(leader) or {}
+    res["db_bytes"] = int(st.get("dbSize", 0)) or None
+    progress.phase(f"etcd: member {follower} restarts and catches up by snapshot")
+    with PeakRss({"leader": cluster.pid(leader)}) as rss:
+        cluster.start(follower)
+        spawn_t = cluster.spawn_t[follower]
+        wait_until(
+            "the etcd member to catch up",
+            lambda: cluster.has_key(follower, key_for(SENTINEL)),
+            timeout=1800,
+            interval=0.01,
+        )
+        t = time.monotonic()
+    res["catchup_s"] = t - spawn_t
+    res["leader_rss_growth_mib"] = rss.growth_mib("leader")
+    snaps = list((base / f"etcd-{follower}" / "member" / "snap").glob("*.snap.db"))
+    res["follower_received_snapshot_db"] = bool(snaps) or None
+    for i in range(1, 4):
+        cluster.stop(i)
+    return res
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.snapshot_throughput",
+        description="Snapshot save/install/recover throughput vs raw disk, PySyncObj and etcd.",
+    )
+    p.add_argument("--quick", action="store_true", help="64 MiB state, 10k-entry tail")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
+    p.add_argument("--state-mib", type=int, default=None, help="state size (256; quick 64)")
+    p.add_argument("--tail", type=int, default=None, help="WAL tail entries (100000; quick 10000)")
+    p.add_argument("--value-bytes", type=int, default=1024, help="bytes per value (1024)")
+    p.add_argument("--dir", metavar="DIR", help="work directory (default: a temp dir, removed)")
+    p.add_argument("--no-pysyncobj", action="store_true", help="skip the PySyncObj comparison")
+    p.add_argument("--no-etcd", action="store_true", help="skip etcd even when installed")
+    p.add_argument(
+        "--pysyncobj-timeout",
+        type=float,
+        default=None,
+        help="give up on PySyncObj's catch-up after this many seconds (900; quick 60)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.state_mib is None:
+        args.state_mib = 64 if args.quick else 256
+    if args.tail is None:
+        args.tail = 10_000 if args.quick else 100_000
+    if args.pysyncobj_timeout is None:
+        args.pysyncobj_timeout = 60.0 if args.quick else 900.0
+    progress = Progress(enabled=not args.quiet)
+    errors: dict[str, str] = {}
+    with handle_signals(), work_dir(args.dir, "trioraft-snapbench-") as base, ProcessSet() as procs:
+        machine = machine_info(base)
+        t_start = time.monotonic()
+        ours = run_trioraft(procs, base, args, progress)
+        theirs: dict[str, Any] | None = None
+        if not args.no_pysyncobj:
+            try:
+                theirs = run_pysyncobj(procs, base, args, progress)
+            except BenchError as exc:
+                errors["pysyncobj"] = str(exc)
+                progress.phase(f"pysyncobj failed: {exc}")
+        etcd: dict[str, Any] | None = None
+        if not args.no_etcd and EtcdCluster.available():
+            try:
+                etcd = run_etcd(procs, base, args, progress)
+            except BenchError as exc:
+                errors["etcd"] = str(exc)
+                progress.phase(f"etcd failed: {exc}")
+        elif not args.no_etcd:
+            errors["etcd"] = "etcd not installed (apt-get install etcd-server)"
+        total_s = time.monotonic() - t_start
+
+    snap_mib = ours["snapshot_bytes"] / MIB
+    save_mib_s = snap_mib / ours["save_s"]
+    raw_write_mib_s = snap_mib / ours["raw_write_s"]
+    install_mib_s = snap_mib / ours["install_s"]
+    raw_copy_mib_s = snap_mib / ours["raw_copy_s"]
+    py_catchup = theirs["catchup_s"] if theirs else None
+    py_bound = None
+    if theirs and theirs.get("timed_out_after_s"):
+        errors["pysyncobj"] = (
+            f"catch-up not done after {theirs['timed_out_after_s']:.0f} s "
+            f"({theirs['follower_failed_dump_loads']} 'failed to load full dump' in its log)"
+        )
+        py_bound = ratio(theirs["timed_out_after_s"], ours["catchup_s"], 2)
+    etcd_catchup = etcd["catchup_s"] if etcd else None
+    doc: dict[str, Any] = {
+        "benchmark": "snapshot_throughput",
+        "quick": bool(args.quick),
+        "state_mib": args.state_mib,
+        "save_mib_s": rounded(save_mib_s, 1),
+        "raw_write_mib_s": rounded(raw_write_mib_s, 1),
+        "save_ratio": ratio(save_mib_s, raw_write_mib_s),
+        "install_mib_s": rounded(install_mib_s, 1),
+        "raw_copy_mib_s": rounded(raw_copy_mib_s, 1),
+        "install_ratio": ratio(install_mib_s, raw_copy_mib_s),
+        "recover_s": rounded(ours["recover_s"]),
+        "leader_rss_growth_mib": rounded(ours["leader_rss_growth_mib"], 1),
+        "follower_rss_growth_mib": rounded(ours["follower_rss_growth_mib"], 1),
+        "catchup_s": rounded(ours["catchup_s"]),
+        "pysyncobj_catchup_s": rounded(py_catchup),
+        "vs_pysyncobj": ratio(py_catchup, ours["catchup_s"], 2),
+        "etcd_catchup_s": rounded(etcd_catchup),
+        "vs_etcd": ratio(etcd_catchup, ours["catchup_s"], 2),
+        "details": {
+            "value_bytes": args.value_bytes,
+            "keys": args.state_mib * MIB // args.value_bytes,
+            "wal_tail_entries": args.tail,
+            "trioraft": {k: rounded(v) if isinstance(v, float) else v for k, v in ours.items()},
+            "pysyncobj": theirs
+            and {k: rounded(v) if isinstance(v, float) else v for k, v in theirs.items()},
+            "etcd": etcd
+            and {k: rounded(v) if isinstance(v, float) else v for k, v in etcd.items()},
+            "vs_pysyncobj_at_least": py_bound,
+            "errors": errors,
+            "total_s": round(total_s, 1),
+            "notes": [
+                "save: trigger to durable install on the leader (node.snapshot()), MiB of "
+                "snapshot files; raw: sequential write + fsync of the same byte count",
+                "install: follower's first received byte to runtime applied == snapshot index "
+                "(received, committed, state loaded); raw: loopback TCP copy + write + fsync",
+                "catchup: follower process start to state loaded (all three systems)",
+                "follower_rss_growth_mib: from ready until the snapshot is on disk, before the "
+                "state is loaded into memory (the loaded state itself is the application's)",
+                "PySyncObj never fsyncs; its dump is pickle+gzip written by a forked child",
+            ],
+        },
+        "machine": machine,
+    }
+    _print(doc)
+    write_json(args.json, doc)
+    return 0
+
+
+def _print(doc: dict[str, Any]) -> None:
+    d = doc["details"]
+    ours = d["trioraft"]
+    rows: list[list[Any]] = [
+        ["save (trigger -> durable)", doc["save_mib_s"], doc["raw_write_mib_s"]],
+        ["install (receive -> loaded)", doc["install_mib_s"], doc["raw_copy_mib_s"]],
+    ]
+    rows[0].append(doc["save_ratio"])
+    rows[1].append(doc["install_ratio"])
+    print_table(
+        f"snapshot_throughput: {doc['state_mib']} MiB of {d['value_bytes']} B values "
+        f"({ours['snapshot_bytes'] / MIB:,.1f} MiB of snapshot files)",
+        ["trioraft", "MiB/s", "raw MiB/s", "ratio"],
+        rows,
+    )
+    py = d.get("pysyncobj") or {}
+    et = d.get("etcd") or {}
+
+    def row(label: str, key: str, top: str | None = None) -> list[Any]:
+        ours_value = doc[top] if top else ours.get(key)
+        return [label, ours_value, py.get(key), et.get(key)]
+
+    rows2: list[list[Any]] = [
+        ["catch-up by snapshot (s)", doc["catchup_s"], doc["pysyncobj_catchup_s"]],
+        ["  their time / ours", None, doc["vs_pysyncobj"]],
+        row("leader RSS growth (MiB)", "leader_rss_growth_mib", "leader_rss_growth_mib"),
+        ["follower RSS growth, transfer (MiB)", doc["follower_rss_growth_mib"], None, None],
+        row("follower RSS growth, with state (MiB)", "follower_rss_growth_with_state_mib"),
+        row("load (s)", "load_s"),
+        ["leader snapshot / dump (s)", ours.get("save_s"), py.get("dump_s"), None],
+    ]
+    rows2[0].append(doc["etcd_catchup_s"])
+    rows2[1].append(doc["vs_etcd"])
+    print_table("catch-up of a restarted follower", ["", "trioraft", "PySyncObj", "etcd"], rows2)
+    rows3: list[list[Any]] = [
+        ["recover (process start -> applied)", doc["recover_s"]],
+        ["  of which open (recovery until ready)", ours.get("recover_open_s")],
+        ["  WAL tail entries replayed", ours.get("recover_entries")],
+        ["install: receive (s)", ours.get("receive_s")],
+        ["install: load state (s)", ours.get("load_state_s")],
+    ]
+    print_table("trioraft details", ["", "value"], rows3)
+    if d["errors"]:
+        print("\nskipped/failed: " + "; ".join(f"{k}: {v}" for k, v in d["errors"].items()))
+    m = doc["machine"]
+    print(
+        f"\nmachine: {m['nproc']} x {m['cpu_model']}, disk {m['disk'].get('device')} "
+        f"({m['disk'].get('fs')}), load avg at start {m['loadavg_at_start']}"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped", file=sys.stderr)
+        sys.exit(130)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(1)

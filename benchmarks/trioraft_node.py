@@ -1,0 +1,489 @@
+"""One trioraft node as a process, driven by the benchmarks over stdin/stdout.
+
+The node uses only the public library API (``Config``, ``TcpTransport``, ``open_raft_node``,
+``RaftNode``) with a small key-value state machine whose snapshot is one binary file of
+length-prefixed records: the cheapest honest application, so the figures are the library's.
+
+Control protocol (JSON lines): requests ``{"id": n, "op": ..., ...}`` on stdin, replies
+``{"id": n, "ok": true, ...}`` and events ``{"event": ...}`` on stdout; every timestamp is
+``time.monotonic()`` (comparable across processes on Linux). Ops:
+
+* ``status``: role, leader, indexes, snapshot counters, keys, state bytes.
+* ``load``: ``count`` keys of ``value_bytes`` values, ``batch`` puts per proposal, ``concurrency``
+  proposals in flight, keys from ``start``.
+* ``tail``: ``count`` single-put proposals overwriting keys below ``keys`` (a WAL tail).
+* ``snapshot``: take a snapshot now (trigger to durable install); bytes and seconds.
+* ``wait_applied``: until ``applied >= index``; the exact time it happened, plus the install
+  timeline (receive begin, restore begin/end, peak RSS before the restore).
+* ``bench``: ``proposers`` tasks proposing ``payload``-byte no-op commands for ``seconds``
+  (after ``warmup`` seconds); ops/s and latency percentiles.
+
+Run: ``python -m benchmarks.trioraft_node --id 1 --peers 1=127.0.0.1:7001,2=...,3=...
+--data-dir DIR [--no-fsync] [--catchup-entries N]``. It stops on SIGTERM, SIGINT or stdin EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from benchmarks.common import key_for, make_value_pool, percentile, value_for
+from trioraft.config import Config
+from trioraft.node import RaftNode, open_raft_node
+from trioraft.runtime.transport.tcp import TcpTransport
+from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
+from trioraft.testing.cluster import transport_options
+
+_HDR = struct.Struct("<HI")  # key length, value length
+STATE_FILE = "state.bin"
+_CHUNK = 1 << 20
+
+
+def encode_puts(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """A put command: ``b"P"`` then records (u16 key length, u32 value length, key, value)."""
+    parts = [b"P"]
+    for k, v in pairs:
+        parts.append(_HDR.pack(len(k), len(v)))
+        parts.append(k)
+        parts.append(v)
+    return b"".join(parts)
+
+
+def _proc_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class BenchMachine:
+    """Keys to values in a dict; anything that is not a put command is a counted no-op.
+
+    The dict maps each key to its whole encoded record (header, key, value), sliced straight
+    out of the command, so a snapshot is a concatenation of the dict's values and a restore
+    slices records out of the file: the application adds as little as possible to what the
+    library does.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.value_bytes = 0
+        self.applied = 0
+        self.noops = 0
+        self.watch: int | None = None
+        self.watch_t: float | None = None
+        self.restore_begin: float | None = None
+        self.restore_end: float | None = None
+        self.hwm_before_restore_kib: int | None = None
+        self.rss_before_restore_kib: int | None = None
+
+    def _reached(self, index: int) -> None:
+        self.applied = index
+        if self.watch is not None and self.watch_t is None and index >= self.watch:
+            self.watch_t = time.monotonic()
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` (None when absent)."""
+        rec = self.data.get(key)
+        return None if rec is None else rec[_HDR.size + len(key) :]
+
+    def apply(self, index: int, data: bytes) -> int:
+        if data[:1] == b"P":
+            pos = 1
+            end = len(data)
+            unpack = _HDR.unpack_from
+            hsize = _HDR.size
+            store = self.data
+            while pos < end:
+                klen, vlen = unpack(data, pos)
+                rec_end = pos + hsize + klen + vlen
+                key = data[pos + hsize : pos + hsize + klen]
+                old = store.get(key)
+                if old is not None:
+                    self.value_bytes -= len(old) - hsize - klen
+                store[key] = data[pos:rec_end]
+                self.value_bytes += vlen
+                pos = rec_end
+        else:
+            self.noops += 1
+        self._reached(index)
+        return index
+
+    def capture(self) -> Saver:
+        records = list(self.data.values())
+
+        async def saver(writer: SnapshotWriter) -> None:
+            async with writer.open(STATE_FILE) as f:
+                # Chunks of at least 1 MiB go straight through the writer (no re-buffering).
+                step = max(1, -(-_CHUNK // (len(records[0]) if records else 1)))
+                for i in range(0, len(records), step):
+                    await f.write(b"".join(records[i : i + step]))
+            writer.user_meta = b"keys=%d" % len(records)
+
+        return saver
+
+    async def restore(self, reader: SnapshotReader) -> None:
+        self.restore_begin = time.monotonic()
+        self.hwm_before_restore_kib = _proc_kib("VmHWM")
+        self.rss_before_restore_kib = _proc_kib("VmRSS")
+        data: dict[bytes, bytes] = {}
+        total = 0
+        rest = b""
+        unpack = _HDR.unpack_from
+        hsize = _HDR.size
+        if STATE_FILE in reader.files:
+            async for chunk in reader.iter_file(STATE_FILE):
+                buf = rest + chunk if rest else chunk
+                pos = 0
+                end = len(buf)
+                while end - pos >= hsize:
+                    klen, vlen = unpack(buf, pos)
+                    rec_end = pos + hsize + klen + vlen
+                    if rec_end > end:
+                        break
+                    data[buf[pos + hsize : pos + hsize + klen]] = buf[pos:rec_end]
+                    total += vlen
+                    pos = rec_end
+                rest = buf[pos:]
+        if rest:
+            raise ValueError(f"truncated {STATE_FILE}: {len(rest)} trailing bytes")
+        self.data = data
+        self.value_bytes = total
+        self.restore_end = time.monotonic()
+        self._reached(reader.index)
+
+
+class _SnapshotLog(logging.Handler):
+    """Records when the runtime starts receiving a snapshot (from its log line)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.receive_begin: float | None = None
+        self.sent: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = str(record.msg)
+        if "receiving snapshot" in msg:
+            self.receive_begin = time.monotonic()
+        elif "snapshot" in msg and "sent to node" in msg:
+            self.sent.append(time.monotonic())
+
+
+def _out(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
+class Controller:
+    """Executes control requests against the node."""
+
+    def __init__(self, node: RaftNode, fsm: BenchMachine, snaplog: _SnapshotLog) -> None:
+        self.node = node
+        self.fsm = fsm
+        self.snaplog = snaplog
+        self.pool = make_value_pool()
+        self._profiler: Any = None
+
+    async def op_status(self) -> dict[str, Any]:
+        st = self.node.status()
+        return {
+            "node": st.id,
+            "role": st.role.name.lower(),
+            "leader": st.leader,
+            "term": st.term,
+            "commit": st.commit,
+            "applied": st.applied,
+            "first_index": st.first_index,
+            "last_index": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "snapshots_installed": st.snapshots_installed,
+            "snapshots_sent": st.snapshots_sent,
+            "keys": len(self.fsm.data),
+            "value_bytes": self.fsm.value_bytes,
+            "pid": os.getpid(),
+        }
+
+    async def _run_parallel(
+        self, jobs: int, concurrency: int, job: Callable[[int], Awaitable[None]]
+    ) -> float:
+        next_job = 0
+
+        async def worker() -> None:
+            nonlocal next_job
+            while next_job < jobs:
+                j = next_job
+                next_job += 1
+                await job(j)
+
+        t0 = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, min(concurrency, jobs))):
+                nursery.start_soon(worker)
+        return time.monotonic() - t0
+
+    async def op_load(
+        self, count: int, value_bytes: int, batch: int = 64, concurrency: int = 8, start: int = 0
+    ) -> dict[str, Any]:
+        pool = self.pool
+        batches = (count + batch - 1) // batch
+
+        async def job(b: int) -> None:
+            lo = start + b * batch
+            hi = min(start + count, lo + batch)
+            pairs = [(key_for(i).encode(), value_for(pool, i, value_bytes)) for i in range(lo, hi)]
+            await self.node.propose(encode_puts(pairs), timeout=60)
+
+        elapsed = await self._run_parallel(batches, concurrency, job)
+        return {"seconds": elapsed, "proposals": batches, "commit": self.node.commit_index}
+
+    async def op_tail(
+        self, count: int, value_bytes: int, keys: int, concurrency: int = 64
+    ) -> dict[str, Any]:
+        pool = self.pool
+
+        async def job(j: int) -> None:
+            i = j % max(1, keys)
+            pair = (key_for(i).encode(), value_for(pool, j + 7, value_bytes))
+            await self.node.propose(encode_puts([pair]), timeout=60)
+
+        elapsed = await self._run_parallel(count, concurrency, job)
+        return {"seconds": elapsed, "commit": self.node.commit_index}
+
+    async def op_snapshot(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        stored = await self.node.snapshot()
+        t1 = time.monotonic()
+        return {
+            "seconds": t1 - t0,
+            "t0": t0,
+            "t1": t1,
+            "index": stored.index,
+            "bytes": sum(f.size for f in stored.files),
+            "state_file_bytes": sum(f.size for f in stored.files if f.name == STATE_FILE),
+            "path": stored.path,
+        }
+
+    async def op_wait_applied(self, index: int, timeout: float = 600.0) -> dict[str, Any]:
+        # Done when the runtime itself reports the index applied (after a snapshot install that
+        # is a little later than the state machine's restore returning).
+        fsm = self.fsm
+        node = self.node
+        fsm.watch, fsm.watch_t = index, None
+        with trio.fail_after(timeout):
+            while node.applied_index < index:
+                await trio.sleep(0.001)
+        t = time.monotonic()
+        return {
+            "t": t,
+            "fsm_t": fsm.watch_t,
+            "applied": fsm.applied,
+            "receive_begin": self.snaplog.receive_begin,
+            "restore_begin": fsm.restore_begin,
+            "restore_end": fsm.restore_end,
+            "hwm_before_restore_kib": fsm.hwm_before_restore_kib,
+            "rss_before_restore_kib": fsm.rss_before_restore_kib,
+            "rss_kib": _proc_kib("VmRSS"),
+            "hwm_kib": _proc_kib("VmHWM"),
+        }
+
+    async def op_transfer(self, target: int) -> dict[str, Any]:
+        await self.node.transfer_leadership(target)
+        return {"leader": self.node.leader}
+
+    async def op_profile_start(self, interval: float = 0.001) -> dict[str, Any]:
+        """Start pyinstrument on the event loop's thread (profiling aid, not a measurement)."""
+        from pyinstrument import Profiler
+
+        self._profiler = Profiler(interval=interval, async_mode="disabled")
+        self._profiler.start()
+        return {}
+
+    async def op_profile_stop(self, path: str) -> dict[str, Any]:
+        """Stop pyinstrument and write its text report to ``path``."""
+        profiler = self._profiler
+        self._profiler = None
+        if profiler is None:
+            raise RuntimeError("no profile running")
+        profiler.stop()
+        text = profiler.output_text(unicode=False, color=False, show_all=False)
+        await trio.Path(path).write_text(text)
+        return {"path": path}
+
+    async def op_bench(
+        self, proposers: int, seconds: float, payload: int, warmup: float = 1.0
+    ) -> dict[str, Any]:
+        data = b"x" * payload
+        node = self.node
+        latencies: list[float] = []
+        done = 0
+        errors = 0
+        measuring = False
+        stop_at = 0.0
+
+        async def proposer() -> None:
+            nonlocal done, errors
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    await node.propose(data)
+                except Exception:
+                    errors += 1
+                    continue
+                if measuring:
+                    latencies.append(time.perf_counter() - t0)
+                    done += 1
+
+        stop_at = time.monotonic() + warmup
+        async with trio.open_nursery() as nursery:
+            for _ in range(proposers):
+                nursery.start_soon(proposer)
+        measuring = True
+        t0 = time.monotonic()
+        stop_at = t0 + seconds
+        async with trio.open_nursery() as nursery:
+            for _ in range(proposers):
+                nursery.start_soon(proposer)
+        elapsed = time.monotonic() - t0
+        latencies.sort()
+        p50 = percentile(latencies, 0.5)
+        p99 = percentile(latencies, 0.99)
+        return {
+            "ops": done,
+            "seconds": elapsed,
+            "ops_s": done / elapsed if elapsed else 0.0,
+            "p50_ms": None if p50 is None else p50 * 1000,
+            "p99_ms": None if p99 is None else p99 * 1000,
+            "errors": errors,
+        }
+
+
+async def _serve_control(ctl: Controller) -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    buf = b""
+
+    async def handle(req: dict[str, Any]) -> None:
+        rid = req.pop("id", None)
+        op = str(req.pop("op", ""))
+        fn = getattr(ctl, f"op_{op}", None)
+        try:
+            if fn is None:
+                raise ValueError(f"unknown op {op!r}")
+            result = await fn(**req)
+            _out({"id": rid, "ok": True, **result})
+        except Exception as exc:
+            logging.getLogger("bench").exception("op %s failed", op)
+            _out({"id": rid, "ok": False, "error": repr(exc)})
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            data = await stdin.receive_some(65536)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    nursery.start_soon(handle, json.loads(line))
+        nursery.cancel_scope.cancel()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    peers: dict[int, str] = {}
+    for item in args.peers.split(","):
+        nid, addr = item.split("=", 1)
+        peers[int(nid)] = addr
+    knobs: dict[str, Any] = {}
+    if args.snapshot_chunk:
+        knobs["snapshot_chunk_bytes"] = args.snapshot_chunk
+    if args.snapshot_window:
+        knobs["snapshot_window_chunks"] = args.snapshot_window
+    config = Config(
+        **knobs,
+        id=args.id,
+        peers=peers,
+        fsync=not args.no_fsync,
+        snapshot_entries=args.snapshot_entries,
+        catchup_entries=args.catchup_entries,
+        tick_interval=args.tick_ms / 1000.0,
+        max_pending_proposals=args.max_pending,
+    )
+    host, port = peers[args.id].rsplit(":", 1)
+    transport = TcpTransport(
+        node_id=args.id,
+        cluster_id="trioraft-bench",
+        listen=(host, int(port)),
+        peers={p: a for p, a in peers.items() if p != args.id},
+        **transport_options(config),
+    )
+    fsm = BenchMachine()
+    snaplog = _SnapshotLog()
+    logging.getLogger("trioraft").addHandler(snaplog)
+    async with open_raft_node(config, fsm, data_dir=args.data_dir, transport=transport) as node:
+        _out(
+            {
+                "event": "ready",
+                "t": time.monotonic(),
+                "applied": fsm.applied,
+                "pid": os.getpid(),
+                "rss_kib": _proc_kib("VmRSS"),
+            }
+        )
+        ctl = Controller(node, fsm, snaplog)
+        async with trio.open_nursery() as nursery:
+
+            async def control() -> None:
+                await _serve_control(ctl)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(control)
+            with trio.open_signal_receiver(2, 15) as signals:  # SIGINT, SIGTERM
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and run the node until SIGTERM/SIGINT or stdin EOF."""
+    p = argparse.ArgumentParser(description="trioraft benchmark node")
+    p.add_argument("--id", type=int, required=True)
+    p.add_argument("--peers", required=True, help="1=host:port,2=host:port,...")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--no-fsync", action="store_true")
+    p.add_argument("--snapshot-entries", type=int, default=0, help="0: manual snapshots only")
+    p.add_argument("--catchup-entries", type=int, default=0)
+    p.add_argument("--tick-ms", type=int, default=100)
+    p.add_argument("--max-pending", type=int, default=16384)
+    p.add_argument("--snapshot-chunk", type=int, default=None, help="default: library's")
+    p.add_argument("--snapshot-window", type=int, default=None, help="default: library's")
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.WARNING),
+        format=f"%(asctime)s %(levelname)s [node {args.id}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The snapshot timeline comes from these INFO lines.
+    for name in ("trioraft.runtime.snapshotter", "trioraft.runtime.fsm_actor"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        trio.run(main_async, args)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
