@@ -985,6 +985,9 @@ class NodeCluster:
         ports = free_ports(size)
         self.peers = {i: f"127.0.0.1:{ports[i - 1]}" for i in range(1, size + 1)}
         self.nodes: dict[int, ControlledProcess] = {}
+        # Profiling aid: a command prefix for every node, e.g.
+        # TRIORAFT_BENCH_WRAPPER="py-spy record -r 250 -f raw -o {log}.pyspy --"
+        self.wrapper = os.environ.get("TRIORAFT_BENCH_WRAPPER", "").split()
 
     def data_dir(self, i: int) -> Path:
         """Data directory of node ``i``."""
@@ -993,7 +996,10 @@ class NodeCluster:
     def start(self, i: int, *, wait_ready: bool = True, timeout: float = 60.0) -> ControlledProcess:
         """Start node ``i`` (again) and, by default, wait for its ``ready`` event."""
         peers = ",".join(f"{j}={a}" for j, a in self.peers.items())
+        log_path = self.base / f"{self.label}-{i}.log"
+        wrapper = [w.replace("{log}", str(log_path)) for w in self.wrapper]
         argv = [
+            *wrapper,
             PYTHON,
             "-m",
             self.module,
@@ -1005,9 +1011,7 @@ class NodeCluster:
             str(self.data_dir(i)),
             *self.extra_args,
         ]
-        node = ControlledProcess(
-            self.procs, f"{self.label}-{i}", argv, log_path=self.base / f"{self.label}-{i}.log"
-        )
+        node = ControlledProcess(self.procs, f"{self.label}-{i}", argv, log_path=log_path)
         self.nodes[i] = node
         if wait_ready:
             node.wait_event("ready", timeout=timeout)
@@ -1023,8 +1027,16 @@ class NodeCluster:
     def stop(self, i: int, *, kill: bool = False) -> None:
         """Stop node ``i`` (SIGTERM, or SIGKILL when ``kill``)."""
         node = self.nodes.pop(i, None)
-        if node is not None:
-            ProcessSet.stop(node.proc, kill=kill)
+        if node is None:
+            return
+        if self.wrapper and not kill and node.proc.stdin is not None:
+            # A wrapper (profiler) must see its child exit on its own to write its output:
+            # stdin EOF makes the node shut down cleanly.
+            with contextlib.suppress(OSError):
+                node.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=30)
+        ProcessSet.stop(node.proc, kill=kill)
 
     def live(self) -> list[int]:
         """Ids of running nodes."""

@@ -190,8 +190,11 @@ def _out(doc: dict[str, Any]) -> None:
 class Controller:
     """Executes control requests against the node."""
 
-    def __init__(self, node: RaftNode, fsm: BenchMachine, snaplog: _SnapshotLog) -> None:
+    def __init__(
+        self, node: RaftNode, fsm: BenchMachine, snaplog: _SnapshotLog, transport: TcpTransport
+    ) -> None:
         self.node = node
+        self.transport = transport
         self.fsm = fsm
         self.snaplog = snaplog
         self.pool = make_value_pool()
@@ -351,6 +354,8 @@ class Controller:
             for _ in range(proposers):
                 nursery.start_soon(proposer)
         measuring = True
+        stats = self.transport.stats
+        sent0, recv0 = stats.messages_sent, stats.messages_received
         t0 = time.monotonic()
         stop_at = t0 + seconds
         async with trio.open_nursery() as nursery:
@@ -367,6 +372,8 @@ class Controller:
             "p50_ms": None if p50 is None else p50 * 1000,
             "p99_ms": None if p99 is None else p99 * 1000,
             "errors": errors,
+            "leader_msgs_sent": stats.messages_sent - sent0,
+            "leader_msgs_received": stats.messages_received - recv0,
         }
 
 
@@ -441,7 +448,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "rss_kib": _proc_kib("VmRSS"),
             }
         )
-        ctl = Controller(node, fsm, snaplog)
+        ctl = Controller(node, fsm, snaplog, transport)
         async with trio.open_nursery() as nursery:
 
             async def control() -> None:
