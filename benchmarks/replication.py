@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     for fsync, by_case in ours.items():
         for key, r in by_case.items():
             best = None
-            for mode in theirs.values():
-                other = mode.get(key)
+            for by_mode in theirs.values():
+                other = by_mode.get(key)
                 if other and other["ops_s"] and (best is None or other["ops_s"] > best):
                     best = other["ops_s"]
             results[case_name(r["proposers"], r["payload_bytes"], fsync)] = {
