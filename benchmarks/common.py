@@ -243,6 +243,9 @@ class ProcessSet:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
 
+    #: pid -> the signal that stops it gracefully (SIGINT for profiler-wrapped children)
+    _stop_signals: dict[int, int] = {}
+
     def __enter__(self) -> ProcessSet:
         return self
 
@@ -258,8 +261,11 @@ class ProcessSet:
         stdout: int | IO[bytes] | None = None,
         env: dict[str, str] | None = None,
         cwd: Path = REPO_ROOT,
+        stop_signal: int = signal.SIGTERM,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv``; stderr (and stdout unless given) append to ``log_path``."""
+        """Start ``argv``; stderr (and stdout unless given) append to ``log_path``.
+
+        ``stop_signal`` is what :meth:`stop` sends first (to the child's process group)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
@@ -281,35 +287,42 @@ class ProcessSet:
         finally:
             log.close()
         self._procs.append(proc)
+        ProcessSet._stop_signals[proc.pid] = stop_signal
         return proc
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+        """Signal the child's process group (its session, so grandchildren too)."""
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0, kill: bool = False) -> None:
         """Stop one child: SIGKILL when ``kill``, else SIGTERM then SIGKILL after ``timeout``."""
         if proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        graceful = ProcessSet._stop_signals.get(proc.pid, signal.SIGTERM)
+        ProcessSet._signal(proc, signal.SIGKILL if kill else graceful)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            ProcessSet._signal(proc, signal.SIGKILL)
             proc.wait(timeout=10)
 
     def stop_all(self) -> None:
         """SIGTERM every live child, wait a little, SIGKILL the rest."""
         live = [p for p in self._procs if p.poll() is None]
         for p in live:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
+            self._signal(p, ProcessSet._stop_signals.get(p.pid, signal.SIGTERM))
         deadline = time.monotonic() + 10.0
         for p in live:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
+                self._signal(p, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=5)
         for p in self._procs:
@@ -334,13 +347,23 @@ class ControlledProcess:
     """
 
     def __init__(
-        self, procs: ProcessSet, name: str, argv: Sequence[str], *, log_path: Path
+        self,
+        procs: ProcessSet,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
         self.log_path = log_path
         self.spawn_t = time.monotonic()
         self.proc = procs.spawn(
-            argv, log_path=log_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            argv,
+            log_path=log_path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stop_signal=stop_signal,
         )
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._next_id = 0
@@ -1011,7 +1034,13 @@ class NodeCluster:
             str(self.data_dir(i)),
             *self.extra_args,
         ]
-        node = ControlledProcess(self.procs, f"{self.label}-{i}", argv, log_path=log_path)
+        node = ControlledProcess(
+            self.procs,
+            f"{self.label}-{i}",
+            argv,
+            log_path=log_path,
+            stop_signal=signal.SIGINT if wrapper else signal.SIGTERM,
+        )
         self.nodes[i] = node
         if wait_ready:
             node.wait_event("ready", timeout=timeout)
