@@ -25,6 +25,7 @@ __all__ = [
     "decode_conf_change",
     "encode",
     "encode_conf_change",
+    "structure",
 ]
 
 T = TypeVar("T")
@@ -79,6 +80,16 @@ def decode(data: bytes, cls: Any) -> Any:
         raw = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises a variety of errors on garbage
         raise DecodeError(f"invalid CBOR: {exc}") from exc
+    return structure(raw, cls)
+
+
+def structure(raw: Any, cls: Any) -> Any:
+    """Structure already-parsed CBOR data into ``cls`` with the same strict rules as
+    :func:`decode` (for callers that inspect the parsed data first).
+
+    Raises:
+        DecodeError: ``raw`` does not match ``cls``.
+    """
     try:
         return converter.structure(raw, cls)
     except (BaseValidationError, ClassValidationError, KeyError, TypeError, ValueError) as exc:

@@ -1254,7 +1254,8 @@ class RaftCore:
 
     def _append_entries(self, entries: list[Entry], *, unlimited: bool = False) -> bool:
         last = self._log.last_index()
-        ents = [attrs.evolve(e, term=self._term, index=last + 1 + i) for i, e in enumerate(entries)]
+        term = self._term
+        ents = [Entry(term, last + 1 + i, e.kind, e.data) for i, e in enumerate(entries)]
         size = _payload_size(ents)
         limit = self._config.max_uncommitted_bytes
         if (
@@ -1274,9 +1275,14 @@ class RaftCore:
         self._uncommitted_size += size
         last = self._log.append(ents)
         # Our own copy counts towards commit only once durable: self-acknowledge on persist.
-        self._self_after_persist.append(
-            AppendResponse(src=self._id, dst=self._id, term=self._term, index=last)
-        )
+        # Acknowledging ``last`` covers every earlier index, so a pending self-ack of the same
+        # term is replaced rather than stepped once per proposal.
+        ack = AppendResponse(src=self._id, dst=self._id, term=term, index=last)
+        pending = self._self_after_persist
+        if pending and type(pending[-1]) is AppendResponse and pending[-1].term == term:
+            pending[-1] = ack
+        else:
+            pending.append(ack)
         return True
 
     def _reduce_uncommitted_size(self, size: int) -> None:

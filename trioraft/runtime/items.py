@@ -149,6 +149,9 @@ class PersistJob:
     entries: tuple[Entry, ...]
     snapshot: SnapshotMeta | None
     messages: tuple[Message, ...]
+    #: the raft actor already acknowledged this job (it needed no write and nothing was in
+    #: flight); the WAL actor only records its hard state and reports nothing back for it
+    acked: bool = False
 
 
 @attrs.frozen(eq=False)

@@ -30,6 +30,7 @@ from trioraft.core.messages import MESSAGE_TYPES, Message, SnapshotRequest
 from trioraft.core.raft import RaftCore
 from trioraft.core.ready import Ready, Role, SoftState
 from trioraft.core.storage import MemoryStorage, SnapshotOutOfDate
+from trioraft.core.types import HardState
 from trioraft.errors import NotLeader, ProposalDropped
 from trioraft.runtime.items import (
     Applied,
@@ -153,6 +154,11 @@ class RaftActor:
         self._role = core.role
         self._restoring: PersistJob | None = None
         self._deferred: list[PersistJob] = []
+        #: persist jobs handed to the WAL actor and not acknowledged yet
+        self._wal_inflight = 0
+        #: the term and vote of the newest hard state handed to the WAL actor (once its jobs
+        #: are acknowledged, durable)
+        self._durable_hs = HardState(core.term, core.vote, core.commit)
         #: counters (status and tests)
         self.readies = 0
         self.messages_sent = 0
@@ -286,6 +292,7 @@ class RaftActor:
             self._reads.requeue(ctx)
 
     def _persisted(self, item: Persisted) -> None:
+        self._wal_inflight -= sum(1 for job in item.jobs if not job.acked)
         if self._restoring is not None:
             self._deferred.extend(item.jobs)
             return
@@ -363,15 +370,34 @@ class RaftActor:
         for m in rd.messages:
             self._send(m)
         if rd.must_persist or rd.persisted_messages or rd.needs_ack:
-            self._wal.send_nowait(
-                PersistJob(
-                    number=rd.number,
-                    hard_state=rd.hard_state,
-                    entries=rd.entries,
-                    snapshot=rd.snapshot,
-                    messages=rd.persisted_messages,
+            hs = rd.hard_state
+            durable = self._durable_hs
+            if (
+                self._wal_inflight == 0
+                and not rd.entries
+                and rd.snapshot is None
+                and (hs is None or (hs.term == durable.term and hs.vote == durable.vote))
+            ):
+                # Nothing is in flight and this Ready needs no write (at most the commit index
+                # moved, which the WAL defers anyway): acknowledge it now instead of a round
+                # trip through the WAL actor, which still records the commit index.
+                job = PersistJob(rd.number, hs, (), None, rd.persisted_messages, acked=True)
+                if hs is not None:
+                    self._wal.send_nowait(job)
+                self._persisted(Persisted((job,)))
+            else:
+                self._wal_inflight += 1
+                if hs is not None:
+                    self._durable_hs = hs
+                self._wal.send_nowait(
+                    PersistJob(
+                        number=rd.number,
+                        hard_state=hs,
+                        entries=rd.entries,
+                        snapshot=rd.snapshot,
+                        messages=rd.persisted_messages,
+                    )
                 )
-            )
         if rd.committed_entries:
             self._fsm.send_nowait(ApplyBatch(rd.committed_entries))
         for rs in rd.read_states:

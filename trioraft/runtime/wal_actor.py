@@ -174,7 +174,8 @@ class WalActor:
                     w = self._written_hs
                     if hs.term != w.term or hs.vote != w.vote:
                         must_write = True
-                done.append(item)
+                if not item.acked:
+                    done.append(item)
             elif isinstance(item, MarkerJob):
                 if item.meta.index <= self._marker_index:
                     log.info(
