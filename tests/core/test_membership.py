@@ -3,17 +3,24 @@ auto-leave, one pending change at a time, and removing the leader."""
 
 from __future__ import annotations
 
-import pytest
-from core_helpers import drain, make_core
+import logging
 
-from trioraft.core.messages import VoteResponse
+import pytest
+from core_helpers import drain, ents, make_core
+
+from trioraft.core.encoding import encode_conf_change
+from trioraft.core.messages import AppendRequest, TimeoutNow, VoteRequest, VoteResponse
 from trioraft.core.ready import Role
 from trioraft.core.types import (
+    NONE,
     ConfChange,
     ConfChangeSingle,
     ConfChangeTransition,
     ConfChangeType,
     ConfState,
+    Entry,
+    EntryKind,
+    HardState,
 )
 from trioraft.errors import NotLeader, ProposalDropped
 from trioraft.testing.harness import Cluster
@@ -332,3 +339,151 @@ def test_two_voters_shrink_to_one_and_the_leader_crashes_before_persisting_the_c
     c.propose(1, b"alive")
     c.stabilize()
     assert c.applied(1)[-1][1] == b"alive"
+
+
+# --- a node that is not a voter of its applied configuration never campaigns nor leads ---
+
+
+def _log_with_change(node: int, change: ConfChangeType) -> list[Entry]:
+    """Two normal entries, then a conf change at index 3 (all term 1)."""
+    entry = Entry(1, 3, EntryKind.CONF_CHANGE, encode_conf_change(cc((change, node))))
+    return [*ents(1, 1), entry]
+
+
+def _vote(src: int, dst: int, term: int, *, pre_vote: bool, commit: int = 0) -> VoteResponse:
+    return VoteResponse(
+        src=src,
+        dst=dst,
+        term=term,
+        granted=True,
+        pre_vote=pre_vote,
+        commit=commit,
+        commit_term=1 if commit else 0,
+    )
+
+
+@pytest.mark.parametrize("pre_vote", [False, True])
+@pytest.mark.parametrize("change", [R, L], ids=["removed", "demoted"])
+def test_candidate_removed_by_applied_conf_change_steps_down(
+    change: ConfChangeType, pre_vote: bool
+) -> None:
+    # Node 5 holds the entry removing (demoting) it, not its commit. It campaigns; a vote
+    # response tells it the entry is committed; it applies it mid-election. The votes of the
+    # remaining voters 1, 2, 3 would be a quorum of {1, 2, 3, 4}: it must not count them.
+    core, st = make_core(
+        5,
+        voters=[1, 2, 3, 4, 5],
+        log=_log_with_change(5, change),
+        hs=HardState(term=1, commit=2),
+        pre_vote=pre_vote,
+    )
+    drain(core, st)
+    core.campaign()
+    term = core.term
+    reqs = drain(core, st).of(VoteRequest)
+    assert {m.dst for m in reqs} == {1, 2, 3, 4}
+    core.step(_vote(1, 5, reqs[0].term, pre_vote=pre_vote, commit=3))
+    assert core.commit == 3
+    assert core.role == (Role.PRE_CANDIDATE if pre_vote else Role.CANDIDATE)  # 2 of 5 so far
+    drain(core, st)  # hands out and applies the change
+    assert 5 not in core.conf_state.voters
+    assert core.role == Role.FOLLOWER and core.term == term
+    assert core.vote == (NONE if pre_vote else 5)  # the vote of this term stays
+    for src in (2, 3):
+        core.step(_vote(src, 5, reqs[0].term, pre_vote=pre_vote))
+    assert core.role == Role.FOLLOWER
+    for _ in range(100):
+        core.tick()
+    core.campaign()
+    assert core.role == Role.FOLLOWER and core.term == term
+    assert not drain(core, st).of(VoteRequest)
+
+
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_candidate_does_not_win_while_a_learned_conf_change_is_unapplied(pre_vote: bool) -> None:
+    # The winning vote itself carries the commit of the entry removing the candidate: the
+    # candidate would lead under its old configuration; it steps down, applies, stays out.
+    core, st = make_core(
+        3, log=_log_with_change(3, R), hs=HardState(term=1, commit=2), pre_vote=pre_vote
+    )
+    drain(core, st)
+    core.campaign()
+    term = core.term
+    (req, _) = drain(core, st).of(VoteRequest)
+    core.step(_vote(1, 3, req.term, pre_vote=pre_vote, commit=3))
+    assert core.role == Role.FOLLOWER and core.term == term
+    d = drain(core, st)
+    assert not d.of(AppendRequest) and not d.of(VoteRequest)
+    assert core.conf_state.voters == {1, 2}
+    core.step(TimeoutNow(src=1, dst=3, term=term))
+    assert core.role == Role.FOLLOWER and core.term == term
+
+
+def test_candidate_still_a_voter_after_an_applied_conf_change_keeps_campaigning() -> None:
+    # Only the node's own removal or demotion ends its election: here node 5 leaves and
+    # candidate 1 wins with 3 of the 4 remaining voters.
+    core, st = make_core(
+        1, voters=[1, 2, 3, 4, 5], log=_log_with_change(5, R), hs=HardState(term=1, commit=2)
+    )
+    drain(core, st)
+    core.campaign()
+    drain(core, st)
+    core.step(_vote(2, 1, 2, pre_vote=False, commit=3))
+    drain(core, st)
+    assert core.conf_state.voters == {1, 2, 3, 4}
+    assert core.role == Role.CANDIDATE
+    core.step(_vote(3, 1, 2, pre_vote=False))
+    assert core.role == Role.LEADER
+    assert {m.dst for m in drain(core, st).of(AppendRequest)} == {2, 3, 4}
+
+
+@pytest.mark.parametrize(("node", "learners"), [(4, [4]), (9, [])])
+def test_non_voter_never_campaigns_on_timeout_now(node: int, learners: list[int]) -> None:
+    core, st = make_core(node, voters=[1, 2, 3], learners=learners, pre_vote=True)
+    core.step(TimeoutNow(src=1, dst=node, term=1))
+    assert core.role == Role.FOLLOWER and core.term == 1
+    for _ in range(100):
+        core.tick()
+    assert core.role == Role.FOLLOWER and core.term == 1
+    assert not drain(core, st).of(VoteRequest)
+
+
+def test_learner_promoted_by_applied_conf_change_campaigns() -> None:
+    core, st = make_core(
+        4,
+        voters=[1, 2, 3],
+        learners=[4],
+        log=_log_with_change(4, V),
+        hs=HardState(term=1, commit=3),
+    )
+    core.step(TimeoutNow(src=1, dst=4, term=1))
+    assert core.role == Role.FOLLOWER  # the promotion is committed, not yet applied
+    drain(core, st)
+    assert core.conf_state.voters == {1, 2, 3, 4}
+    core.step(TimeoutNow(src=1, dst=4, term=1))
+    assert core.role == Role.CANDIDATE and core.term == 2
+    assert {m.dst for m in drain(core, st).of(VoteRequest)} == {1, 2, 3}
+
+
+def test_promoted_learner_campaigns_on_its_election_timeout() -> None:
+    core, st = make_core(
+        4, voters=[1, 2, 3], learners=[4], log=_log_with_change(4, V), hs=HardState(commit=3)
+    )
+    drain(core, st)
+    for _ in range(100):
+        core.tick()
+        if core.role != Role.FOLLOWER:
+            break
+    assert core.role == Role.CANDIDATE
+
+
+def test_become_leader_refuses_a_non_voter_without_raising(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Unreachable through the public API (the election checks come first): the guard keeps
+    # step() from raising KeyError should a new path ever get there.
+    core, _ = make_core(4, voters=[1, 2, 3], learners=[4])
+    with caplog.at_level(logging.ERROR, logger="trioraft.core.raft"):
+        assert core._become_leader() is False
+    assert core.role == Role.FOLLOWER
+    assert "refusing to become leader" in caplog.text

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from coresim import Action, Sim, SimConfig
+from coresim import Action, Sim, SimConfig, Violation
 
 from trioraft.core.ready import Role
 from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType
@@ -128,19 +128,6 @@ def test_two_voters_demote_one_and_leader_crashes() -> None:
     assert sim.stats.liveness_leader_ticks > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason=(
-        "RaftCore.step raises KeyError (in _become_leader: no progress for itself): a "
-        "candidate learns from a pre-vote response (80afc81) that the entry removing it is "
-        "committed, applies it mid-election (its configuration no longer contains it), and "
-        "still wins: the votes of the remaining voters make a quorum of the new configuration. "
-        "A node that is not a voter of its applied configuration should stop campaigning (and "
-        "never become leader). Found by the 'membership-core' profile (seeds 40167 and 40429, "
-        "1000-action schedules)."
-    ),
-)
 def test_candidate_removed_mid_election_does_not_become_leader() -> None:
     sim = Sim(0, SimConfig(nodes=3))
     n1, n2, n3 = (sim.nodes[i] for i in (1, 2, 3))
@@ -180,3 +167,67 @@ def test_candidate_removed_mid_election_does_not_become_leader() -> None:
     _deliver_all(sim)
     sim.check()
     assert n3.core.role is not Role.LEADER
+
+
+def _lead_twice_in_one_term(check_durable_vote: bool) -> None:
+    """Node 1's disk is slow. It campaigns; nodes 2 and 3 grant their votes before node 1's
+    hard state (term 2, vote 1) is durable, and node 1 becomes leader anyway: two external
+    votes are a quorum of three. Node 1 appends "first" at index 5 (term 2), which reaches
+    node 2 only, and crashes: it restarts at term 1. Node 3 (which voted for 1 in term 2 and
+    saw nothing else) votes for it again, so node 1 leads term 2 a second time and appends
+    "second" at index 5: two different entries with the same index and term."""
+    sim = Sim(0, SimConfig(nodes=3))
+    n1, n2, n3 = (sim.nodes[i] for i in (1, 2, 3))
+    assert n1.core is not None
+    sim.settle()
+    n1.hold_writes = True
+    n1.core.campaign()
+    sim.settle()
+    while n1.core.role is not Role.LEADER:
+        assert sim.net, "node 1 did not win"
+        sim._deliver(sim.net.pop(0))
+        sim.settle()
+    if check_durable_vote:
+        sim.check()  # Durable Vote
+    sim.blocked = {(1, 3)}
+    _deliver_all(sim)
+    n1.core.propose(b"first")
+    sim.settle()
+    _deliver_all(sim)
+    sim.net = []
+    sim.blocked = set()
+    for n in (n1, n2, n3):
+        sim._crash(n)
+    sim._start(n1)
+    sim._start(n3)
+    sim.settle()
+    n1.core.campaign()
+    sim.settle()
+    _deliver_all(sim)
+    if n1.core.role is Role.LEADER:
+        n1.core.propose(b"second")
+        sim.settle()
+        _deliver_all(sim)
+    sim.check()  # Log Matching
+
+
+_DURABLE_VOTE_REASON = (
+    "SAFETY: a candidate becomes leader when the other voters' grants form a quorum even though "
+    "its own hard state (new term, vote for itself) is not yet durable (pipelined writes: "
+    "Ready N+1 processed before Ready N is acknowledged). If it crashes before the write, it "
+    "restarts at the old term, can win the same term again from voters that already voted for "
+    "it, and writes a different entry at an index it already replicated in that term (Log "
+    "Matching broken). The core should not become leader (or at least not append/send in the "
+    "new term) before the Ready carrying its term and vote is acknowledged. Found by the "
+    "'membership-core' profile (seed 60130, 1000-action schedule)."
+)
+
+
+@pytest.mark.xfail(strict=True, raises=Violation, reason=_DURABLE_VOTE_REASON)
+def test_leader_only_after_its_vote_is_durable() -> None:
+    _lead_twice_in_one_term(check_durable_vote=True)
+
+
+@pytest.mark.xfail(strict=True, raises=Violation, reason=_DURABLE_VOTE_REASON)
+def test_no_term_is_led_twice_with_different_logs() -> None:
+    _lead_twice_in_one_term(check_durable_vote=False)

@@ -575,9 +575,12 @@ class RaftCore:
         self._term = hs.term
         self._vote = hs.vote
 
-    def _promotable(self) -> bool:
+    def _is_voter(self) -> bool:
         pr = self._trk.progress.get(self._id)
-        return pr is not None and not pr.is_learner and not self._log.has_pending_snapshot()
+        return pr is not None and not pr.is_learner
+
+    def _promotable(self) -> bool:
+        return self._is_voter() and not self._log.has_pending_snapshot()
 
     def _committed_entry_in_current_term(self) -> bool:
         return self._log.term_or_zero(self._log.committed) == self._term
@@ -642,7 +645,20 @@ class RaftCore:
         self._role = Role.CANDIDATE
         logger.info("%d: became candidate at term %d", self._id, self._term)
 
-    def _become_leader(self) -> None:
+    def _become_leader(self) -> bool:
+        """Take office; False (and a follower) if this node is not a voter of its configuration.
+
+        Callers check that first; the guard keeps an unforeseen path from crashing ``step``
+        (a leader needs its own Progress)."""
+        if not self._is_voter():
+            logger.error(
+                "%d [term %d]: not a voter of %s; refusing to become leader",
+                self._id,
+                self._term,
+                self._trk.config,
+            )
+            self._become_follower(self._term, NONE)
+            return False
         self._reset(self._term)
         self._lead = self._id
         self._role = Role.LEADER
@@ -656,6 +672,7 @@ class RaftCore:
         logger.info(
             "%d: became leader at term %d (config %s)", self._id, self._term, self._trk.config
         )
+        return True
 
     # ------------------------------------------------------------------------------------------
     # elections
@@ -889,6 +906,24 @@ class RaftCore:
         else:
             self._step_candidate(m)
 
+    def _may_take_office(self) -> bool:
+        # The rules of _hup, checked again at the end of each election phase: the commit index
+        # may have moved during the election (learned from a vote response), and a conf change
+        # may have been applied meanwhile (_switch_to_config steps a removed node down). Winning
+        # with committed conf changes still unapplied would mean leading under a configuration
+        # older than the committed one, whose quorums need not overlap the newer one's.
+        if not self._is_voter():  # pragma: no cover - _switch_to_config stepped it down
+            logger.info("%d [term %d]: not a voter; abandoning the election", self._id, self._term)
+            return False
+        if self._has_unapplied_conf_changes():
+            logger.info(
+                "%d [term %d]: committed conf changes not yet applied; abandoning the election",
+                self._id,
+                self._term,
+            )
+            return False
+        return True
+
     def _learn_commit(self, m: VoteResponse) -> None:
         # Whatever the terms: the voter's entries up to its commit are committed, and if our log
         # holds its entry at that index, our prefix is the same (Log Matching). Without this a
@@ -938,10 +973,11 @@ class RaftCore:
                 rejected,
             )
             if result == VoteResult.WON:
-                if self._role == Role.PRE_CANDIDATE:
+                if not self._may_take_office():
+                    self._become_follower(self._term, NONE)
+                elif self._role == Role.PRE_CANDIDATE:
                     self._campaign(pre_vote=False)
-                else:
-                    self._become_leader()
+                elif self._become_leader():  # pragma: no branch - see _may_take_office
                     self._bcast_append()
             elif result == VoteResult.LOST:
                 self._become_follower(self._term, NONE)
@@ -1352,9 +1388,16 @@ class RaftCore:
 
     def _switch_to_config(self, cfg: TrackerConfig) -> None:
         self._trk.set_config(cfg, self._log.last_index())
-        own = self._trk.progress.get(self._id)
-        if (own is None or own.is_learner) and self._role == Role.LEADER:
-            logger.info("%d [term %d]: removed or demoted; stepping down", self._id, self._term)
+        if not self._is_voter() and self._role != Role.FOLLOWER:
+            # A leader removed or demoted stops leading; a (pre-)candidate stops campaigning: it
+            # can still collect a quorum of the *new* configuration (the remaining voters'
+            # votes), but a node outside the voters must never lead. The term stays.
+            logger.info(
+                "%d [term %d]: removed or demoted while %s; stepping down",
+                self._id,
+                self._term,
+                self._role.value,
+            )
             self._become_follower(self._term, NONE)
             return
         if self._role != Role.LEADER or not cfg.voters.incoming.voters:
