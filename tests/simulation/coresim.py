@@ -148,6 +148,10 @@ class SimConfig:
     # The leader's runtime takes a fresh snapshot when the stored one does not include the
     # peer it must go to (see Sim._send); without it a joiner can be stuck forever.
     fresh_snapshot_for_joiners: bool = True
+    # A leader's term and self-vote must be durable (else it can lead the same term twice after
+    # a crash). Off by default until the core satisfies it: see
+    # test_core_regressions.py::test_leader_only_after_its_vote_is_durable.
+    check_durable_vote: bool = False
     keep_after_compact: int = 2  # entries kept behind a snapshot (maximum, drawn uniformly)
     weights: dict[str, float] = attrs.Factory(dict)  # overrides of DEFAULT_WEIGHTS
 
@@ -608,6 +612,16 @@ class Sim:
                 if prev != node.id:
                     raise Violation(
                         f"Election Safety: nodes {prev} and {node.id} both lead term {core.term}"
+                    )
+                hs_durable = node.storage.hard_state
+                if self.cfg.check_durable_vote and (
+                    hs_durable.term != core.term or hs_durable.vote != node.id
+                ):
+                    # Otherwise a crash can bring it back at an older term, from where it can
+                    # win the same term again and lead it twice with a different log.
+                    raise Violation(
+                        f"Durable Vote: node {node.id} leads term {core.term} but its durable "
+                        f"hard state is {hs_durable}"
                     )
                 self._check_leader_completeness(node)
             if core.commit < node.last_commit:
