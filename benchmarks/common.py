@@ -240,8 +240,9 @@ class ProcessSet:
     stops the children in order) and its output goes to a log file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, grace: float = 10.0) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
+        self.grace = grace
 
     #: pid -> the signal that stops it gracefully (SIGINT for profiler-wrapped children)
     _stop_signals: dict[int, int] = {}
@@ -313,11 +314,11 @@ class ProcessSet:
             proc.wait(timeout=10)
 
     def stop_all(self) -> None:
-        """SIGTERM every live child, wait a little, SIGKILL the rest."""
+        """Signal every live child (SIGTERM), wait up to ``grace`` seconds, SIGKILL the rest."""
         live = [p for p in self._procs if p.poll() is None]
         for p in live:
             self._signal(p, ProcessSet._stop_signals.get(p.pid, signal.SIGTERM))
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + self.grace
         for p in live:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--proposers", default=None, help="comma-separated counts (1,64; full: 1,64,1024)"
     )
     p.add_argument("--payloads", default="16,1024", help="comma-separated command sizes")
+    p.add_argument(
+        "--fsync", choices=("both", "on", "off"), default="both", help="trioraft fsync modes"
+    )
     p.add_argument("--no-pysyncobj", action="store_true", help="skip PySyncObj")
     p.add_argument("--dir", metavar="DIR", help="work directory (default: a temp dir, removed)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(base)
         t_start = time.monotonic()
         ours: dict[bool, dict[str, dict[str, Any]]] = {}
-        for fsync in (True, False):
+        modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.fsync]
+        for fsync in modes:
             label = "trioraft fsync " + ("on" if fsync else "off")
             cluster = NodeCluster(
                 procs,
