@@ -272,6 +272,12 @@ class ProcessSet:
         try:
             full_env = dict(os.environ)
             full_env.setdefault("PYTHONUNBUFFERED", "1")
+            # Children start like an installed program: with cached bytecode (kept outside the
+            # repository), even where the environment disables writing it.
+            full_env.pop("PYTHONDONTWRITEBYTECODE", None)
+            full_env.setdefault(
+                "PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "trioraft-bench-pycache")
+            )
             full_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
             if env:
                 full_env.update(env)

@@ -94,7 +94,7 @@ def run_trioraft(
         base,
         "benchmarks.trioraft_node",
         label="trioraft",
-        extra_args=["--catchup-entries", "0", "--snapshot-entries", "0"],
+        extra_args=["--catchup-entries", "0", "--snapshot-entries", "0", *args.node_args],
     )
     progress.phase("trioraft: starting 3 nodes")
     cluster.start_all()
@@ -345,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="give up on PySyncObj's catch-up after this many seconds (900; quick 60)",
     )
+    p.add_argument(
+        "--node-arg",
+        dest="node_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for every trioraft node (experiments, e.g. --node-arg=--tick-ms=50)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -399,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "benchmark": "snapshot_throughput",
         "quick": bool(args.quick),
+        "node_args": args.node_args,
         "state_mib": args.state_mib,
         "save_mib_s": rounded(save_mib_s, 1),
         "raw_write_mib_s": rounded(raw_write_mib_s, 1),

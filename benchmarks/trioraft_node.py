@@ -428,7 +428,11 @@ async def main_async(args: argparse.Namespace) -> None:
         max_pending_proposals=args.max_pending,
     )
     host, port = peers[args.id].rsplit(":", 1)
+    transport_knobs: dict[str, Any] = {}
+    if args.backoff_max:
+        transport_knobs["backoff_max"] = args.backoff_max
     transport = TcpTransport(
+        **transport_knobs,
         node_id=args.id,
         cluster_id="trioraft-bench",
         listen=(host, int(port)),
@@ -475,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pending", type=int, default=16384)
     p.add_argument("--snapshot-chunk", type=int, default=None, help="default: library's")
     p.add_argument("--snapshot-window", type=int, default=None, help="default: library's")
+    p.add_argument(
+        "--backoff-max", type=float, default=None, help="transport reconnect cap (library's)"
+    )
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(
