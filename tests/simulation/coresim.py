@@ -37,7 +37,7 @@ import attrs
 
 from trioraft.core.bootstrap import bootstrap_state
 from trioraft.core.config import CoreConfig
-from trioraft.core.messages import Message, SnapshotRequest
+from trioraft.core.messages import AppendResponse, Message, SnapshotRequest, VoteResponse
 from trioraft.core.raft import RaftCore
 from trioraft.core.ready import Ready, Role
 from trioraft.core.storage import MemoryStorage
@@ -267,8 +267,28 @@ class Sim:
 
     # -- message passing ---------------------------------------------------------------------
 
+    def _check_promise(self, node: Node, m: Message) -> None:
+        """Replies that promise durability must only leave once it holds."""
+        st = node.storage
+        if isinstance(m, VoteResponse) and m.granted and not m.pre_vote:
+            hs = st.hard_state
+            # A later durable term is fine too: the node can never vote in m.term again.
+            if hs.term < m.term or (hs.term == m.term and hs.vote != m.dst):
+                raise Violation(
+                    f"Durable Vote: node {node.id} grants its vote to {m.dst} in term {m.term} "
+                    f"but its durable hard state is {hs}"
+                )
+        elif isinstance(m, AppendResponse) and not m.reject:
+            durable = max(st.last_index(), st.snapshot().index)
+            if m.index > durable or st.hard_state.term < m.term:
+                raise Violation(
+                    f"Durable Ack: node {node.id} acknowledges index {m.index} in term {m.term} "
+                    f"to {m.dst} but has only {durable} durable (hard state {st.hard_state})"
+                )
+
     def _send(self, node: Node, msgs: Sequence[Message]) -> None:
         for m in msgs:
+            self._check_promise(node, m)
             if isinstance(m, SnapshotRequest):
                 self.stats.snapshots_sent += 1
                 # The stored snapshot may predate the peer's admission, and the peer's core
