@@ -182,6 +182,8 @@ class Sim:
     """The simulated cluster: :meth:`run` a list of actions, then
     :meth:`heal_and_check_liveness`."""
 
+    send_persisted_early = False
+
     def __init__(self, seed: int, config: SimConfig | None = None) -> None:
         self.seed = seed
         self.cfg = config or SimConfig()
@@ -341,6 +343,10 @@ class Sim:
         assert core is not None
         rd: Ready = core.ready()
         self._send(node, rd.messages)
+        if self.send_persisted_early and rd.persisted_messages:
+            # A broken runtime (sensitivity tests only): promises leave before the write.
+            self._send(node, rd.persisted_messages)
+            rd = attrs.evolve(rd, persisted_messages=())
         if crash_before_persist:
             self._crash(node)
             return

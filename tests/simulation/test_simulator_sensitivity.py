@@ -64,6 +64,12 @@ class VoteForgingSim(Sim):
         super()._deliver(f)
 
 
+class EagerSenderSim(Sim):
+    """Sends the replies that promise durability before the write (slow disks make it show)."""
+
+    send_persisted_early = True
+
+
 def _first_violation(sim_cls: type[Sim], config: SimConfig, seeds: range, steps: int) -> str:
     for seed in seeds:
         sim = sim_cls(seed, config)
@@ -80,8 +86,15 @@ def _first_violation(sim_cls: type[Sim], config: SimConfig, seeds: range, steps:
     ("sim_cls", "expected"),
     [
         (AmnesiacSim, ("Election Safety", "Log Matching", "Leader Completeness", "State Machine")),
-        (LossyDiskSim, ("Leader Completeness", "State Machine", "Log Matching", "commit")),
-        (VoteForgingSim, ("Election Safety", "Log Matching", "Leader Completeness", "State")),
+        (
+            LossyDiskSim,
+            ("Leader Completeness", "State Machine", "Log Matching", "commit", "liveness"),
+        ),
+        (
+            VoteForgingSim,
+            ("Election Safety", "Log Matching", "Leader Completeness", "State", "Durable"),
+        ),
+        (EagerSenderSim, ("Durable Ack", "Durable Vote")),
     ],
 )
 def test_broken_environment_is_caught(sim_cls: type[Sim], expected: tuple[str, ...]) -> None:
