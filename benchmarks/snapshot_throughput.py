@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pysyncobj-timeout",
         type=float,
         default=None,
-        help="give up on PySyncObj's catch-up after this many seconds (900; quick 60)",
+        help="give up on PySyncObj's catch-up after this many seconds (600; quick 60)",
     )
     p.add_argument(
         "--node-arg",
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tail is None:
         args.tail = 10_000 if args.quick else 100_000
     if args.pysyncobj_timeout is None:
-        args.pysyncobj_timeout = 60.0 if args.quick else 900.0
+        args.pysyncobj_timeout = 60.0 if args.quick else 600.0
     progress = Progress(enabled=not args.quiet)
     errors: dict[str, str] = {}
     with handle_signals(), work_dir(args.dir, "trioraft-snapbench-") as base, ProcessSet() as procs:
