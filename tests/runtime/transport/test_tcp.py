@@ -404,3 +404,38 @@ async def test_a_peer_without_an_address_can_connect_in_but_not_be_reached(
             c.t[1].add_peer(3, "nonsense")
         with pytest.raises(ValueError):
             c.t[1].add_peer(1, "127.0.0.1:1")  # itself
+
+
+async def test_direct_writes_keep_order_through_partial_writes(nursery: trio.Nursery) -> None:
+    # Once the connection is up, send() writes straight to the socket; a burst far larger than
+    # the socket buffers leaves partial writes for the writer task. Every frame must arrive, in
+    # the order of the send() calls.
+    from trioraft.core.messages import AppendRequest
+    from trioraft.core.types import Entry
+
+    with trio.fail_after(LIMIT):
+        c = await make_cluster(nursery, ids=(1, 2), queue_size=100_000)
+        c.t[1].send(hb(1, 2, 0))
+        await c.h[2].wait_messages(1)
+        await trio.testing.wait_all_tasks_blocked()  # the writer went idle after its batch
+        peer = c.t[1]._peers[2]
+        assert peer.direct_fd >= 0 and not peer.busy
+        payload = b"p" * (64 * KiB)
+        n = 200  # ~13 MiB in one burst, without yielding: the socket takes only a part
+        for i in range(1, n + 1):
+            c.t[1].send(
+                AppendRequest(
+                    src=1,
+                    dst=2,
+                    term=1,
+                    prev_index=i,
+                    prev_term=1,
+                    entries=(Entry(1, i + 1, data=payload),),
+                )
+            )
+        assert peer.busy  # a partial write handed the rest to the writer
+        await c.h[2].wait_messages(n + 1)
+        got = [m.prev_index for m in c.h[2].delivered[1:]]  # type: ignore[union-attr]
+        assert got == list(range(1, n + 1))
+        assert c.t[1].stats.messages_sent == n + 1
+        assert c.t[1].stats.dropped_overflow == 0
