@@ -89,7 +89,6 @@ class FsmActor:
         peers: the transport's peer book, updated when membership changes apply.
         on_applied: called after each batch with the new applied index (snapshot trigger).
         on_installed: called after a follower snapshot install was loaded.
-        on_member_added: called when a membership change adds a node.
         static_peers: addresses from the configuration; they override recorded ones.
     """
 
@@ -108,7 +107,6 @@ class FsmActor:
         *,
         on_applied: Callable[[int], None] = lambda _: None,
         on_installed: Callable[[Any], None] = lambda _: None,
-        on_member_added: Callable[[], None] = lambda: None,
         static_peers: dict[int, str] | None = None,
         chunk_bytes: int = 1 << 20,
     ) -> None:
@@ -124,7 +122,6 @@ class FsmActor:
         self._peers = peers
         self._on_applied = on_applied
         self._on_installed = on_installed
-        self._on_member_added = on_member_added
         self._static_peers = {k: v for k, v in (static_peers or {}).items() if v}
         self._chunk = chunk_bytes
         #: last applied index and its term
@@ -252,10 +249,7 @@ class FsmActor:
         self._on_applied(self.applied)
 
     def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
-        before = self.conf.all_nodes()
         self.conf = self._conf_applier(self.conf, cc)
-        if self.conf.all_nodes() - before:
-            self._on_member_added()
         # The address book only learns (from a change's context) and forgets (on removal); a
         # node that is merely not yet in the configuration keeps its address.
         address = cc.context.decode("utf-8", "replace") if cc.context else ""

@@ -35,7 +35,6 @@ from trioraft.core.bootstrap import bootstrap_state
 from trioraft.core.confchange import apply_conf_change, restore
 from trioraft.core.messages import Message, SnapshotRequest
 from trioraft.core.raft import RaftCore
-from trioraft.core.ready import Role
 from trioraft.core.storage import MemoryStorage
 from trioraft.core.types import (
     ConfChange,
@@ -167,7 +166,6 @@ class NodeRuntime:
             transport,
             on_applied=self.snapshotter.on_applied,
             on_installed=self.snapshotter.on_installed,
-            on_member_added=self._member_added,
             static_peers=config.peers,
             chunk_bytes=config.snapshot_chunk_bytes,
         )
@@ -182,16 +180,6 @@ class NodeRuntime:
         )
         self.raft: RaftActor | None = None
         self.storage: MemoryStorage | None = None
-
-    def _member_added(self) -> None:
-        # A node added after the log was compacted can only catch up from a snapshot that
-        # lists it; the leader takes one (see Snapshotter.request).
-        if (
-            self.raft is not None
-            and self.raft.core.role == Role.LEADER
-            and self.snapshotter.last_index > 0
-        ):
-            self.snapshotter.request()
 
     # -- start-up ------------------------------------------------------------------------------
 

@@ -144,7 +144,6 @@ class Snapshotter:
         self._wake = trio.Event()
         self._manual: list[Future[Any]] = []
         self._housekeeping = False
-        self._requested = False
         self._save_scope: trio.CancelScope | None = None
         self._streams: dict[int, _Stream] = {}
         self._nursery: trio.Nursery | None = None
@@ -180,16 +179,6 @@ class Snapshotter:
             self.last_index = stored.index
             self.last_term = stored.term
         self._housekeeping = True
-        self._wake.set()
-
-    def request(self) -> None:
-        """Take a snapshot soon if anything was applied since the last one (not waited for).
-
-        Used when a membership change adds a node while the log is compacted: the newest
-        snapshot does not list the new node, which would refuse it, so the leader needs one
-        taken after the change to catch the node up.
-        """
-        self._requested = True
         self._wake.set()
 
     async def snapshot(self) -> Any:
@@ -250,8 +239,6 @@ class Snapshotter:
             reason = "manual"
         elif self._cfg.snapshot_entries and since >= self._cfg.snapshot_entries:
             reason = "entries"
-        elif self._requested and since > 0:
-            reason = "membership"
         elif timer_fired and since >= max(self._cfg.snapshot_margin, 1):
             reason = "interval"
         elif timer_fired:
@@ -262,7 +249,6 @@ class Snapshotter:
                 self._cfg.snapshot_margin,
             )
         if reason is not None:
-            self._requested = False
             waiters, self._manual = self._manual, []
             await self._save(reason, waiters)
 
