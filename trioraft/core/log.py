@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 
 from trioraft.core.storage import Compacted, LogStorage, Unavailable, limited_end
-from trioraft.core.types import Entry, SnapshotMeta
+from trioraft.core.types import ENTRY_OVERHEAD, Entry, SnapshotMeta, entries_size
 
 __all__ = ["RaftLog", "Unstable"]
 
@@ -222,12 +222,15 @@ class RaftLog:
             start, end = max(lo, offset) - offset, hi - offset
             if max_bytes is None:
                 return ents + u[start:end]
-            used = sum(e.size() for e in ents)
+            used = entries_size(ents)
             if ents:
                 # Continue the budget of the stored part; stop before the first entry too many.
                 i = start
-                while i < end and used + u[i].size() <= max_bytes:
-                    used += u[i].size()
+                while i < end:
+                    size = len(u[i].data) + ENTRY_OVERHEAD
+                    if used + size > max_bytes:
+                        break
+                    used += size
                     i += 1
                 return ents + u[start:i]
             return u[start : limited_end(u, start, end, max_bytes)]
@@ -352,7 +355,7 @@ class RaftLog:
         """Record that ``ents`` were handed out for application."""
         if not ents:
             return
-        size = sum(e.size() for e in ents)
+        size = entries_size(ents)
         self.applying = ents[-1].index
         self.applying_bytes += size
         self._applying_sizes.append((ents[-1].index, size))

@@ -66,6 +66,7 @@ from trioraft.core.types import (
     HardState,
     NodeId,
     SnapshotMeta,
+    entries_size,
 )
 from trioraft.errors import ConfigError, NotLeader, ProposalDropped
 
@@ -410,7 +411,13 @@ class RaftCore:
             return True
         if self._self_after_persist or self._read_states:
             return True
-        if self._soft_state() != self._prev_ss or self._hard_state() != self._prev_hs:
+        # Field by field rather than building and comparing new SoftState/HardState objects:
+        # this runs several times per Ready.
+        ss = self._prev_ss
+        if ss.leader != self._lead or ss.role != self._role:
+            return True
+        hs = self._prev_hs
+        if hs.term != self._term or hs.vote != self._vote or hs.commit != self._log.committed:
             return True
         if self._log.unstable.next_entries() or self._log.unstable.next_snapshot() is not None:
             return True
@@ -1160,7 +1167,7 @@ class RaftCore:
                 commit=commit,
             )
         )
-        pr.sent_entries(len(entries), sum(e.size() for e in entries))
+        pr.sent_entries(len(entries), entries_size(entries))
         pr.sent_commit = max(pr.sent_commit, commit)
         return True
 

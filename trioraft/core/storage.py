@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
-from trioraft.core.types import ConfState, Entry, HardState, SnapshotMeta
+from trioraft.core.types import ENTRY_OVERHEAD, ConfState, Entry, HardState, SnapshotMeta
 
 __all__ = [
     "Compacted",
@@ -101,10 +101,10 @@ def limited_end(entries: Sequence[Entry], start: int, end: int, max_bytes: int |
     copied, so limiting a long range costs only the entries kept."""
     if max_bytes is None or start >= end:
         return end
-    total = entries[start].size()
+    total = len(entries[start].data) + ENTRY_OVERHEAD
     i = start + 1
     while i < end:
-        total += entries[i].size()
+        total += len(entries[i].data) + ENTRY_OVERHEAD
         if total > max_bytes:
             return i
         i += 1
