@@ -444,6 +444,18 @@ class ControlledProcess:
             raise BenchError(f"{self.name}: {what} failed: {reply.get('error')}")
         return reply
 
+    def try_reply(
+        self, rid: int, *, timeout: float, what: str = "request"
+    ) -> dict[str, Any] | None:
+        """Like :meth:`reply`, but None when there is no reply within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while rid not in self._replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._pump(min(left, 0.5))
+        return self.reply(rid, timeout=0, what=what)
+
     def request(self, op: str, *, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
         """Send a request and wait for its reply (see :meth:`send`, :meth:`reply`)."""
         return self.reply(self.send(op, **args), timeout=timeout, what=op)

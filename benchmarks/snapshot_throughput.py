@@ -194,7 +194,13 @@ def run_pysyncobj(
     """The same catch-up on PySyncObj (file dump mode)."""
     count = args.state_mib * MIB // args.value_bytes
     res: dict[str, Any] = {}
-    cluster = NodeCluster(procs, base, "benchmarks.pysyncobj_node", label="pysyncobj")
+    cluster = NodeCluster(
+        procs,
+        base,
+        "benchmarks.pysyncobj_node",
+        label="pysyncobj",
+        extra_args=["--connection-timeout", str(args.pysyncobj_connection_timeout)],
+    )
     progress.phase("pysyncobj: starting 3 nodes")
     cluster.start_all()
     leader_id = cluster.wait_leader()
@@ -218,10 +224,29 @@ def run_pysyncobj(
     with PeakRss({"leader": leader.pid}) as rss:
         node = cluster.start(follower_id, wait_ready=False)
         ready = node.wait_event("ready", timeout=120)
-        try:
-            waited = node.request("wait_key", key=key_for(SENTINEL), timeout=limit)
-        except BenchError:
-            waited = None
+        # PySyncObj receives the dump into <dump>.1.tmp and starts that file over when the
+        # transfer restarts: watch it to count restarts (and show progress).
+        tmp = cluster.data_dir(follower_id) / "dump.bin.1.tmp"
+        dump_bytes = res["dump_bytes"] or 1
+        rid = node.send("wait_key", key=key_for(SENTINEL), timeout=limit)
+        deadline = time.monotonic() + limit
+        restarts = 0
+        last = 0
+        waited = None
+        while time.monotonic() < deadline:
+            waited = node.try_reply(rid, timeout=0.5, what="wait_key")
+            if waited is not None:
+                break
+            size = tmp.stat().st_size if tmp.exists() else 0
+            if size < last:
+                restarts += 1
+            last = size
+            progress.update(
+                f"pysyncobj: dump received {size / MIB:,.0f} MiB ({restarts} restarts)",
+                size / dump_bytes,
+            )
+        progress.done()
+        res["transfer_restarts"] = restarts
     log = cluster.base / f"pysyncobj-{follower_id}.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     res["follower_failed_dump_loads"] = text.count("failed to load full dump")
@@ -353,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for every trioraft node (experiments, e.g. --node-arg=--tick-ms=50)",
     )
+    p.add_argument(
+        "--pysyncobj-connection-timeout",
+        type=float,
+        default=30.0,
+        help="PySyncObj connectionTimeout (library default 3.5 s, which drops the connection "
+        "and restarts the dump transfer whenever a node is starved of CPU for 3.5 s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -400,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     if theirs and theirs.get("timed_out_after_s"):
         errors["pysyncobj"] = (
             f"catch-up not done after {theirs['timed_out_after_s']:.0f} s "
-            f"({theirs['follower_failed_dump_loads']} 'failed to load full dump' in its log)"
+            f"(transfer restarted {theirs.get('transfer_restarts')} times; "
+            f"{theirs['follower_failed_dump_loads']} 'failed to load full dump' in its log)"
         )
         py_bound = ratio(theirs["timed_out_after_s"], ours["catchup_s"], 2)
     etcd_catchup = etcd["catchup_s"] if etcd else None
@@ -408,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "snapshot_throughput",
         "quick": bool(args.quick),
         "node_args": args.node_args,
+        "pysyncobj_connection_timeout": args.pysyncobj_connection_timeout,
         "state_mib": args.state_mib,
         "save_mib_s": rounded(save_mib_s, 1),
         "raw_write_mib_s": rounded(raw_write_mib_s, 1),
@@ -443,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                 "catchup: follower process start to state loaded (all three systems)",
                 "follower_rss_growth_mib: from ready until the snapshot is on disk, before the "
                 "state is loaded into memory (the loaded state itself is the application's)",
-                "PySyncObj never fsyncs; its dump is pickle+gzip written by a forked child",
+                "PySyncObj never fsyncs; its dump is pickle+gzip written by a forked child; "
+                "its connectionTimeout is raised from 3.5 s (see pysyncobj_connection_timeout)",
             ],
         },
         "machine": machine,
