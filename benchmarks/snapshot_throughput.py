@@ -237,7 +237,10 @@ def run_pysyncobj(
             waited = node.try_reply(rid, timeout=0.5, what="wait_key")
             if waited is not None:
                 break
-            size = tmp.stat().st_size if tmp.exists() else 0
+            try:
+                size = tmp.stat().st_size
+            except FileNotFoundError:  # not started yet, or renamed into place when complete
+                continue
             if size < last:
                 restarts += 1
             last = size
