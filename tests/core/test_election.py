@@ -124,6 +124,56 @@ def test_candidate_counts_its_own_vote_only_once_persisted() -> None:
     assert core.role == Role.LEADER
 
 
+def test_candidate_leads_only_once_its_own_term_and_vote_are_durable() -> None:
+    """Regression (simulation seed 535, profile 'three'): with pipelined writes, the other two
+    voters' grants are a quorum of three before the candidate's own hard state is durable. Had
+    it led then, a crash before the write would restart it at the old term; the same voters
+    would elect it again in the same term and it would reuse an index it had already sent
+    with a different entry (Log Matching broken)."""
+    core, st = make_core(log=ents(1), hs=HardState(term=1))
+    core.campaign()
+    rd = core.ready()  # carries term 2 / vote 1; the write is still in progress
+    assert rd.hard_state == HardState(term=2, vote=1, commit=0)
+    core.step(VoteResponse(src=2, dst=1, term=2, granted=True))
+    core.step(VoteResponse(src=3, dst=1, term=2, granted=True))
+    assert core.role == Role.CANDIDATE  # a quorum of grants, but our vote is not durable
+    assert not core.has_ready() or not any(
+        isinstance(m, AppendRequest) for m in core.ready().messages
+    )
+    assert st.hard_state.term < 2
+    core.on_persisted(rd.number)
+    assert core.role == Role.LEADER and core.term == 2
+
+
+def test_restarted_candidate_cannot_lead_a_term_twice() -> None:
+    """The whole failure: the would-be leader crashes before its term is durable, restarts at
+    the old term and campaigns again for the same term; it must not have sent any entry of
+    that term in its first try."""
+    core, st = make_core(log=ents(1), hs=HardState(term=1))
+    core.campaign()
+    core.ready()  # never persisted
+    core.step(VoteResponse(src=2, dst=1, term=2, granted=True))
+    core.step(VoteResponse(src=3, dst=1, term=2, granted=True))
+    sent = drain_messages_without_persisting(core)
+    assert not any(isinstance(m, AppendRequest) and m.term == 2 for m in sent)
+    again = RaftCore(CoreConfig(id=1, pre_vote=False, check_quorum=False), st)  # crash
+    assert again.term == 1
+    again.campaign()
+    d = drain(again, st)
+    again.step(VoteResponse(src=2, dst=1, term=2, granted=True))
+    assert again.role == Role.LEADER and again.term == 2
+    assert d.hard_states[-1] == HardState(term=2, vote=1, commit=0)
+
+
+def drain_messages_without_persisting(core: RaftCore) -> list[object]:
+    """Every message the core hands out while nothing is ever acknowledged as durable."""
+    out: list[object] = []
+    while core.has_ready():
+        rd = core.ready()
+        out.extend(rd.messages)
+    return out
+
+
 def test_single_voter_elects_itself_after_persisting() -> None:
     core, st = make_core(voters=[1])
     core.campaign()

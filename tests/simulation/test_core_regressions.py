@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from coresim import Action, Sim, SimConfig, Violation
+from coresim import Action, Sim, SimConfig
 
 from trioraft.core.ready import Role
 from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType
@@ -187,17 +187,19 @@ def _lead_twice_in_one_term(check_durable_vote: bool) -> None:
     n1.hold_writes = True
     n1.core.campaign()
     sim.settle()
-    while n1.core.role is not Role.LEADER:
-        assert sim.net, "node 1 did not win"
+    while n1.core.role is not Role.LEADER and sim.net:
         sim._deliver(sim.net.pop(0))
         sim.settle()
+    # Since the core fix, node 1 waits for its own vote to be durable before leading.
+    assert n1.core.role is Role.CANDIDATE
     if check_durable_vote:
         sim.check()  # Durable Vote
     sim.blocked = {(1, 3)}
     _deliver_all(sim)
-    n1.core.propose(b"first")
-    sim.settle()
-    _deliver_all(sim)
+    if n1.core.role is Role.LEADER:
+        n1.core.propose(b"first")
+        sim.settle()
+        _deliver_all(sim)
     sim.net = []
     sim.blocked = set()
     for n in (n1, n2, n3):
@@ -215,23 +217,45 @@ def _lead_twice_in_one_term(check_durable_vote: bool) -> None:
     sim.check()  # Log Matching
 
 
-_DURABLE_VOTE_REASON = (
-    "SAFETY: a candidate becomes leader when the other voters' grants form a quorum even though "
-    "its own hard state (new term, vote for itself) is not yet durable (pipelined writes: "
-    "Ready N+1 processed before Ready N is acknowledged). If it crashes before the write, it "
-    "restarts at the old term, can win the same term again from voters that already voted for "
-    "it, and writes a different entry at an index it already replicated in that term (Log "
-    "Matching broken). The core should not become leader (or at least not append/send in the "
-    "new term) before the Ready carrying its term and vote is acknowledged. Found by the "
-    "'membership-core' profile (seed 60130, 1000-action schedule)."
-)
+# A candidate became leader when the other voters' grants formed a quorum even though its own
+# hard state (new term, vote for itself) was not yet durable (pipelined writes: Ready N+1
+# processed before Ready N is acknowledged). Crashing before the write, it restarted at the old
+# term, won the same term again from voters that had already voted for it, and wrote a
+# different entry at an index it had already replicated in that term (Log Matching broken).
+# Found by the 'membership-core' profile (seed 60130, 1000-action schedule) and the 'three'
+# profile (seed 535). Fixed in the core: a candidate takes office only once its own vote is
+# durable (tests/core/test_election.py).
 
 
-@pytest.mark.xfail(strict=True, raises=Violation, reason=_DURABLE_VOTE_REASON)
 def test_leader_only_after_its_vote_is_durable() -> None:
     _lead_twice_in_one_term(check_durable_vote=True)
 
 
-@pytest.mark.xfail(strict=True, raises=Violation, reason=_DURABLE_VOTE_REASON)
 def test_no_term_is_led_twice_with_different_logs() -> None:
     _lead_twice_in_one_term(check_durable_vote=False)
+
+
+_SEED_535_THREE = (
+    "tick(54911,51200) tick(30512,14158) tick(43154,45518) tick(62855,23838) "
+    "slow_disk(6627,43672) tick_all(14418,734) slow_disk(38957,19564) tick_all(59616,64024) "
+    "tick(7949,60982) tick(1727,3534) tick(57263,19458) tick_all(14014,23231) "
+    "deliver(24974,26121) drop(56925,14620) deliver(45484,30332) deliver(53744,58503) "
+    "deliver(25404,40232) persist(4113,43874) deliver(57440,7810) deliver(33971,34325) "
+    "deliver(27521,24676) deliver(46439,54027) deliver(47955,64334) propose(49625,44070) "
+    "crash(27641,24838) deliver(52322,11750) crash_mid_ready(50358,56296) deliver(57684,45760)"
+)
+
+
+@pytest.mark.parametrize("check_durable_vote", [False, True])
+def test_seed_535_three_leader_with_volatile_vote(check_durable_vote: bool) -> None:
+    """The minimized 'three' schedule of TRIORAFT_SEED=535: node 3 (slow disk) won term 2 on
+    the grants of nodes 1 and 2 alone, proposed at index 5, crashed before its term was
+    durable, was re-elected in term 2 and put a different entry at index 5."""
+    actions = []
+    for item in _SEED_535_THREE.split():
+        kind, args = item.rstrip(")").split("(")
+        a, b = (int(x) for x in args.split(","))
+        actions.append(Action(kind, a, b))
+    sim = Sim(535, SimConfig(nodes=3, check_durable_vote=check_durable_vote))
+    sim.run(actions)
+    sim.heal_and_check_liveness(max_ticks=200)

@@ -980,6 +980,19 @@ class RaftCore:
                 rejected,
             )
             if result == VoteResult.WON:
+                if self._role == Role.CANDIDATE and not self._trk.votes.get(self._id, False):
+                    # The other voters' grants alone can be a quorum, but our own term and
+                    # vote may not be durable yet (pipelined writes). Leading now and then
+                    # crashing before the write would restart us at the old term, from where
+                    # the same voters can elect us again in this term, and we would append
+                    # different entries at indexes already sent in it (Log Matching broken).
+                    # Our own vote is stepped in only once durable: take office then.
+                    logger.info(
+                        "%d [term %d]: won; waiting for our own vote to be durable",
+                        self._id,
+                        self._term,
+                    )
+                    return
                 if not self._may_take_office():
                     self._become_follower(self._term, NONE)
                 elif self._role == Role.PRE_CANDIDATE:
