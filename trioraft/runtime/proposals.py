@@ -23,34 +23,47 @@ T = TypeVar("T")
 
 class Future(Generic[T]):
     """A one-shot result slot awaited by one task. Setting it twice keeps the first outcome, so
-    racing resolvers (a timeout and a late apply, a shutdown and a result) are harmless."""
+    racing resolvers (a timeout and a late apply, a shutdown and a result) are harmless.
 
-    __slots__ = ("_error", "_event", "_has_value", "_value", "abandoned")
+    Waiters park directly on the scheduler (no ``trio.Event`` and parking lot per future): one is
+    created for every proposal, so this is on the hot path.
+    """
+
+    __slots__ = ("_done", "_error", "_has_value", "_value", "_waiters", "abandoned")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._done = False
         self._value: T | None = None
         self._error: BaseException | None = None
         self._has_value = False
+        self._waiters: list[trio.lowlevel.Task] | None = None
         #: set by the waiter when it stops waiting (timeout, cancellation)
         self.abandoned = False
 
     def done(self) -> bool:
         """True once a result or an exception is set."""
-        return self._event.is_set()
+        return self._done
+
+    def _wake(self) -> None:
+        self._done = True
+        waiters = self._waiters
+        if waiters:
+            self._waiters = None
+            for task in waiters:
+                trio.lowlevel.reschedule(task)
 
     def set_result(self, value: T) -> None:
         """Resolve with ``value`` (ignored if already resolved)."""
-        if not self._event.is_set():
+        if not self._done:
             self._value = value
             self._has_value = True
-            self._event.set()
+            self._wake()
 
     def set_exception(self, error: BaseException) -> None:
         """Resolve with ``error`` (ignored if already resolved)."""
-        if not self._event.is_set():
+        if not self._done:
             self._error = error
-            self._event.set()
+            self._wake()
 
     def result(self) -> T:
         """The result (raises the stored exception). Only valid when :meth:`done`."""
@@ -62,7 +75,21 @@ class Future(Generic[T]):
     async def wait(self) -> T:
         """Wait for the outcome; marks the future abandoned if the wait is cancelled."""
         try:
-            await self._event.wait()
+            if self._done:
+                await trio.lowlevel.checkpoint()
+            else:
+                task = trio.lowlevel.current_task()
+                if self._waiters is None:
+                    self._waiters = [task]
+                else:
+                    self._waiters.append(task)
+
+                def abort(_: Any) -> trio.lowlevel.Abort:
+                    if self._waiters is not None and task in self._waiters:
+                        self._waiters.remove(task)
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
         except BaseException:
             self.abandoned = True
             raise
