@@ -7,7 +7,11 @@ into one Ready); tick the core if a tick is due; then route each Ready:
 * ``messages`` go to the transport at once (a ``SnapshotRequest`` starts a snapshot stream);
 * hard state, entries, an incoming snapshot and ``persisted_messages`` go to the WAL actor as one
   :class:`PersistJob` - the held messages leave only after the WAL made the job durable
-  (contract 1);
+  (contract 1). A Ready that needs no write at all (no entries, no snapshot, at most a new
+  commit index, which the WAL does not fsync on its own, like etcd's ``MustSync``) while no job
+  is in flight is acknowledged at once: everything it depends on is already durable, and the
+  round trip through the WAL actor would only add latency (the WAL actor still records the
+  commit index);
 * ``committed_entries`` go to the FSM actor (the core only hands out entries already persisted);
 * ``read_states`` resolve the read-barrier batch with the same context.
 
