@@ -143,3 +143,31 @@ async def test_commit_only_hard_state_rides_along() -> None:
         # the deferred commit is written before the marker
         assert wal.ops[-2:] == [("save", [], HardState(term=3, vote=1, commit=2)), ("marker", 2)]
         nursery.cancel_scope.cancel()
+
+
+async def test_already_acknowledged_jobs_only_record_their_commit() -> None:
+    """The raft actor acknowledges write-free Readys itself; the WAL actor reports nothing for
+    them, writes nothing for them alone, and carries their commit index into the next save."""
+    wal = FakeWal()
+    jobs_send, jobs_recv = trio.open_memory_channel[Any](math.inf)
+    inbox_send, inbox_recv = trio.open_memory_channel[Any](math.inf)
+    actor = WalActor(1, wal, INLINE_DISK, jobs_recv, inbox_send, hard_state=HardState(term=1))
+    acked_job = PersistJob(
+        number=1,
+        hard_state=HardState(term=1, commit=5),
+        entries=(),
+        snapshot=None,
+        messages=(),
+        acked=True,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        jobs_send.send_nowait(acked_job)
+        await trio.testing.wait_all_tasks_blocked()
+        assert wal.ops == []
+        assert inbox_recv.statistics().current_buffer_used == 0  # nothing reported
+        jobs_send.send_nowait(job(2, ents(6, 6)))
+        acked = await inbox_recv.receive()
+        nursery.cancel_scope.cancel()
+    assert [j.number for j in acked.jobs] == [2]
+    assert wal.ops == [("save", [(6, 1)], HardState(term=1, commit=5))]
