@@ -524,7 +524,8 @@ async def open_raft_node(
             ``SimulatedFileSystem``). ``Config.fsync=False`` wraps it so nothing is fsynced.
         disk: how blocking storage calls run (default: worker threads; ``INLINE_DISK`` for a
             simulated file system under a mock clock).
-        wal_disk: how the WAL actor's writes and fsyncs run (default: like ``disk``).
+        wal_disk: how the WAL actor's writes and fsyncs run (default: like ``disk``; with the
+            default worker threads, a leaner thread hand-off for its one-at-a-time calls).
             ``INLINE_DISK`` here blocks the event loop for each group commit's fsync but saves
             the thread round trip, which is worth it on fast disks with a busy event loop.
 

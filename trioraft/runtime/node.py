@@ -51,7 +51,7 @@ from trioraft.errors import (
     RaftError,
     Timeout,
 )
-from trioraft.runtime.disk import DiskExecutor
+from trioraft.runtime.disk import DiskExecutor, SerialThreadDisk, ThreadDisk
 from trioraft.runtime.fsm_actor import FsmActor
 from trioraft.runtime.proposals import (
     AppliedWaiters,
@@ -172,7 +172,7 @@ class NodeRuntime:
         self.wal_actor = WalActor(
             self.id,
             wal,
-            wal_disk or disk,
+            wal_disk or (SerialThreadDisk() if type(disk) is ThreadDisk else disk),
             self.wal_recv,
             self.inbox_send,
             snapshot_index=0 if snap is None else snap.index,
