@@ -12,9 +12,12 @@ from trioraft.core.messages import (
     HeartbeatResponse,
     ReadIndexRequest,
     ReadIndexResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
 )
 from trioraft.core.raft import RaftCore
-from trioraft.core.ready import ReadState
+from trioraft.core.ready import ReadState, Role
 from trioraft.core.storage import MemoryStorage
 from trioraft.core.types import HardState
 from trioraft.errors import ProposalDropped
@@ -90,11 +93,107 @@ def test_single_voter_answers_reads_at_once() -> None:
     assert drain(c, st).read_states == [ReadState(1, b"solo")]
 
 
+def lease_leader(**kw: object) -> tuple[RaftCore, MemoryStorage]:
+    """A committed LEASE_BASED leader (election timeout 10 ticks)."""
+    return committed_leader(check_quorum=True, read_only=ReadOnlyOption.LEASE_BASED, **kw)
+
+
+def heartbeat_round(c: RaftCore, st: MemoryStorage, ackers: tuple[int, ...] = (2,)) -> None:
+    """One tick of the leader; ``ackers`` echo its heartbeats."""
+    c.tick()
+    hbs = drain(c, st).of(HeartbeatRequest)
+    for m in hbs:
+        if m.dst in ackers:
+            hb_ack(c, m.dst, m.context)
+
+
 def test_lease_based_read_answers_without_a_heartbeat_round() -> None:
-    c, st = committed_leader(check_quorum=True, read_only=ReadOnlyOption.LEASE_BASED)
+    c, st = lease_leader()
+    heartbeat_round(c, st)  # the periodic heartbeats keep the lease fresh
     c.read_index(b"lease")
     d = drain(c, st)
     assert d.read_states == [ReadState(1, b"lease")] and d.of(HeartbeatRequest) == []
+
+
+def test_lease_is_measured_from_the_quorums_acknowledgements_not_from_being_leader() -> None:
+    """Regression (tests/integration/test_linearizable_kv.py -m slow -k lease, seeds 0-4): a
+    leader answered lease reads as long as check-quorum had not stepped it down, which happens
+    only at an election-timeout boundary, up to two election timeouts after it last heard from
+    a quorum; the partitioned followers elect a new leader after one. Stale reads followed."""
+    c, st = lease_leader()
+    heartbeat_round(c, st)
+    # Cut off from its followers, the leader stays leader for a while (check-quorum) ...
+    for _ in range(9):
+        heartbeat_round(c, st, ackers=())
+    assert c.role == Role.LEADER
+    # ... but 9 ticks after the last acknowledged heartbeat its lease is over: a follower that
+    # heard it last may already grant votes at its 10th tick.
+    c.read_index(b"stale?")
+    d = drain(c, st)
+    assert d.read_states == []
+    hbs = d.of(HeartbeatRequest)  # the read renews the lease at once
+    assert sorted(m.dst for m in hbs) == [2, 3]
+    hb_ack(c, 3, hbs[0].context)
+    assert drain(c, st).read_states == [ReadState(1, b"stale?")]
+
+
+def test_lease_lasts_election_ticks_minus_two_after_the_acknowledged_send() -> None:
+    c, st = lease_leader()
+    heartbeat_round(c, st)
+    for _ in range(8):
+        c.tick()
+        drain(c, st)
+    c.read_index(b"edge")
+    assert drain(c, st).read_states == [ReadState(1, b"edge")]  # sent 8 ticks ago: valid
+    c.tick()
+    drain(c, st)
+    c.read_index(b"late")
+    assert drain(c, st).read_states == []  # 9 ticks ago: expired
+
+
+def test_restarted_voter_refuses_votes_for_an_election_timeout_in_lease_mode() -> None:
+    """A voter that acknowledged the leader, crashed and restarted at once must not help elect
+    another leader while that leader's lease (based on its acknowledgement) may still run."""
+    core, st = make_core(check_quorum=True, read_only=ReadOnlyOption.LEASE_BASED)
+    core.step(VoteRequest(src=2, dst=1, term=1, last_index=0, last_term=0))
+    assert drain(core, st).of(VoteResponse) == []  # ignored: in its start-up lease
+    for _ in range(10):
+        core.tick()  # (it may campaign itself meanwhile: ask at a later term)
+    drain(core, st)
+    core.step(VoteRequest(src=2, dst=1, term=5, last_index=0, last_term=0))
+    assert drain(core, st).of(VoteResponse)[0].granted
+    # A leadership transfer is not held up.
+    other, st2 = make_core(check_quorum=True, read_only=ReadOnlyOption.LEASE_BASED)
+    other.step(VoteRequest(src=2, dst=1, term=1, last_index=0, last_term=0, transfer=True))
+    assert drain(other, st2).of(VoteResponse)[0].granted
+
+
+def test_voter_in_lease_stays_in_lease_across_a_term_change_without_a_leader() -> None:
+    """Hearing of a higher term (e.g. a stray rejection) forgets the leader, not the lease."""
+    core, st = make_core(check_quorum=True, hs=HardState(term=2))  # no start-up lease
+    core.step(VoteRequest(src=3, dst=1, term=3, last_index=0, last_term=0))
+    assert drain(core, st).of(VoteResponse)[0].granted
+    core.step(HeartbeatRequest(src=3, dst=1, term=3))
+    drain(core, st)
+    core.step(AppendResponse(src=2, dst=1, term=4, index=0))
+    assert core.term == 4 and core.leader == 0
+    core.step(VoteRequest(src=2, dst=1, term=5, last_index=0, last_term=0))
+    assert drain(core, st).of(VoteResponse) == []
+
+
+def test_lease_is_revoked_by_a_timeout_now_and_reads_fall_back_to_read_index() -> None:
+    c, st = lease_leader()
+    c.step(AppendResponse(src=3, dst=1, term=c.term, index=c.last_index))
+    drain(c, st)
+    heartbeat_round(c, st, ackers=(2, 3))
+    c.transfer_leadership(2)  # 2 is up to date: TimeoutNow at once
+    d = drain(c, st)
+    assert d.of(TimeoutNow)
+    c.read_index(b"after-transfer")
+    hbs = drain(c, st).of(HeartbeatRequest)
+    assert hbs and hbs[0].context.startswith(b"ri")  # a ReadIndex round, not the lease
+    hb_ack(c, 3, hbs[0].context)
+    assert drain(c, st).read_states == [ReadState(1, b"after-transfer")]
 
 
 def test_leader_answers_forwarded_reads_with_a_response() -> None:
@@ -136,8 +235,18 @@ def test_losing_leadership_drops_pending_reads() -> None:
 @pytest.mark.parametrize("mode", [ReadOnlyOption.SAFE, ReadOnlyOption.LEASE_BASED])
 def test_reads_from_every_node_in_a_cluster(mode: ReadOnlyOption) -> None:
     c = Cluster(3, seed=8, config_overrides={"read_only": mode, "check_quorum": True})
-    c.elect(1)
-    idx = c.propose(1, b"w")
+    if mode == ReadOnlyOption.LEASE_BASED:
+        # Freshly started voters refuse votes for an election timeout (their start-up lease).
+        for _ in range(100):
+            c.advance()
+            if c.leader() is not None:
+                break
+        leader = c.leader()
+        assert leader is not None
+    else:
+        leader = 1
+        c.elect(1)
+    idx = c.propose(leader, b"w")
     c.stabilize()
     for n in (1, 2, 3):
         c.read_index(n, b"r%d" % n)

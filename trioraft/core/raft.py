@@ -75,6 +75,8 @@ __all__ = ["RaftCore"]
 logger = logging.getLogger(__name__)
 
 _GOLDEN = 0x9E3779B97F4A7C15
+# Heartbeat contexts of lease tracking (ReadIndex contexts start with b"ri").
+_LEASE_CONTEXT = b"ls"
 
 
 @attrs.define
@@ -151,6 +153,17 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_election_timeout = config.election_ticks
+        # Lease reads (see _lease_valid). ``_clock`` counts every tick of this incarnation.
+        # ``_leader_contact_elapsed`` counts ticks since we last heard from a leader, whatever
+        # the term changes since; in LEASE_BASED mode a (re)started node counts as having just
+        # heard from one, because before the crash it may have acknowledged a leader whose
+        # lease depends on our refusing votes for an election timeout.
+        lease = config.read_only == ReadOnlyOption.LEASE_BASED
+        self._clock = 0
+        self._leader_contact_elapsed = 0 if lease else config.election_ticks
+        self._lease_acks: dict[NodeId, int] = {}
+        self._lease_reads: list[tuple[NodeId, bytes]] = []
+        self._lease_revoked = False
 
         self._become_follower(self._term, NONE)
         self._prev_hs = self._hard_state()
@@ -232,6 +245,9 @@ class RaftCore:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self._clock += 1
+        if self._leader_contact_elapsed < self._config.election_ticks:
+            self._leader_contact_elapsed += 1
         if self._role == Role.LEADER:
             self._tick_heartbeat()
         else:
@@ -631,6 +647,9 @@ class RaftCore:
         self._uncommitted_size = 0
         self._read_only.reset()
         self._pending_reads = []
+        self._lease_acks = {}
+        self._lease_reads = []
+        self._lease_revoked = False
         self._needs_bcast = False
 
     def _become_follower(self, term: int, lead: NodeId) -> None:
@@ -712,7 +731,7 @@ class RaftCore:
                 self._abort_leader_transfer()
         if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
-            self._bcast_heartbeat(self._read_only.last_pending_key())
+            self._bcast_heartbeat(self._heartbeat_context())
 
     def _hup(self, transfer: bool) -> None:
         if self._role == Role.LEADER:
@@ -834,10 +853,10 @@ class RaftCore:
             self._learn_commit(m)
         if m.term > self._term:
             if isinstance(m, VoteRequest):
-                in_lease = (
-                    self._config.check_quorum
-                    and self._lead != NONE
-                    and self._election_elapsed < self._config.election_ticks
+                et = self._config.election_ticks
+                in_lease = self._config.check_quorum and (
+                    (self._lead != NONE and self._election_elapsed < et)
+                    or self._leader_contact_elapsed < et
                 )
                 if in_lease and not m.transfer:
                     logger.info(
@@ -1038,6 +1057,7 @@ class RaftCore:
     # follower side of replication
 
     def _handle_leader_message(self, m: AppendRequest | HeartbeatRequest | SnapshotRequest) -> None:
+        self._leader_contact_elapsed = 0
         if isinstance(m, AppendRequest):
             self._handle_append_entries(m)
         elif isinstance(m, HeartbeatRequest):
@@ -1237,6 +1257,7 @@ class RaftCore:
     def _send_timeout_now(self, to: NodeId) -> None:
         logger.info("%d [term %d]: TimeoutNow to %d", self._id, self._term, to)
         self._send(TimeoutNow(src=self._id, dst=to, term=self._term))
+        self._revoke_lease()
 
     def _handle_append_reject(self, m: AppendResponse, pr: Progress) -> None:
         next_probe = m.hint_index
@@ -1282,7 +1303,10 @@ class RaftCore:
         pr.msg_app_flow_paused = False
         if pr.match < self._log.last_index() or pr.state == ProgressState.PROBE:
             self._send_append(m.src)
-        if self._config.read_only != ReadOnlyOption.SAFE or not m.context:
+        if not m.context:
+            return
+        if m.context.startswith(_LEASE_CONTEXT):
+            self._recv_lease_ack(m.src, m.context)
             return
         acks = self._read_only.recv_ack(m.src, m.context)
         if acks is None:
@@ -1378,11 +1402,72 @@ class RaftCore:
         self._admit_read(src, context)
 
     def _admit_read(self, src: NodeId, context: bytes) -> None:
-        if self._config.read_only == ReadOnlyOption.LEASE_BASED:
-            self._respond_read(src, context, self._log.committed)
+        if self._config.read_only == ReadOnlyOption.LEASE_BASED and not self._lease_revoked:
+            if self._lease_valid():
+                self._respond_read(src, context, self._log.committed)
+                return
+            # Renew the lease: a quorum echoing this heartbeat makes it valid again.
+            if not self._lease_reads:
+                self._bcast_heartbeat(self._lease_context())
+            self._lease_reads.append((src, context))
             return
         key = self._read_only.add_request(self._log.committed, src, context, self._id)
         self._bcast_heartbeat(key)
+
+    # Lease reads. Theory of operation: a voter that handled a heartbeat from us refuses every
+    # (pre-)vote that is not a leadership transfer for ``election_ticks`` of its own ticks after
+    # it (a restarted voter too: it starts "in lease"). Every heartbeat carries the tick of our
+    # clock at which it was sent; a voter echoing it was reset no earlier than that tick. If a
+    # quorum (us included) echoed heartbeats sent at tick ``now - (election_ticks - 2)`` or
+    # later, each of them refuses votes until after our tick ``now + 1``, and any quorum that
+    # could elect another leader includes one of them (or us, and a leader ignores vote
+    # requests): no other leader exists before our next tick, so our commit index is
+    # current. The margin of two ticks covers the tick phase difference between nodes (all
+    # tick at the same rate; lease reads assume bounded drift). Check-quorum alone is not
+    # enough: a leader only notices a lost quorum at an election-timeout boundary, up to two
+    # election timeouts after it last heard from it, while followers elect after one. After a
+    # TimeoutNow the target may win a transfer election, whose votes bypass the voters' lease,
+    # at any later time: the lease is revoked for the rest of the term and reads fall back to
+    # ReadIndex.
+
+    def _lease_context(self) -> bytes:
+        return _LEASE_CONTEXT + self._clock.to_bytes(8, "big")
+
+    def _heartbeat_context(self) -> bytes:
+        if self._config.read_only == ReadOnlyOption.LEASE_BASED and not self._lease_revoked:
+            return self._lease_context()
+        return self._read_only.last_pending_key()
+
+    def _lease_valid(self) -> bool:
+        if self._lease_revoked or self._lead_transferee != NONE:
+            return False
+        bound = self._clock - (self._config.election_ticks - 2)
+        acks = {
+            i: i == self._id or self._lease_acks.get(i, -1) >= bound for i in self._trk.voter_ids()
+        }
+        return self._trk.config.voters.vote_result(acks) == VoteResult.WON
+
+    def _recv_lease_ack(self, src: NodeId, context: bytes) -> None:
+        if len(context) != len(_LEASE_CONTEXT) + 8:
+            return
+        sent = int.from_bytes(context[len(_LEASE_CONTEXT) :], "big")
+        if sent > self._clock:
+            return  # not ours (a context from an earlier incarnation)
+        if sent > self._lease_acks.get(src, -1):
+            self._lease_acks[src] = sent
+        if self._lease_reads and self._lease_valid():
+            waiting, self._lease_reads = self._lease_reads, []
+            for req_src, req_ctx in waiting:
+                self._respond_read(req_src, req_ctx, self._log.committed)
+
+    def _revoke_lease(self) -> None:
+        if self._config.read_only != ReadOnlyOption.LEASE_BASED or self._lease_revoked:
+            return
+        logger.info("%d [term %d]: lease revoked (TimeoutNow sent)", self._id, self._term)
+        self._lease_revoked = True
+        waiting, self._lease_reads = self._lease_reads, []
+        for src, ctx in waiting:
+            self._admit_read(src, ctx)
 
     def _respond_read(self, src: NodeId, context: bytes, index: int) -> None:
         if src == self._id:
