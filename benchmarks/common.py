@@ -841,6 +841,27 @@ class EtcdCluster:
         """One put."""
         self.post(i, "/v3/kv/put", {"key": self.b64(key), "value": self.b64(value)})
 
+    def metric_sum(self, i: int, name: str) -> float | None:
+        """Sum of the samples of Prometheus metric ``name`` on node ``i`` (None if unreachable).
+
+        Labelled counters appear only once incremented, so an absent metric counts as 0."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.client_ports[i - 1], timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            conn.close()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+                try:
+                    total += float(line.rsplit(" ", 1)[1])
+                except ValueError:
+                    continue
+        return total
+
     def has_key(self, i: int, key: str) -> bool:
         """Whether node ``i`` serves ``key`` from its local state (serializable read)."""
         try:
