@@ -589,8 +589,10 @@ class TcpTransport:
                                 exc,
                             )
                     if packed:
-                        await conn.send_packed(packed)
+                        # Counted at hand-off (as direct writes are), not after the await: a
+                        # peer may have received these before this task runs again.
                         self.stats.messages_sent += sum(1 for m in batch if m is not _FLUSH)
+                        await conn.send_packed(packed)
                     batch = []
                     while len(batch) < _BATCH:
                         try:
