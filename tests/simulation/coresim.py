@@ -145,13 +145,13 @@ class SimConfig:
     max_msg_bytes: int = 1 << 20
     max_inflight_msgs: int = 256
     spares: int = 0  # extra node ids, not members at first (for membership changes)
-    # The leader's runtime takes a fresh snapshot when the stored one does not include the
-    # peer it must go to (see Sim._send); without it a joiner can be stuck forever.
-    fresh_snapshot_for_joiners: bool = True
+    # Take a fresh snapshot when the stored one does not include the peer it must go to (see
+    # Sim._send). The runtime no longer does this (a follower restores a snapshot that predates
+    # its membership), so it is off by default, as in the runtime.
+    fresh_snapshot_for_joiners: bool = False
     # A leader's term and self-vote must be durable (else it can lead the same term twice after
-    # a crash). Off by default until the core satisfies it: see
-    # test_core_regressions.py::test_leader_only_after_its_vote_is_durable.
-    check_durable_vote: bool = False
+    # a crash): test_core_regressions.py::test_leader_only_after_its_vote_is_durable.
+    check_durable_vote: bool = True
     keep_after_compact: int = 2  # entries kept behind a snapshot (maximum, drawn uniformly)
     weights: dict[str, float] = attrs.Factory(dict)  # overrides of DEFAULT_WEIGHTS
 
