@@ -940,8 +940,26 @@ def _disk_of(path: Path) -> dict[str, Any]:
     return info
 
 
+def _git_state() -> dict[str, Any]:
+    """The commit the code under test comes from, and whether the tree had local changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "trioraft", "examples"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit or None, "library_changes_uncommitted": bool(dirty)}
+
+
 def machine_info(data_path: Path | None = None) -> dict[str, Any]:
-    """A description of the machine the figures come from."""
+    """A description of the machine the figures come from (and the code's git commit)."""
     mem_kib = _status_kib_meminfo()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
@@ -952,6 +970,7 @@ def machine_info(data_path: Path | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "disk": _disk_of(data_path or Path(tempfile.gettempdir())),
         "loadavg_at_start": [round(x, 2) for x in load],
+        "git": _git_state(),
     }
 
 
