@@ -439,3 +439,23 @@ async def test_direct_writes_keep_order_through_partial_writes(nursery: trio.Nur
         assert got == list(range(1, n + 1))
         assert c.t[1].stats.messages_sent == n + 1
         assert c.t[1].stats.dropped_overflow == 0
+
+
+async def test_a_peer_that_connects_in_ends_our_reconnect_backoff(nursery: trio.Nursery) -> None:
+    # Node 2 restarts while node 1 waits out a long reconnect backoff. As soon as node 2 connects
+    # to node 1, node 1 reconnects too, instead of leaving the restarted peer without appends
+    # (or the snapshot it needs) until the backoff ends.
+    with trio.fail_after(LIMIT):
+        c = await make_cluster(nursery, ids=(1, 2), backoff_initial=60.0, backoff_max=60.0)
+        c.t[1].send(hb(1, 2, 0))
+        await c.h[2].wait_messages(1)
+        port = c.t[2].port
+        c.stop(2)
+        while c.t[1].connected(2):  # node 1 notices the loss, then backs off for ~60 s
+            await trio.sleep(0.01)
+        await c.start(2, TcpTransport(2, "test-cluster", listen=("127.0.0.1", port)))
+        c.t[2].add_peer(1, c.t[1].address)
+        c.t[2].send(hb(2, 1, 0))
+        c.t[1].send(hb(1, 2, 1))
+        await c.h[2].wait_messages(1)
+        assert [m.commit for m in c.h[2].delivered] == [1]  # type: ignore[union-attr]

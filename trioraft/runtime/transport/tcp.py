@@ -102,6 +102,9 @@ class _Peer:
     busy: bool = False
     #: bytes of a direct write the socket did not take; the writer sends them first
     leftover: bytes = b""
+    #: set while the sender waits out a reconnect backoff; an inbound connection from the
+    #: peer (it is evidently back up) ends the wait early
+    wake: trio.Event | None = None
 
 
 class TcpTransport:
@@ -531,7 +534,7 @@ class TcpTransport:
                         log.debug("node %d: cannot reach node %d: %s", self.node_id, p.id, exc)
                     p.reported_down = True
                     self._notify_unreachable(p)
-                    await trio.sleep(backoff.next())
+                    await self._backoff_wait(p, backoff.next())
                     continue
                 if p.reported_down:
                     log.info("node %d: connected to node %d again", self.node_id, p.id)
@@ -546,7 +549,21 @@ class TcpTransport:
                         await conn.aclose()
                 log.info("node %d: connection to node %d lost: %s", self.node_id, p.id, lost)
                 self._notify_unreachable(p)
-                await trio.sleep(backoff.next())
+                await self._backoff_wait(p, backoff.next())
+
+    @staticmethod
+    async def _backoff_wait(p: _Peer, delay: float) -> None:
+        """Sleeps ``delay`` before the next connection attempt, unless the peer shows up first.
+
+        A restarted follower connects to us long before our backoff (up to ``backoff_max``)
+        runs out; reconnecting at once spares it that wait for its first append or snapshot.
+        """
+        p.wake = trio.Event()
+        try:
+            with trio.move_on_after(delay):
+                await p.wake.wait()
+        finally:
+            p.wake = None
 
     async def _pump(self, conn: FramedStream, p: _Peer, first: Message) -> str:
         """Writes queued messages to ``conn`` until it fails; returns why it ended."""
@@ -703,6 +720,9 @@ class TcpTransport:
         handler = self._handler
         assert handler is not None
         if purpose == "raft":
+            peer = self._peers.get(src)
+            if peer is not None and peer.wake is not None:
+                peer.wake.set()
             while True:
                 frame = await conn.receive()
                 if not isinstance(frame, RaftFrame):
