@@ -532,6 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         "details": {
             "value_bytes": args.value_bytes,
             "keys": args.state_mib * MIB // args.value_bytes,
+            # the transfer alone: first byte received until committed on disk (before loading)
+            "receive_mib_s": rounded(snap_mib / ours["receive_s"], 1)
+            if ours["receive_s"]
+            else None,
+            "receive_ratio": ratio(snap_mib / ours["receive_s"], raw_copy_mib_s)
+            if ours["receive_s"]
+            else None,
             "wal_tail_entries": args.tail,
             "trioraft": {k: rounded(v) if isinstance(v, float) else v for k, v in ours.items()},
             "trioraft_repetitions": args.repeat,
@@ -601,6 +608,7 @@ def _print(doc: dict[str, Any]) -> None:
         ["  of which open (recovery until ready)", ours.get("recover_open_s")],
         ["  WAL tail entries replayed", ours.get("recover_entries")],
         ["install: receive (s)", ours.get("receive_s")],
+        ["  receive MiB/s (ratio to raw copy)", f"{d['receive_mib_s']} ({d['receive_ratio']})"],
         ["install: load state (s)", ours.get("load_state_s")],
     ]
     print_table("trioraft details", ["", "value"], rows3)
