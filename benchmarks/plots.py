@@ -41,7 +41,7 @@ def _subtitle(doc: dict[str, Any]) -> str:
     )
 
 
-def _label_bars(ax: Any, bars: Any, fmt: str = "{:,.0f}") -> None:
+def _label_bars(ax: Any, bars: Any, fmt: str = "{:,.0f}", *, vertical: bool = False) -> None:
     for bar in bars:
         h = bar.get_height()
         if h:
@@ -50,7 +50,8 @@ def _label_bars(ax: Any, bars: Any, fmt: str = "{:,.0f}") -> None:
                 (bar.get_x() + bar.get_width() / 2, h),
                 ha="center",
                 va="bottom",
-                fontsize=8,
+                fontsize=7 if vertical else 8,
+                rotation=90 if vertical else 0,
                 xytext=(0, 2),
                 textcoords="offset points",
             )
@@ -152,10 +153,11 @@ def plot_replication(doc: dict[str, Any], out: Path) -> list[Path]:
     for i, (name, color, vals) in enumerate(series):
         xs = [k + (i - (n - 1) / 2) * w for k in range(len(keys))]
         bars = ax.bar(xs, vals, w, label=name, color=color)
-        _label_bars(ax, bars)
+        _label_bars(ax, bars, vertical=True)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(labels)
     ax.set_yscale("log")
+    ax.set_ylim(top=max(max(v) for _, _, v in series) * 6)
     ax.set_ylabel("proposals/s (log scale)")
     ax.set_title("Replication, 3 processes on loopback: proposers x command size", fontsize=11)
     ax.legend(fontsize=8)
