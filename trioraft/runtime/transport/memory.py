@@ -600,14 +600,7 @@ class MemoryTransport:
                 peer=peer,
             )
 
-        try:
-            stats = await self._streams.run(peer, run)
-        except SnapshotTransferError:
-            self.stats.snapshots_failed += 1
-            raise
-        self.last_stream[peer] = stats
-        self.stats.snapshots_sent += 1
-        self.stats.snapshot_bytes_sent += stats.bytes_sent
+        await self._streams.send_counted(peer, run, self.stats, self.last_stream)
 
     def cancel_snapshot(self, peer: int) -> bool:
         """Aborts the stream to ``peer`` (it raises :class:`SnapshotAborted`)."""

@@ -542,6 +542,28 @@ class ActiveStreams:
                 del self._by_peer[peer]
         raise SnapshotAborted(ticket.reason)
 
+    async def send_counted(
+        self,
+        peer: int,
+        fn: Callable[[], Awaitable[StreamStats]],
+        stats: TransportStats,
+        last: dict[int, StreamStats],
+    ) -> None:
+        """Runs the stream ``fn`` as :meth:`run` does and records its outcome in a transport's
+        ``stats`` (sent, failed, bytes) and ``last`` (the latest stream's figures per peer).
+
+        Raises:
+            SnapshotTransferError: as ``fn`` or :meth:`run` raise it.
+        """
+        try:
+            result = await self.run(peer, fn)
+        except SnapshotTransferError:
+            stats.snapshots_failed += 1
+            raise
+        last[peer] = result
+        stats.snapshots_sent += 1
+        stats.snapshot_bytes_sent += result.bytes_sent
+
     def cancel(self, peer: int, reason: str = "cancelled") -> bool:
         """Aborts the stream to ``peer``; returns whether there was one."""
         ticket = self._by_peer.get(peer)

@@ -366,14 +366,7 @@ class TcpTransport:
                 peer=peer,
             )
 
-        try:
-            stats = await self._streams.run(peer, run)
-        except SnapshotTransferError:
-            self.stats.snapshots_failed += 1
-            raise
-        self.last_stream[peer] = stats
-        self.stats.snapshots_sent += 1
-        self.stats.snapshot_bytes_sent += stats.bytes_sent
+        await self._streams.send_counted(peer, run, self.stats, self.last_stream)
 
     def cancel_snapshot(self, peer: int) -> bool:
         """Aborts the stream to ``peer`` (it raises :class:`SnapshotAborted`)."""
