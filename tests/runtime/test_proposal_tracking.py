@@ -107,6 +107,23 @@ async def test_deadlines_fail_late_futures(autojump_clock: trio.testing.MockCloc
         nursery.cancel_scope.cancel()
 
 
+def test_deadlines_drop_resolved_requests_long_before_their_deadline() -> None:
+    from trioraft.runtime.proposals import Deadlines
+
+    # Requests resolve quickly but their (fixed) timeout is far away: what is held must stay
+    # bounded by the live requests, not by rate x timeout.
+    d = Deadlines()
+    live: list[Future[int]] = []
+    for i in range(20 * Deadlines.COMPACT_MIN):
+        f: Future[int] = Future()
+        d.add(1000.0 + i, f, lambda: AmbiguousOutcome("late"))
+        live.append(f)
+        if len(live) > 10:
+            live.pop(0).set_result(i)
+    assert len(d) <= 2 * Deadlines.COMPACT_MIN + 1
+    assert all(not f.done() for f in live)
+
+
 async def test_slots_limit_without_yielding(autojump_clock: trio.testing.MockClock) -> None:
     from trioraft.runtime.proposals import Slots
 

@@ -267,16 +267,31 @@ class Deadlines:
     per request on the hot path). A future failed this way is marked abandoned, so a request
     not yet handed to the core is never proposed."""
 
+    #: heap size below which resolved entries are left for the timer task to pop
+    COMPACT_MIN = 1024
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Future[Any], Callable[[], BaseException]]] = []
         self._seq = itertools.count()
         self._wake = trio.Event()
+        self._compact_at = self.COMPACT_MIN
+
+    def __len__(self) -> int:
+        """Entries held, resolved ones not yet dropped included."""
+        return len(self._heap)
 
     def add(self, deadline: float, future: Future[Any], error: Callable[[], BaseException]) -> None:
         """Fail ``future`` with ``error()`` at ``deadline`` unless it is resolved by then."""
         if deadline == float("inf"):
             return
         heap = self._heap
+        if len(heap) >= self._compact_at:
+            # With one fixed timeout, deadlines only grow: a resolved request would otherwise
+            # stay (with its result) until its deadline reaches the top, i.e. rate x timeout
+            # entries. Dropping them when the heap doubles keeps it at ~2x the live requests.
+            heap[:] = [e for e in heap if not e[2].done()]
+            heapq.heapify(heap)
+            self._compact_at = max(self.COMPACT_MIN, 2 * len(heap))
         if not heap or deadline < heap[0][0]:
             self._wake.set()
         heapq.heappush(heap, (deadline, next(self._seq), future, error))
