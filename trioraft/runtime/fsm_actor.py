@@ -134,8 +134,6 @@ class FsmActor:
         self._removed_peers: set[int] = set()
         #: snapshots received from a leader and loaded
         self.snapshots_installed = 0
-        #: entries handed to ``StateMachine.apply``
-        self.entries_applied = 0
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -214,7 +212,6 @@ class FsmActor:
             if e.kind == EntryKind.NORMAL:
                 if e.data:
                     result = sm.apply(e.index, e.data)
-                    self.entries_applied += 1
                 else:
                     result = None  # a leader's no-op (or an empty proposal)
                 self.applied = e.index

@@ -118,10 +118,6 @@ class ProposalTracker:
             old[1].set_exception(ProposalDropped("superseded", f"index {index} re-proposed"))
         self._pending[index] = (term, future)
 
-    def has(self, index: int) -> bool:
-        """True if a proposal waits on ``index``."""
-        return index in self._pending
-
     def applied(self, index: int, term: int, result: Any) -> None:
         """The entry (term, index) was applied with ``result``."""
         item = self._pending.pop(index, None)
@@ -215,11 +211,6 @@ class ReadBatcher:
         """True if requests wait to be issued."""
         return bool(self._queued)
 
-    def failed(self, context: bytes, error: BaseException) -> None:
-        """The batch for ``context`` could not be issued."""
-        for f in self._issued.pop(context, ()):
-            f.set_exception(error)
-
     def fail_all(self, error: BaseException) -> None:
         """Fail every queued or issued read (leader loss, shutdown)."""
         for f in self._queued:
@@ -229,11 +220,6 @@ class ReadBatcher:
         for futures in issued.values():
             for f in futures:
                 f.set_exception(error)
-
-    def prune(self) -> None:
-        """Forget issued batches whose waiters all gave up (their answer may never come)."""
-        for ctx in [c for c, fs in self._issued.items() if all(f.abandoned for f in fs)]:
-            del self._issued[ctx]
 
 
 class AppliedWaiters:

@@ -163,9 +163,6 @@ class RaftActor:
         #: the term and vote of the newest hard state handed to the WAL actor (once its jobs
         #: are acknowledged, durable)
         self._durable_hs = HardState(core.term, core.vote, core.commit)
-        #: counters (status and tests)
-        self.readies = 0
-        self.messages_sent = 0
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -368,12 +365,11 @@ class RaftActor:
     # -- Ready routing -------------------------------------------------------------------------
 
     def _route(self, rd: Ready) -> None:
-        self.readies += 1
         if rd.soft_state is not None:
             self._soft_state(rd.soft_state)
         for m in rd.messages:
             self._send(m)
-        if rd.must_persist or rd.persisted_messages or rd.needs_ack:
+        if rd.needs_ack:  # entries, snapshot, hard state or messages held for the persist
             hs = rd.hard_state
             durable = self._durable_hs
             if (
@@ -414,7 +410,6 @@ class RaftActor:
             self._send_snapshot(m)
         else:
             self._transport.send(m)
-        self.messages_sent += 1
 
     def _soft_state(self, ss: SoftState) -> None:
         old_role = self._role

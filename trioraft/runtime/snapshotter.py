@@ -156,16 +156,8 @@ class Snapshotter:
         self.saves = 0
         self.save_failures = 0
         self.snapshots_sent = 0
-        self.send_failures = 0
-        #: set once the current (or last) save started writing (tests use it to observe that
-        #: applies go on during a save); replaced by a fresh event when the next save begins
-        self.save_started: trio.Event = trio.Event()
 
     # -- triggers ------------------------------------------------------------------------------
-
-    def nudge(self) -> None:
-        """Wake the actor to re-check its triggers."""
-        self._wake.set()
 
     def on_applied(self, applied: int) -> None:
         """Called by the FSM actor after each batch: the entry-count trigger."""
@@ -254,8 +246,6 @@ class Snapshotter:
 
     async def _save(self, reason: str, waiters: list[Future[Any]]) -> None:
         self.saving = True
-        if self.save_started.is_set():
-            self.save_started = trio.Event()
         try:
             try:
                 stored = await self._take(reason)
@@ -308,7 +298,6 @@ class Snapshotter:
     async def _write(self, reason: str, captured: Captured) -> Any:
         t0 = trio.current_time()
         builder = await self._disk(self._store.begin, captured.index, captured.term, captured.conf)
-        self.save_started.set()
         try:
             with trio.CancelScope() as scope:
                 self._save_scope = scope
@@ -390,13 +379,6 @@ class Snapshotter:
         self._streams[request.dst] = stream
         self._nursery.start_soon(self._stream, request, stream)
 
-    def abort_stream(self, peer: int) -> None:
-        """Cancel a stream to ``peer`` (peer removed)."""
-        stream = self._streams.get(peer)
-        if stream is not None:
-            stream.superseded = True
-            stream.scope.cancel()
-
     @property
     def streams_in_progress(self) -> int:
         """Number of snapshot streams running."""
@@ -443,8 +425,6 @@ class Snapshotter:
                 peer,
                 trio.current_time() - t0,
             )
-        else:
-            self.send_failures += 1
         self._raft_inbox.send_nowait(SnapshotStatus(peer, ok))
 
     # -- receiving (follower side) -------------------------------------------------------------

@@ -96,8 +96,6 @@ class WalActor:
         self._pending_hs: HardState | None = None
         #: number of WAL.save calls (fsyncs) so far
         self.saves = 0
-        #: number of persist jobs made durable so far
-        self.jobs_done = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or the channel closes. A storage error propagates and fails
@@ -194,7 +192,6 @@ class WalActor:
                 await flush(force=True)
                 await self._disk(self._wal.release_to, item.index)
         await flush()
-        self.jobs_done += len(done)
         if done:
             self._raft_inbox.send_nowait(Persisted(tuple(done)))
         for m, recorded in markers:
