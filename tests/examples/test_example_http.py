@@ -8,11 +8,27 @@ from _example_http_client import Client, raw_exchange, request
 from examples.common.http import HttpServerConfig, Request, Response, serve_http, text_response
 
 
+class Rendezvous:
+    """Each request waits until ``n`` requests are inside the handler at the same time."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.inside = 0
+        self.all_inside = trio.Event()
+
+
+RENDEZVOUS: list[Rendezvous] = []
+
+
 async def echo(req: Request) -> Response:
     if req.path == "/boom":
         raise RuntimeError("handler bug")
-    if req.path == "/slow":
-        await trio.sleep(0.2)
+    if req.path == "/rendezvous":
+        r = RENDEZVOUS[-1]
+        r.inside += 1
+        if r.inside == r.n:
+            r.all_inside.set()
+        await r.all_inside.wait()
     text = f"{req.method} {req.path} {sorted(req.query.items())} {len(req.body)}"
     return text_response(200, text)
 
@@ -114,15 +130,18 @@ async def test_concurrent_connections_are_served_in_parallel() -> None:
         results: list[int] = []
 
         async def one() -> None:
-            status, _, _ = await request(port, "GET", "/slow")
+            status, _, _ = await request(port, "GET", "/rendezvous")
             results.append(status)
 
-        start_t = trio.current_time()
-        async with trio.open_nursery() as clients:
-            for _ in range(20):
-                clients.start_soon(one)
+        # Every request waits until all 20 are being handled at once: served one at a time,
+        # none would ever finish and the deadline would fail the test.
+        RENDEZVOUS.append(Rendezvous(20))
+        with trio.fail_after(10):
+            async with trio.open_nursery() as clients:
+                for _ in range(20):
+                    clients.start_soon(one)
         assert results == [200] * 20
-        assert trio.current_time() - start_t < 2.0  # 20 x 0.2 s would be 4 s if serialized
+        assert RENDEZVOUS[-1].inside == 20
         nursery.cancel_scope.cancel()
 
 

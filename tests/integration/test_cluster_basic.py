@@ -154,15 +154,18 @@ async def test_leader_changes_and_hooks(autojump_clock: trio.testing.MockClock) 
         seen: list[LeaderInfo] = []
         target = followers(cluster, leader)[0]
 
+        subscribed = trio.Event()
+
         async def watch() -> None:
             async for info in leader.leader_changes():
                 seen.append(info)
+                subscribed.set()
                 if info.leader == target.id:
                     return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await trio.sleep(0.1)
+            await subscribed.wait()  # the watcher has seen the current leader
             await leader.transfer_leadership(target.id)
         assert seen[0].leader == leader.id and seen[0].is_self
         assert seen[-1].leader == target.id and not seen[-1].is_self
@@ -206,7 +209,7 @@ async def test_stopped_node_refuses_and_fails_waiters(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pending)
-            await trio.sleep(0.5)
+            await cluster.wait_until(lambda: leader.status().pending_proposals == 1)
             await cluster.stop(leader.id)
         assert len(outcome) == 1 and isinstance(outcome[0], NodeStopped)
         with pytest.raises(NodeStopped):

@@ -142,7 +142,7 @@ async def test_slow_save_runs_while_applies_continue(
                 result.append(await node.snapshot())
 
             nursery.start_soon(snap)
-            await trio.sleep(0.5)
+            await cluster.wait_until(lambda: sm.saving)
             assert sm.saving and node.status().snapshot_in_progress
             await propose_n(node, 10, b"during")
             assert len(sm.applied_during_save) == 10  # applies went on during the save
@@ -174,7 +174,7 @@ async def test_failed_or_cancelled_save_leaves_nothing(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(snap)
-            await trio.sleep(0.5)
+            await cluster.wait_until(lambda: sm.saving)
             assert sm.saving
             # the half-written snapshot exists only in the store's temp dir
             assert any(name.startswith("tmp/") for name in snap_entries(cluster, node.id))
