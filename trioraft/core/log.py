@@ -18,6 +18,7 @@ Theory of operation (after etcd's ``raftLog``/``unstable``):
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 from trioraft.core.storage import Compacted, LogStorage, Unavailable, limited_end
@@ -60,6 +61,10 @@ class Unstable:
         if last is None or index > last:
             return None
         return self.entries[index - self.offset].term
+
+    def has_next_entries(self) -> bool:
+        """True if some unstable entries were not yet handed out (without copying them)."""
+        return self.offset_in_progress < self.offset + len(self.entries)
 
     def next_entries(self) -> list[Entry]:
         """Unstable entries not yet handed out for writing."""
@@ -142,7 +147,7 @@ class RaftLog:
         self.max_applying_bytes = max_applying_bytes
         self.applying_bytes = 0
         # (index, size) of entries handed out for application and not yet acknowledged.
-        self._applying_sizes: list[tuple[int, int]] = []
+        self._applying_sizes: deque[tuple[int, int]] = deque()
 
     # -- bounds and terms -------------------------------------------------------------------
 
@@ -367,7 +372,7 @@ class RaftLog:
             return
         self.applied = index
         while self._applying_sizes and self._applying_sizes[0][0] <= index:
-            self.applying_bytes -= self._applying_sizes.pop(0)[1]
+            self.applying_bytes -= self._applying_sizes.popleft()[1]
 
     def applied_snapshot(self, index: int) -> None:
         """A restored snapshot at ``index`` is installed in the state machine."""

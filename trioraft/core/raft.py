@@ -23,6 +23,7 @@ conf-change entry applied (:meth:`~RaftCore.on_applied`), as in etcd.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import attrs
 
@@ -142,8 +143,8 @@ class RaftCore:
         self._read_states: list[ReadState] = []
         self._read_only = ReadOnly()
         self._pending_reads: list[tuple[NodeId, bytes]] = []
-        self._pending_conf: list[tuple[int, ConfChange]] = []
-        self._unacked: list[_ReadyRecord] = []
+        self._pending_conf: deque[tuple[int, ConfChange]] = deque()
+        self._unacked: deque[_ReadyRecord] = deque()
         self._ready_number = 0
         self._acked_number = 0
         self._needs_bcast = False
@@ -435,7 +436,8 @@ class RaftCore:
         hs = self._prev_hs
         if hs.term != self._term or hs.vote != self._vote or hs.commit != self._log.committed:
             return True
-        if self._log.unstable.next_entries() or self._log.unstable.next_snapshot() is not None:
+        unstable = self._log.unstable
+        if unstable.has_next_entries() or unstable.next_snapshot() is not None:
             return True
         return self._log.has_next_committed_ents()
 
@@ -517,11 +519,13 @@ class RaftCore:
             return
         self._acked_number = number
         while self._unacked and self._unacked[0].number <= number:
-            rec = self._unacked.pop(0)
+            rec = self._unacked.popleft()
             if rec.snapshot_index is not None:
                 self._log.stable_snap_to(rec.snapshot_index)
                 self._log.applied_snapshot(rec.snapshot_index)
-                self._pending_conf = [p for p in self._pending_conf if p[0] > rec.snapshot_index]
+                self._pending_conf = deque(
+                    p for p in self._pending_conf if p[0] > rec.snapshot_index
+                )
             if rec.last_entry is not None:
                 self._log.stable_to(*rec.last_entry)
             for m in rec.self_messages:
@@ -533,7 +537,7 @@ class RaftCore:
         self._log.applied_to(index)
         applied = self._log.applied
         while self._pending_conf and self._pending_conf[0][0] <= applied:
-            at, cc = self._pending_conf.pop(0)
+            at, cc = self._pending_conf.popleft()
             self._apply_conf_change(at, cc)
         if (
             self._role == Role.LEADER
@@ -1159,7 +1163,7 @@ class RaftCore:
             logger.error("%d: snapshot %d has a bad configuration: %s", self._id, meta.index, exc)
             return False
         self._log.restore(meta)
-        self._pending_conf = []
+        self._pending_conf.clear()
         self._switch_to_config(cfg)
         return True
 

@@ -10,6 +10,8 @@ and each may be served once the state machine has applied up to its index.
 
 from __future__ import annotations
 
+from collections import deque
+
 import attrs
 
 from trioraft.core.types import NodeId
@@ -33,7 +35,7 @@ class ReadOnly:
     """Queue of reads waiting for leadership confirmation."""
 
     def __init__(self) -> None:
-        self._queue: list[ReadRequest] = []
+        self._queue: deque[ReadRequest] = deque()
         self._by_key: dict[bytes, ReadRequest] = {}
         self._counter = 0
 
@@ -65,7 +67,7 @@ class ReadOnly:
             return []
         out: list[ReadRequest] = []
         while self._queue:
-            req = self._queue.pop(0)
+            req = self._queue.popleft()
             del self._by_key[req.key]
             out.append(req)
             if req.key == key:

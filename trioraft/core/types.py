@@ -45,10 +45,6 @@ class Entry:
     kind: EntryKind = EntryKind.NORMAL
     data: bytes = b""
 
-    def size(self) -> int:
-        """Approximate encoded size in bytes, used for flow control and batching limits."""
-        return len(self.data) + ENTRY_OVERHEAD
-
 
 #: The fixed part of :meth:`Entry.size` (hot loops add it inline instead of calling ``size``).
 ENTRY_OVERHEAD = 16

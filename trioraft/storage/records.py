@@ -52,7 +52,6 @@ __all__ = [
     "frame_parts",
     "make_save_record",
     "record_first_term",
-    "record_last_term",
     "record_terms",
     "unpack_entries",
 ]
@@ -275,11 +274,6 @@ def record_terms(rec: SaveRecord) -> array[int]:
     if len(terms) == 1 and rec.count > 1:
         terms = terms * rec.count
     return terms
-
-
-def record_last_term(rec: SaveRecord) -> int:
-    """Term of the record's last entry."""
-    return int(_U64.unpack_from(rec.terms, len(rec.terms) - 8)[0])
 
 
 def record_first_term(rec: SaveRecord) -> int:
