@@ -28,7 +28,7 @@ from trioraft.core.types import Entry, HardState
 from trioraft.errors import StorageCorrupted
 from trioraft.storage.fs import REAL_FS, FileSystem, ensure_dir
 from trioraft.storage.records import SnapshotRecord
-from trioraft.storage.snapshots import SnapshotStore, StoredSnapshot, snapshot_dir_name
+from trioraft.storage.snapshots import SnapshotStore, StoredSnapshot
 from trioraft.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, _final_hard_state
 
 __all__ = ["SNAP_DIR", "WAL_DIR", "Recovered", "recover"]
@@ -88,13 +88,10 @@ def recover(
             for _pos, _off, rec in scan.records
             if isinstance(rec, SnapshotRecord)
         }
-        chosen: StoredSnapshot | None = None
-        orphans: list[StoredSnapshot] = []
-        for (index, term), item in store._scan():
+
+        def usable(index: int, term: int) -> bool:
             if (index, term) not in referenced:
-                if isinstance(item, StoredSnapshot):
-                    orphans.append(item)
-                continue
+                return False  # no WAL marker: handled as an orphan below
             if index > hs.commit:
                 log.info(
                     "recovery %s: snapshot %d/%d is past the durable commit index %d; not used",
@@ -103,19 +100,11 @@ def recover(
                     term,
                     hs.commit,
                 )
-                continue
-            if isinstance(item, StorageCorrupted):
-                store._quarantine(
-                    os.path.join(store.directory, snapshot_dir_name(index, term)), item
-                )
-                continue
-            try:
-                store.verify(item)
-            except StorageCorrupted as exc:
-                store._quarantine(item.path, exc)
-                continue
-            chosen = item
-            break
+                return False
+            return True
+
+        chosen = store.newest(accept=usable)
+        orphans = [s for s in store.list() if (s.index, s.term) not in referenced]
         if chosen is None and (0, 0) not in referenced:
             wanted = ", ".join(f"{i}/{t}" for i, t in sorted(referenced) if i <= hs.commit)
             raise StorageCorrupted(

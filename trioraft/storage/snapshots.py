@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Final
 
@@ -231,8 +231,14 @@ class SnapshotStore:
         """Snapshots with readable metadata, newest first (files are not verified)."""
         return [s for _, s in self._scan() if isinstance(s, StoredSnapshot)]
 
-    def newest(self, max_index: int | None = None, verify: bool = True) -> StoredSnapshot | None:
-        """The newest valid snapshot at or below ``max_index``.
+    def newest(
+        self,
+        max_index: int | None = None,
+        verify: bool = True,
+        accept: Callable[[int, int], bool] | None = None,
+    ) -> StoredSnapshot | None:
+        """The newest valid snapshot at or below ``max_index`` (and, with ``accept``, for whose
+        ``(index, term)`` it returns True; others are skipped untouched).
 
         A snapshot whose metadata is missing or damaged, or (with ``verify``) whose files fail
         their size or CRC check, is renamed ``<dir>.broken`` (logged with its path) and the next
@@ -240,6 +246,8 @@ class SnapshotStore:
         """
         for (index, term), item in self._scan():
             if max_index is not None and index > max_index:
+                continue
+            if accept is not None and not accept(index, term):
                 continue
             if isinstance(item, StorageCorrupted):
                 self._quarantine(os.path.join(self._dir, snapshot_dir_name(index, term)), item)
