@@ -235,7 +235,6 @@ class SnapshotWriter:
         term: int,
         conf: ConfState,
         chunk_bytes: int = _DEFAULT_CHUNK,
-        allow_reserved: bool = False,
     ) -> None:
         self._builder = builder
         self._disk = disk
@@ -243,10 +242,18 @@ class SnapshotWriter:
         self._term = term
         self._conf = conf
         self._chunk = chunk_bytes
-        self._allow_reserved = allow_reserved
+        self._allow_reserved = False
         self._names: list[str] = []
         self._open: set[SnapshotFileWriter] = set()
         self.user_meta: bytes = b""
+
+    async def _write_runtime_file(self, name: str, data: bytes) -> None:
+        """Write a file the runtime owns (a reserved name) next to the user's files."""
+        self._allow_reserved = True
+        try:
+            await self.write_file(name, data)
+        finally:
+            self._allow_reserved = False
 
     @property
     def index(self) -> int:

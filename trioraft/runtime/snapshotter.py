@@ -314,15 +314,7 @@ class Snapshotter:
                 finally:
                     with trio.CancelScope(shield=True):
                         await writer.aclose_all()
-                internal = SnapshotWriter(
-                    builder,
-                    self._disk,
-                    index=captured.index,
-                    term=captured.term,
-                    conf=captured.conf,
-                    allow_reserved=True,
-                )
-                await internal.write_file(MEMBERS_FILE, encode_members(captured.members))
+                await writer._write_runtime_file(MEMBERS_FILE, encode_members(captured.members))
                 stored = await self._disk(builder.commit, writer.user_meta)
             if scope.cancelled_caught:
                 raise SnapshotFailed("snapshot save cancelled")
