@@ -384,10 +384,10 @@ class WAL:
         start = self._choose_start(scan, at)
         base = start.index
         ents: list[Entry] = []
-        hs = HardState()
+        hs = _final_hard_state(scan)
         # A reset marker above the durable commit index is an install whose hard state never
         # became durable: the node restarts as before the install, so it drops nothing.
-        commit = _final_hard_state(scan).commit
+        commit = hs.commit
         for pos, off, rec in scan.records:
             if isinstance(rec, SaveRecord):
                 first = rec.first_index
@@ -404,10 +404,6 @@ class WAL:
                         )
                     del ents[cut:]
                     ents.extend(unpack_entries(rec, lo - first))
-                if rec.hard_state is not None:
-                    hs = rec.hard_state
-            elif isinstance(rec, SegmentHeader):
-                hs = rec.hard_state
             elif isinstance(rec, SnapshotRecord) and rec.reset and rec.meta.index <= commit:
                 del ents[max(0, rec.meta.index - base) :]
         self._hs = hs
