@@ -68,6 +68,10 @@ def test_uniform_batches_store_one_term_and_no_kinds() -> None:
     assert len(rec.terms) == 8 and rec.kinds == b""
     rec = make_save_record([Entry(7, 1), Entry(7, 2, EntryKind.CONF_CHANGE)], None)
     assert rec.kinds == b"\x00\x01"
+    rec = make_save_record([Entry(7, 1, data=b"x")], None)
+    assert (rec.terms, rec.kinds, rec.sizes) == ((7).to_bytes(8, "little"), b"", b"\x01\0\0\0")
+    rec = make_save_record([Entry(7, 1, EntryKind.CONF_CHANGE)], None)
+    assert rec.kinds == b"\x01"
 
 
 @pytest.mark.parametrize(
