@@ -112,14 +112,21 @@ class ExampleMetrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # label lookups (a lock and a tuple key each) cached per label combination
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry.register(_StatusCollector(status))
         if app_collector is not None:
             self.registry.register(app_collector)
 
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
         """Record one answered request."""
-        self.requests.labels(method, route, str(code)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (method, route, code)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, route, str(code)), self.latency.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

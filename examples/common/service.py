@@ -107,13 +107,20 @@ class Service:
         self.metrics = metrics
 
     # -- Raft calls with the error contract ---------------------------------------------------
-    async def propose(self, data: bytes) -> Any:
+    async def propose(self, data: bytes, *, deadline: float | None = None) -> Any:
         """Propose ``data`` and return the state machine's result.
+
+        Args:
+            data: the command.
+            deadline: ``trio.current_time()`` by which to answer (default: the request timeout
+                from now).
 
         Raises:
             HttpError: 503 (certainly not done), 504 (outcome unknown) or 413 (too large).
         """
-        return await self.call_raft(lambda: self.node.propose(data), proposal=True)
+        return await self.call_raft(
+            lambda: self.node.propose(data), proposal=True, deadline=deadline
+        )
 
     async def linearize(self) -> None:
         """Wait for a linearizable read point (ReadIndex through the leader).
@@ -123,15 +130,19 @@ class Service:
         """
         await self.call_raft(self.node.read_barrier, proposal=False)
 
-    async def call_raft(self, fn: Callable[[], Awaitable[T]], *, proposal: bool) -> T:
+    async def call_raft(
+        self, fn: Callable[[], Awaitable[T]], *, proposal: bool, deadline: float | None = None
+    ) -> T:
         """Run ``fn`` under the request deadline, retrying transient certain failures.
 
         Args:
             fn: starts one attempt.
             proposal: True when an attempt may have appended an entry (a timeout is then
                 ambiguous: 504); False for reads (a timeout means nothing happened: 503).
+            deadline: when to give up (default: the request timeout from now).
         """
-        deadline = trio.current_time() + self.request_timeout
+        if deadline is None:
+            deadline = trio.current_time() + self.request_timeout
         delay = 0.02
         last: str = "no leader"
         while True:

@@ -1,6 +1,8 @@
 """The key-value state machine of the KV example.
 
-Commands are CBOR arrays ``["put", key, value]`` (key: text, value: bytes). The snapshot is one
+Commands are CBOR arrays ``["put", key, value]`` (key: text, value: bytes), or
+``["puts", [[key, value], ...]]`` for several PUTs that the HTTP layer grouped into one entry
+(applied in order, all or none when malformed). The snapshot is one
 file, ``kv.cbor``: a header record, one ``[key, value]`` record per key in key order, and a
 trailer record with the key count, streamed through the snapshot writer in chunks. Nothing is
 pickled, and a damaged or truncated file is refused rather than half-loaded.
@@ -17,7 +19,7 @@ import trio
 from examples.common.records import RecordDecoder, RecordFormatError, encode_record, write_records
 from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
 
-__all__ = ["SNAPSHOT_FILE", "KVStore", "SnapshotFormatError", "encode_put"]
+__all__ = ["SNAPSHOT_FILE", "KVStore", "SnapshotFormatError", "encode_put", "encode_puts"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,23 @@ class SnapshotFormatError(ValueError):
 def encode_put(key: str, value: bytes) -> bytes:
     """Encode the command that sets ``key`` to ``value``."""
     return encode_record(["put", key, value])
+
+
+def encode_puts(pairs: list[tuple[str, bytes]]) -> bytes:
+    """Encode one command that sets every ``(key, value)`` of ``pairs``, in order (a single pair
+    is encoded as a plain ``put``)."""
+    if len(pairs) == 1:
+        return encode_put(*pairs[0])
+    return encode_record(["puts", [[key, value] for key, value in pairs]])
+
+
+def _is_pair(obj: Any) -> bool:
+    return (
+        isinstance(obj, list)
+        and len(obj) == 2
+        and isinstance(obj[0], str)
+        and isinstance(obj[1], bytes)
+    )
 
 
 class KVStore:
@@ -73,17 +92,19 @@ class KVStore:
         except RecordFormatError as exc:
             logger.error("kv: skipping malformed entry at index %d: %s", index, exc)
             return
-        if (
-            len(records) == 1
-            and isinstance(records[0], list)
-            and len(records[0]) == 3
-            and records[0][0] == "put"
-            and isinstance(records[0][1], str)
-            and isinstance(records[0][2], bytes)
-        ):
-            self._data[records[0][1]] = records[0][2]
-        else:
-            logger.error("kv: skipping unknown command at index %d", index)
+        command = records[0] if len(records) == 1 else None
+        if isinstance(command, list) and len(command) == 3 and command[0] == "put":
+            if _is_pair(command[1:]):
+                self._data[command[1]] = command[2]
+                return
+        elif isinstance(command, list) and len(command) == 2 and command[0] == "puts":
+            pairs = command[1]
+            if isinstance(pairs, list) and all(_is_pair(p) for p in pairs):
+                state = self._data
+                for key, value in pairs:
+                    state[key] = value
+                return
+        logger.error("kv: skipping unknown command at index %d", index)
 
     def capture_items(self) -> list[tuple[str, bytes]]:
         """A consistent copy of the state, cheap enough to take between two applies.
