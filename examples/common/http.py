@@ -1,30 +1,37 @@
-"""A small, strict HTTP/1.1 server on Trio, with all parsing done by h11.
+"""A small, strict HTTP/1.1 server on Trio for the examples.
 
-Theory of operation: one task per connection runs an h11 state machine. Each cycle reads one
-request (headers bounded by h11's ``max_incomplete_event_size``, body bounded by
-``max_body_bytes``), hands a :class:`Request` to the application handler, writes the
-:class:`Response`, and then either starts the next keep-alive cycle or closes the connection.
-Anything h11 rejects becomes a 400 (when a response can still be sent) and the connection is
-closed; a body over the limit becomes a 413 and the connection is closed without reading the rest
-(the client may still be sending, so keeping the connection would desynchronise it). A handler
-exception becomes a 500 and is logged; it never takes the server down. Cancelling the task that
-runs :func:`serve_http` closes every connection and the listeners.
+Theory of operation: one task per connection reads bytes into a buffer and serves the requests in
+it one after the other (so pipelined requests are answered in order). A request head is complete
+at the first empty line; it is bounded by ``max_header_bytes`` (431 beyond) and parsed strictly
+(RFC 9112): request line ``METHOD SP target SP HTTP/1.x``, ``name: value`` header lines with token
+names, CRLF line ends, no obsolete line folding, no control characters; anything else is a 400 and
+the connection is closed, as is every error the server answers itself (a client that sent a bad
+request may be out of step, and keeping the connection could desynchronise it). A body is framed
+by ``Content-Length`` (one value, digits only) or ``Transfer-Encoding: chunked``; a request with
+both, or with another transfer coding, is refused (400 / 501); a body over ``max_body_bytes``
+becomes a 413 without reading the rest. ``Expect: 100-continue`` is answered before the body is
+read. A handler exception becomes a 500 and is logged; malformed input closes one connection and
+never the server. Cancelling the task that runs :func:`serve_http` closes every connection and the
+listeners.
 
-Cost per request matters here (a busy KV node spends most of its CPU in this module): timeouts
-are deadlines that one sweeper task enforces instead of cancel scopes per request, response heads
-are validated by h11 once per distinct head and reused, and a response leaves in one write.
+Why not h11 (which this server used before): a busy KV node spent over half its CPU in the HTTP
+layer, most of it in h11's general event machinery; a request here costs a buffer search, two
+small regular expressions per line and one write. Timeouts are deadlines that one sweeper task
+enforces instead of cancel scopes per request, and response heads are built once per distinct
+head and reused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import attrs
-import h11
 import trio
 
 __all__ = [
@@ -117,7 +124,7 @@ class HttpServerConfig:
 
     Attributes:
         max_body_bytes: larger request bodies are answered with 413.
-        max_header_bytes: larger request heads are answered with 431/400 by h11's limit.
+        max_header_bytes: larger request heads (request line and headers) are answered with 431.
         idle_timeout: seconds a keep-alive connection may sit idle before it is closed.
         request_timeout: seconds to receive a complete request once it has started.
     """
@@ -128,8 +135,17 @@ class HttpServerConfig:
     request_timeout: float = 30.0
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Reject(Exception):
+    """The server answers ``status`` itself and closes the connection."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+class _PeerGone(Exception):
+    """The client closed its side before a complete request arrived."""
 
 
 #: connection phases, for the timeout sweeper
@@ -140,14 +156,144 @@ _BUSY = 2  # in the handler or answering: no HTTP-level limit (the handler has i
 _NO_DEADLINE = float("inf")
 #: distinct response heads kept ready-made (a KV node answers a handful of distinct ones)
 _HEAD_CACHE_SIZE = 256
+_MAX_HEADERS = 100
+#: a chunk-size line (with extensions) longer than this is refused
+_MAX_CHUNK_LINE = 1024
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(;.*)?")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+
+
+@attrs.frozen
+class _Head:
+    """A parsed request head (the part before the body)."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    content_length: int | None  # None: chunked, or no body at all when ``chunked`` is False
+    chunked: bool
+    keep_alive: bool
+    expect_continue: bool
+
+
+def parse_head(head: bytes) -> _Head:
+    """Parse a request head: the bytes before the empty line that ends it, without the final
+    CRLF CRLF.
+
+    Raises:
+        _Reject: 400 for anything malformed, 501 for an unsupported transfer coding, 505 for an
+            HTTP version other than 1.0 and 1.1.
+    """
+    lines = head.split(b"\r\n")
+    # RFC 9112 2.2: ignore empty lines before the request line (some clients send a CRLF after
+    # a POST body).
+    while lines and not lines[0]:
+        del lines[0]
+    if not lines:
+        raise _Reject(400, "bad request: empty request")
+    if b"\n" in head.replace(b"\r\n", b""):
+        raise _Reject(400, "bad request: bare LF in the request head")
+    m = _REQUEST_LINE.fullmatch(lines[0])
+    if m is None:
+        raise _Reject(400, "bad request: malformed request line")
+    method_b, target_b, major, minor = m.groups()
+    if major != b"1" or minor not in (b"0", b"1"):
+        raise _Reject(505, "HTTP version not supported (use HTTP/1.1)")
+    http11 = minor == b"1"
+    if len(lines) - 1 > _MAX_HEADERS:
+        raise _Reject(431, f"more than {_MAX_HEADERS} header fields")
+    headers: list[tuple[bytes, bytes]] = []
+    content_length: bytes | None = None
+    transfer_encoding: list[bytes] = []
+    connection: list[bytes] = []
+    hosts = 0
+    expect_continue = False
+    for line in lines[1:]:
+        hm = _HEADER_LINE.fullmatch(line)
+        if hm is None:
+            if line[:1] in (b" ", b"\t"):
+                raise _Reject(400, "bad request: obsolete line folding in a header")
+            raise _Reject(400, "bad request: malformed header line")
+        name = hm.group(1).lower()
+        value = hm.group(2)
+        if _BAD_VALUE.search(value):
+            raise _Reject(400, "bad request: control character in a header value")
+        headers.append((name, value))
+        if name == b"content-length":
+            for part in value.split(b","):
+                part = part.strip(b" \t")
+                if _DIGITS.fullmatch(part) is None:
+                    raise _Reject(400, "bad request: invalid Content-Length")
+                if content_length is not None and int(part) != int(content_length):
+                    raise _Reject(400, "bad request: conflicting Content-Length values")
+                content_length = part
+        elif name == b"transfer-encoding":
+            transfer_encoding.extend(
+                c.strip(b" \t").lower() for c in value.split(b",") if c.strip(b" \t")
+            )
+        elif name == b"connection":
+            connection.extend(c.strip(b" \t").lower() for c in value.split(b","))
+        elif name == b"host":
+            hosts += 1
+        elif name == b"expect":
+            if value.lower() != b"100-continue":
+                raise _Reject(417, "only Expect: 100-continue is supported")
+            expect_continue = http11
+    if http11 and hosts != 1:
+        raise _Reject(400, "bad request: HTTP/1.1 needs exactly one Host header")
+    chunked = False
+    if transfer_encoding:
+        if content_length is not None:
+            # Both framings at once is how requests are smuggled past proxies: refuse.
+            raise _Reject(400, "bad request: both Transfer-Encoding and Content-Length")
+        if not http11:
+            raise _Reject(400, "bad request: Transfer-Encoding in an HTTP/1.0 request")
+        if transfer_encoding != [b"chunked"]:
+            raise _Reject(501, "only the chunked transfer coding is supported")
+        chunked = True
+    try:
+        method = method_b.decode("ascii")
+        target = target_b.decode("ascii")
+    except UnicodeDecodeError:  # pragma: no cover - the regular expression admits ASCII only
+        raise _Reject(400, "bad request: non-ASCII request line") from None
+    if http11:
+        keep_alive = b"close" not in connection
+    else:
+        keep_alive = False  # HTTP/1.0 clients get one request per connection
+    return _Head(
+        method=method.upper(),
+        target=target,
+        headers=tuple(headers),
+        content_length=None if content_length is None else int(content_length),
+        chunked=chunked,
+        keep_alive=keep_alive,
+        expect_continue=expect_continue,
+    )
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _check_header(name: str, value: str) -> None:
+    if re.search(r"[\x00-\x1f\x7f]", name + value) or not name or ":" in name or " " in name:
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
 
 
 class _Connection:
-    """One HTTP connection: an h11 state machine over a Trio stream.
+    """One HTTP connection over a Trio stream.
 
     Timeouts are not cancel scopes per request (two scopes per request were a measurable share of
     a busy node's CPU): each connection records the deadline of its current phase, and one
-    sweeper task per server cancels connections past theirs (see :func:`_sweep`).
+    sweeper task per server cancels connections past theirs (:meth:`_Server.sweep`).
     """
 
     def __init__(
@@ -156,13 +302,14 @@ class _Connection:
         handler: Handler,
         config: HttpServerConfig,
         on_reject: RejectHook | None = None,
-        heads: dict[tuple[Any, ...], h11.Response] | None = None,
+        heads: dict[tuple[Any, ...], bytes] | None = None,
     ) -> None:
         self.stream = stream
         self.handler = handler
         self.config = config
         self.on_reject = on_reject
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self.buf = bytearray()
+        self.eof = False
         self.scope = trio.CancelScope()
         self.phase = _IDLE
         self.deadline = _NO_DEADLINE
@@ -175,86 +322,171 @@ class _Connection:
             self.expired = self.phase
             self.scope.cancel()
 
-    async def _send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.stream.send_all(data)
+    # -- reading ---------------------------------------------------------------------------------
+    async def _fill(self) -> None:
+        """Read more bytes into the buffer.
 
-    async def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        Raises:
+            _PeerGone: the client closed its side.
+        """
+        if self.eof:
+            raise _PeerGone
+        data = await self.stream.receive_some(_READ_SIZE)
+        if not data:
+            self.eof = True
+            raise _PeerGone
+        self.buf += data
+
+    async def _read_head(self) -> bytes | None:
+        """The next request head (without its final CRLF CRLF), or None when the client closed
+        the connection between requests."""
+        buf = self.buf
+        limit = self.config.max_header_bytes
+        searched = 0
         while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                if self.conn.they_are_waiting_for_100_continue:
-                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                data = await self.stream.receive_some(_READ_SIZE)
-                # h11 treats b"" as EOF, which is what an empty read means for a Trio stream.
-                self.conn.receive_data(bytes(data))
-                continue
-            return event
+            # RFC 9112 2.2: empty lines before a request line are ignored.
+            while buf.startswith(b"\r\n"):
+                del buf[:2]
+            end = buf.find(b"\r\n\r\n", searched)
+            if end >= 0:
+                if end > limit:
+                    raise _Reject(431, "request header fields too large")
+                head = bytes(buf[:end])
+                del buf[: end + 4]
+                return head
+            if len(buf) > limit + 4:
+                raise _Reject(431, "request header fields too large")
+            if b"\n\n" in buf:
+                raise _Reject(400, "bad request: bare LF in the request head")
+            searched = max(0, len(buf) - 3)
+            try:
+                await self._fill()
+            except _PeerGone:
+                if buf.strip(b"\r\n"):
+                    raise _Reject(400, "bad request: connection closed inside a request") from None
+                return None
 
-    async def _read_body(self, request: h11.Request) -> bytes:
-        declared = None
-        for name, value in request.headers:
-            if name == b"content-length":
-                declared = int(value)  # h11 has validated it
-        if declared is not None and declared > self.config.max_body_bytes:
-            raise _BodyTooLarge
-        chunks: list[bytes] = []
+    async def _read_exactly(self, n: int) -> bytes:
+        buf = self.buf
+        while len(buf) < n:
+            try:
+                await self._fill()
+            except _PeerGone:
+                raise _Reject(400, "bad request: connection closed inside the body") from None
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
+
+    async def _read_line(self, limit: int) -> bytes:
+        buf = self.buf
+        searched = 0
+        while True:
+            end = buf.find(b"\r\n", searched)
+            if end >= 0:
+                if end > limit:
+                    break
+                line = bytes(buf[:end])
+                del buf[: end + 2]
+                return line
+            if len(buf) > limit:
+                break
+            searched = max(0, len(buf) - 1)
+            try:
+                await self._fill()
+            except _PeerGone:
+                raise _Reject(400, "bad request: connection closed inside the body") from None
+        raise _Reject(400, "bad request: chunk framing line too long")
+
+    async def _read_chunked(self) -> bytes:
+        limit = self.config.max_body_bytes
+        parts: list[bytes] = []
         size = 0
         while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.config.max_body_bytes:
-                    raise _BodyTooLarge
-                chunks.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise h11.RemoteProtocolError("connection closed mid-body")
-            else:  # pragma: no cover - h11 guarantees only Data/EndOfMessage here
-                raise h11.RemoteProtocolError(f"unexpected event {event!r}")
+            m = _CHUNK_SIZE.fullmatch(await self._read_line(_MAX_CHUNK_LINE))
+            if m is None:
+                raise _Reject(400, "bad request: malformed chunk size")
+            n = int(m.group(1), 16)
+            if n == 0:
+                break
+            size += n
+            if size > limit:
+                raise _Reject(413, f"request body exceeds {limit} bytes")
+            parts.append(await self._read_exactly(n))
+            if await self._read_exactly(2) != b"\r\n":
+                raise _Reject(400, "bad request: chunk data not followed by CRLF")
+        # Trailer fields are read and ignored; their total size counts against the head limit.
+        budget = self.config.max_header_bytes
+        while True:
+            line = await self._read_line(budget)
+            if not line:
+                return b"".join(parts)
+            budget -= len(line) + 2
+            if budget < 0 or _HEADER_LINE.fullmatch(line) is None:
+                raise _Reject(400, "bad request: malformed or oversized trailer")
 
-    def _head(self, response: Response) -> h11.Response:
-        """The h11 event for the response's status line and headers, built once per distinct
-        head (h11 validates every header of every event it is given)."""
-        key = (response.status, len(response.body), response.content_type, response.headers)
+    async def _read_body(self, head: _Head) -> bytes:
+        if head.expect_continue and not self.buf:
+            await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if head.chunked:
+            return await self._read_chunked()
+        n = head.content_length
+        if not n:
+            return b""
+        if n > self.config.max_body_bytes:
+            raise _Reject(413, f"request body exceeds {self.config.max_body_bytes} bytes")
+        buf = self.buf
+        if len(buf) >= n:  # the common case: the body came with the head
+            body = bytes(buf[:n])
+            del buf[:n]
+            return body
+        return await self._read_exactly(n)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _head_bytes(self, response: Response, close: bool) -> bytes:
+        """The status line and headers, built (and checked) once per distinct head."""
+        key = (response.status, len(response.body), response.content_type, response.headers, close)
         head = self._heads.get(key)
         if head is None:
-            headers = [
-                ("server", _SERVER_NAME.decode()),
-                ("content-length", str(len(response.body))),
+            if not 100 <= response.status <= 599:
+                raise ValueError(f"invalid status code {response.status}")
+            _check_header("content-type", response.content_type)
+            lines = [
+                f"HTTP/1.1 {response.status} {_reason(response.status)}",
+                f"server: {_SERVER_NAME.decode()}",
+                f"content-length: {len(response.body)}",
             ]
             if response.body:
-                headers.append(("content-type", response.content_type))
-            headers.extend(response.headers)
-            head = h11.Response(status_code=response.status, headers=headers)
+                lines.append(f"content-type: {response.content_type}")
+            for name, value in response.headers:
+                _check_header(name, value)
+                if name.lower() == "connection" and value.lower() == "close":
+                    close = False  # already there
+                lines.append(f"{name}: {value}")
+            if close:
+                lines.append("connection: close")
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             if len(self._heads) >= _HEAD_CACHE_SIZE:
                 self._heads.clear()
             self._heads[key] = head
         return head
 
-    async def _respond(self, response: Response, *, head: bool = False) -> None:
-        conn = self.conn
-        data = conn.send(self._head(response)) or b""
-        if response.body and not head:  # a response to HEAD has headers only
-            data += conn.send(h11.Data(data=response.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        # One write per response: a separate write for the body would cost a syscall and,
-        # with Nagle's algorithm, a delayed-ACK wait on the client.
+    async def _respond(self, response: Response, *, head_only: bool, close: bool) -> None:
+        data = self._head_bytes(response, close)
+        if response.body and not head_only:  # a response to HEAD has headers only
+            # One write per response: a second write would cost a syscall and, with Nagle's
+            # algorithm, a delayed-ACK wait on the client.
+            data += response.body
         await self.stream.send_all(data)
 
     async def _fail(self, status: int, text: str) -> None:
-        """Answer an error and make sure the connection closes afterwards."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
+        """Answer an error (unless a response is already under way) and close gracefully."""
         if self.on_reject is not None:
             self.on_reject(status)
-        response = text_response(status, text, headers=(("connection", "close"),))
+        response = text_response(status, text)
         try:
-            await self._respond(response)
+            await self._respond(response, head_only=False, close=True)
             await self._linger()
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
     async def _linger(self) -> None:
@@ -266,6 +498,8 @@ class _Connection:
         """
         if isinstance(self.stream, trio.SocketStream):
             await self.stream.send_eof()
+        if self.eof:
+            return
         budget = 16 * self.config.max_body_bytes
         with trio.move_on_after(2.0):
             while budget > 0:
@@ -274,11 +508,18 @@ class _Connection:
                     return
                 budget -= len(data)
 
+    # -- the request loop --------------------------------------------------------------------------
     async def run(self) -> None:
+        failure: _Reject | None = None
         with self.scope:
-            await self._serve()
-        if self.expired == _BODY:
-            await self._fail(408, "request timeout")
+            try:
+                await self._serve()
+            except _Reject as exc:
+                failure = exc
+        if failure is None and self.expired == _BODY:
+            failure = _Reject(408, "request timeout")
+        if failure is not None:
+            await self._fail(failure.status, failure.text)
 
     async def _serve(self) -> None:
         config = self.config
@@ -286,57 +527,37 @@ class _Connection:
             # A keep-alive connection may idle; once a request starts it must finish promptly.
             self.phase = _IDLE
             self.deadline = trio.current_time() + config.idle_timeout
-            try:
-                event = await self._next_event()
-            except h11.RemoteProtocolError as exc:
-                await self._fail(exc.error_status_hint, f"bad request: {exc}")
-                return
-            if isinstance(event, h11.ConnectionClosed):
-                return
-            if not isinstance(event, h11.Request):  # pragma: no cover - h11 state machine
-                await self._fail(400, "bad request")
+            raw = await self._read_head()
+            if raw is None:
                 return
             self.phase = _BODY
             self.deadline = trio.current_time() + config.request_timeout
-            head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-            if head_size > config.max_header_bytes:
-                # h11 only bounds heads that arrive in pieces; bound complete ones too.
-                await self._fail(431, "request header fields too large")
-                return
-            try:
-                body = await self._read_body(event)
-            except _BodyTooLarge:
-                await self._fail(413, f"request body exceeds {config.max_body_bytes} bytes")
-                return
-            except h11.RemoteProtocolError as exc:
-                await self._fail(exc.error_status_hint, f"bad request: {exc}")
-                return
+            head = parse_head(raw)
+            body = await self._read_body(head)
             self.phase = _BUSY
             self.deadline = _NO_DEADLINE
-            request = _to_request(event, body)
+            request = _to_request(head, body)
             if request is None:
-                await self._fail(400, "bad request: malformed request target")
-                return
+                raise _Reject(400, "bad request: malformed request target")
             try:
                 response = await self.handler(request)
             except Exception:
                 logger.exception("handler failed for %s %s", request.method, request.path)
                 response = text_response(500, "internal server error")
-            await self._respond(response, head=request.method == "HEAD")
-            if self.conn.our_state is h11.MUST_CLOSE:
-                return
             try:
-                self.conn.start_next_cycle()
-            except h11.LocalProtocolError:
+                self._head_bytes(response, not head.keep_alive)
+            except ValueError:
+                logger.exception("handler answered an invalid response to %s", request.path)
+                response = text_response(500, "internal server error")
+            await self._respond(
+                response, head_only=request.method == "HEAD", close=not head.keep_alive
+            )
+            if not head.keep_alive:
                 return
 
 
-def _to_request(event: h11.Request, body: bytes) -> Request | None:
-    try:
-        target = event.target.decode("ascii")
-        method = event.method.decode("ascii").upper()
-    except UnicodeDecodeError:
-        return None
+def _to_request(head: _Head, body: bytes) -> Request | None:
+    target = head.target
     if target.startswith(("http://", "https://")):
         # absolute-form (RFC 9112 3.2.2): servers must accept it; only the path matters here.
         parts = urllib.parse.urlsplit(target)
@@ -354,8 +575,7 @@ def _to_request(event: h11.Request, body: bytes) -> Request | None:
         )
     except (UnicodeDecodeError, ValueError):
         return None
-    headers = tuple(event.headers)
-    return Request(method=method, path=path, query=query, headers=headers, body=body)
+    return Request(method=head.method, path=path, query=query, headers=head.headers, body=body)
 
 
 class _Server:
@@ -368,7 +588,7 @@ class _Server:
         self.config = config
         self.on_reject = on_reject
         self.connections: set[_Connection] = set()
-        self.heads: dict[tuple[Any, ...], h11.Response] = {}
+        self.heads: dict[tuple[Any, ...], bytes] = {}
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         connection = _Connection(stream, self.handler, self.config, self.on_reject, self.heads)

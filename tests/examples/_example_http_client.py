@@ -1,4 +1,5 @@
-"""Small HTTP client helpers for the example tests (raw sockets, parsed by h11)."""
+"""Small HTTP client helpers for the example tests (raw sockets, parsed by h11: an independent
+implementation checks the server's output)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The h11-based HTTP server: limits, malformed input, keep-alive, concurrency, shutdown."""
+"""The examples' HTTP server: limits, malformed input, keep-alive, concurrency, shutdown."""
 
 from __future__ import annotations
 

@@ -1,0 +1,302 @@
+"""The examples' HTTP/1.1 parser: strict request heads, framing, pipelining and broken clients.
+
+Every malformed input must end with an error answer (or a silent close) on that one connection,
+and the server must go on serving others.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import trio
+from _example_http_client import Client, raw_exchange, request
+
+from examples.common.http import (
+    HttpServerConfig,
+    Request,
+    Response,
+    _Connection,
+    _Reject,
+    parse_head,
+    serve_http,
+    text_response,
+)
+
+
+async def echo(req: Request) -> Response:
+    if req.path == "/inject":
+        return Response(200, b"x", headers=(("x-bad", "a\r\nset-cookie: evil"),))
+    return text_response(200, f"{req.method} {req.path} {req.body.decode()}")
+
+
+async def start(nursery: trio.Nursery, **limits: float) -> int:
+    cfg = HttpServerConfig(**limits)  # type: ignore[arg-type]
+    port: int = await nursery.start(
+        lambda task_status: serve_http(echo, port=0, config=cfg, task_status=task_status)
+    )
+    return port
+
+
+def statuses(out: bytes) -> list[int]:
+    """The status codes of every response in a raw byte stream, in order."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] ([0-9]{3}) ", out)]
+
+
+# -- parse_head ---------------------------------------------------------------------------------
+
+
+def test_a_well_formed_head() -> None:
+    head = parse_head(b"put /k?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length:  3 \r\nX-A: b c")
+    assert (head.method, head.target, head.content_length) == ("PUT", "/k?x=1", 3)
+    assert head.headers == ((b"host", b"a"), (b"content-length", b"3"), (b"x-a", b"b c"))
+    assert head.keep_alive and not head.chunked and not head.expect_continue
+
+
+def test_connection_management() -> None:
+    assert not parse_head(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: Close").keep_alive
+    assert not parse_head(b"GET / HTTP/1.0").keep_alive  # 1.0: no Host needed, never kept alive
+    assert parse_head(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: keep-alive").keep_alive
+
+
+def test_repeated_equal_content_lengths_are_one_value() -> None:
+    head = parse_head(b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 5, 5\r\ncontent-length: 5")
+    assert head.content_length == 5
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"", 400),
+        (b"GET /", 400),  # no version
+        (b"GET  / HTTP/1.1\r\nhost: a", 400),  # two spaces
+        (b"GET / http/1.1\r\nhost: a", 400),
+        (b"GET / HTTP/1.1 \r\nhost: a", 400),  # trailing space
+        (b"G(T / HTTP/1.1\r\nhost: a", 400),  # not a token
+        (b"GET /a b HTTP/1.1\r\nhost: a", 400),
+        (b"GET /\x80 HTTP/1.1\r\nhost: a", 400),
+        (b"GET / HTTP/2.0\r\nhost: a", 505),
+        (b"GET / HTTP/1.2\r\nhost: a", 505),
+        (b"GET / HTTP/1.1", 400),  # 1.1 without Host
+        (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b", 400),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nno colon", 400),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nx-a : b", 400),  # space before the colon
+        (b"GET / HTTP/1.1\r\nhost: a\r\nx-a: b\r\n  folded", 400),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nx-a: b\x00c", 400),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nx-a: b\rc", 400),
+        (b"GET / HTTP/1.1\nhost: a", 400),  # bare LF
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: abc", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: -1", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: +1", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 1e3", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 99999999999999999999", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 2", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 1, 2", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked", 501),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked, gzip", 501),
+        (b"PUT / HTTP/1.0\r\ntransfer-encoding: chunked", 400),
+        (b"PUT / HTTP/1.1\r\nhost: a\r\nexpect: something-else", 417),
+        (b"GET / HTTP/1.1\r\nhost: a" + b"\r\nx: y" * 101, 431),
+    ],
+)
+def test_malformed_heads_are_rejected(head: bytes, status: int) -> None:
+    with pytest.raises(_Reject) as info:
+        parse_head(head)
+    assert info.value.status == status
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        batch = (
+            b"PUT /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\n1"
+            b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"PUT /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+            b"GET /d HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        out = await raw_exchange(port, batch)
+        assert statuses(out) == [200, 200, 200, 200]
+        bodies = [b"PUT /a 1\n", b"GET /b \n", b"PUT /c ab\n", b"GET /d \n"]
+        positions = [out.index(b) for b in bodies]
+        assert positions == sorted(positions)
+        assert out.endswith(b"GET /d \n")  # and then the server closed (raw_exchange returned)
+        nursery.cancel_scope.cancel()
+
+
+class TrickleStream(trio.abc.Stream):
+    """Delivers the client's bytes one per read; collects what the server writes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.out = bytearray()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        byte, self.data = self.data[:1], self.data[1:]
+        return byte
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.out += data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_requests_split_at_every_byte_are_parsed() -> None:
+    data = (
+        b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nabcd"
+        b"\r\n"  # a stray CRLF between requests is skipped
+        b"PUT /k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"1;ext=1\r\nx\r\n3\r\nyzw\r\n0\r\ntrailer: t\r\n\r\n"
+        b"GET /end HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    stream = TrickleStream(data)
+    with trio.fail_after(5):
+        await _Connection(stream, echo, HttpServerConfig()).run()
+    out = bytes(stream.out)
+    assert statuses(out) == [200, 200, 200]
+    assert out.index(b"PUT /k abcd\n") < out.index(b"PUT /k xyzw\n") < out.index(b"GET /end \n")
+
+
+async def test_a_bad_request_after_good_pipelined_ones_closes_only_that_connection() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(
+            port,
+            b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"GET /bad HTTP/1.1\r\nhost: x\r\ncontent-length: x\r\n\r\n"
+            b"GET /never HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        assert statuses(out) == [200, 400]
+        assert b"connection: close" in out.split(b"HTTP/1.1 400")[1]
+        assert b"/never" not in out
+        status, _, _ = await request(port, "GET", "/still-alive")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nab\r\n0\r\n\r\n",  # not hex
+        b"2\r\nabc\r\n0\r\n\r\n",  # data longer than announced
+        b"2\r\nab0\r\n\r\n",  # no CRLF after the data
+        b"1" * 40 + b"\r\n",  # absurd size
+        b"2\r\nab\r\n0\r\nbad trailer\r\n\r\n",
+    ],
+)
+async def test_malformed_chunked_bodies_get_400(body: bytes) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        head = b"PUT /k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        out = await raw_exchange(port, head + body)
+        assert statuses(out) == [400], out
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_closing_mid_body_or_mid_head_does_not_hurt_the_server() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        for partial in (
+            b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly-some",
+            b"PUT /k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-le",
+        ):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(partial)
+            await stream.aclose()  # both directions: the server cannot even answer
+            # Half-closed: the server still answers what it can (a 400), then closes.
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(partial)
+            await stream.send_eof()
+            out = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(4096):
+                    out += chunk
+            assert statuses(out) == [400]
+            await stream.aclose()
+        status, _, _ = await request(port, "GET", "/still-alive")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_keep_alive_connection_between_requests_is_quiet() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        await stream.send_eof()
+        out = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(4096):
+                out += chunk
+        assert statuses(out) == [200]  # no error answer for a clean close
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_slow_body_gets_408_and_slow_head_is_closed() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, request_timeout=0.2, idle_timeout=0.2)
+        with trio.fail_after(5):
+            out = await raw_exchange(
+                port, b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\nab"
+            )
+            assert statuses(out) == [408]
+            out = await raw_exchange(port, b"PUT /k HTTP/1.1\r\nhost: x\r\n")
+            assert out == b""
+        nursery.cancel_scope.cancel()
+
+
+async def test_http10_request_is_answered_and_closed() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(port, b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert statuses(out) == [200]
+        assert b"connection: close" in out
+        nursery.cancel_scope.cancel()
+
+
+async def test_leading_empty_lines_are_skipped_and_bare_lf_is_refused() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(
+            port, b"\r\n\r\nGET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        assert statuses(out) == [200]
+        out = await raw_exchange(port, b"GET /a HTTP/1.1\nhost: x\n\n")
+        assert statuses(out) == [400]
+        nursery.cancel_scope.cancel()
+
+
+async def test_header_injection_by_the_handler_becomes_500() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        client = await Client.connect(port)
+        status, headers, _ = await client.request("GET", "/inject")
+        assert status == 500 and "set-cookie" not in headers
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_responses_carry_reason_phrases_and_framing() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(port, b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 200 OK"
+        assert b"content-length: %d" % len(body) in lines
+        assert b"content-type: text/plain; charset=utf-8" in lines
+        nursery.cancel_scope.cancel()
