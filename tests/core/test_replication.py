@@ -13,6 +13,8 @@ from trioraft.core.messages import (
     HeartbeatRequest,
     HeartbeatResponse,
     ProposalForward,
+    ReadIndexRequest,
+    ReadIndexResponse,
 )
 from trioraft.core.raft import RaftCore
 from trioraft.core.ready import Role
@@ -485,3 +487,88 @@ def test_same_term_leader_messages_at_a_leader_are_ignored() -> None:
     drain(c, st)
     c.step(AppendRequest(src=2, dst=1, term=c.term, prev_index=0, prev_term=0))
     assert c.role == Role.LEADER and drain(c, st).messages == []
+
+
+# -- piggybacked commit index (CoreConfig.piggyback_commit) ------------------------------------
+
+
+def test_piggyback_commit_sends_no_dedicated_commit_round() -> None:
+    c, st = leader(piggyback_commit=True)
+    ack(c, 2, 1)
+    ack(c, 3, 1)
+    drain(c, st)
+    c.propose(b"x")
+    assert [m.commit for m in drain(c, st).of(AppendRequest)] == [1, 1]
+    ack(c, 2, 2)  # commits 2: no empty append goes out for it
+    assert c.commit == 2
+    assert drain(c, st).of(AppendRequest) == []
+    ack(c, 3, 2)  # the slower follower's ack: no bump either
+    assert drain(c, st).of(AppendRequest) == []
+    c.propose(b"y")  # the next append carries the commit
+    assert [m.commit for m in drain(c, st).of(AppendRequest)] == [2, 2]
+
+
+def test_piggyback_commit_reaches_idle_followers_with_the_heartbeat() -> None:
+    c, st = leader(piggyback_commit=True)
+    ack(c, 2, 1)
+    ack(c, 3, 1)
+    c.propose(b"x")
+    drain(c, st)
+    ack(c, 2, 2)
+    ack(c, 3, 2)
+    assert drain(c, st).of(AppendRequest) == []
+    c.tick()
+    assert {m.dst: m.commit for m in drain(c, st).of(HeartbeatRequest)} == {2: 2, 3: 2}
+
+
+def test_piggyback_commit_of_a_new_leader_and_of_conf_changes_is_sent_at_once() -> None:
+    c, st = leader(voters=(1, 2, 3, 4, 5), piggyback_commit=True)
+    drain(c, st)
+    ack(c, 2, 1)
+    assert c.commit == 0
+    ack(c, 3, 1)  # the new leader's no-op commits: the followers hear of it at once
+    assert {m.dst: m.commit for m in drain(c, st).of(AppendRequest)} == {2: 1, 3: 1}
+    ack(c, 4, 1)
+    ack(c, 5, 1)
+    drain(c, st)
+    idx = c.propose_conf_change(
+        ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),))
+    )
+    drain(c, st)
+    ack(c, 2, idx)
+    ack(c, 3, idx)
+    assert c.commit == idx
+    assert {m.dst: m.commit for m in drain(c, st).of(AppendRequest)} == {
+        2: idx,
+        3: idx,
+        4: idx,
+        5: idx,
+    }
+
+
+def test_piggyback_commit_is_sent_to_a_follower_waiting_for_a_read() -> None:
+    c, st = leader(piggyback_commit=True)
+    ack(c, 2, 1)
+    ack(c, 3, 1)
+    c.propose(b"x")
+    drain(c, st)
+    ack(c, 2, 2)
+    drain(c, st)
+    c.step(ReadIndexRequest(src=3, dst=1, term=c.term, context=b"r"))
+    (hb,) = [m for m in drain(c, st).of(HeartbeatRequest) if m.dst == 2]
+    c.step(HeartbeatResponse(src=2, dst=1, term=c.term, context=hb.context))
+    d = drain(c, st)
+    assert [(m.dst, m.index) for m in d.of(ReadIndexResponse)] == [(3, 2)]
+    assert [(m.dst, m.commit) for m in d.of(AppendRequest)] == [(3, 2)]
+
+
+def test_piggyback_commit_cluster_converges_with_heartbeats() -> None:
+    c = Cluster(3, seed=11, config_overrides={"piggyback_commit": True})
+    c.elect(1)
+    idx = [c.propose(1, b"v%d" % i) for i in range(20)]
+    c.stabilize()
+    assert c.applied(1) == [(i, b"v%d" % k) for k, i in enumerate(idx)]
+    c.advance(1)  # one heartbeat carries the commit to the followers
+    for n in (2, 3):
+        assert c.applied(n) == c.applied(1)
+    c.check_invariants()

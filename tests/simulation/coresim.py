@@ -153,6 +153,9 @@ class SimConfig:
     # a crash): test_core_regressions.py::test_leader_only_after_its_vote_is_durable.
     check_durable_vote: bool = True
     keep_after_compact: int = 2  # entries kept behind a snapshot (maximum, drawn uniformly)
+    # CoreConfig.piggyback_commit (the runtime turns it on); None: on for odd seeds, so every
+    # profile explores both ways of propagating the commit index.
+    piggyback_commit: bool | None = None
     weights: dict[str, float] = attrs.Factory(dict)  # overrides of DEFAULT_WEIGHTS
 
 
@@ -231,6 +234,11 @@ class Sim:
             max_inflight_msgs=self.cfg.max_inflight_msgs,
             seed=(self.seed * 1_000_003 + node.id * 7919 + node.incarnation) & 0xFFFFFFFF,
             applied=applied,
+            piggyback_commit=(
+                self.seed % 2 == 1
+                if self.cfg.piggyback_commit is None
+                else self.cfg.piggyback_commit
+            ),
         )
 
     def _start(self, node: Node) -> None:

@@ -43,6 +43,12 @@ class CoreConfig:
             :class:`~trioraft.errors.NotLeader`.
         seed: seeds the election-timeout randomness (mixed with ``id``).
         applied: last index the state machine had already applied when the core starts.
+        piggyback_commit: a leader tells followers a new commit index only with its next
+            AppendRequest or heartbeat, instead of a dedicated round of empty appends at once
+            (etcd's way, and the default here; the runtime turns the option on). Halves the
+            messages per proposal at low load; followers apply up to one heartbeat interval
+            later. A commit covering a membership change or a new leader's first entry, and
+            one a follower waits for to serve a read, are still sent at once.
     """
 
     id: int
@@ -59,6 +65,7 @@ class CoreConfig:
     forward_proposals: bool = True
     seed: int = 0
     applied: int = 0
+    piggyback_commit: bool = False
 
     def validate(self) -> None:
         """Check every field and their combinations.
