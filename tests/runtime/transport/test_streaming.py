@@ -48,6 +48,7 @@ from trioraft.runtime.transport.streaming import (
     crc32c,
     send_snapshot,
 )
+from trioraft.runtime.transport.util import crc32c_combine
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -56,14 +57,17 @@ Ts = TypeVarTuple("Ts")
 
 
 class SlowDisk:
-    """Runs calls inline after a simulated delay: ``write`` s per write_at, ``commit`` s per
-    commit (a slow fsync)."""
+    """Runs calls inline after a simulated delay: ``write`` s per call that writes chunks (one
+    ``write_at``, or a batch of them), ``commit`` s per commit (a slow fsync)."""
 
     def __init__(self, write: float = 0.0, commit: float = 0.0) -> None:
-        self.delays = {"write_at": write, "commit": commit}
+        self.delays = {"write_at": write, "_write_chunks": write, "commit": commit}
+        self.calls: dict[str, int] = {}
 
     async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        await trio.sleep(self.delays.get(getattr(fn, "__name__", ""), 0.0))
+        name = getattr(fn, "__name__", "")
+        self.calls[name] = self.calls.get(name, 0) + 1
+        await trio.sleep(self.delays.get(name, 0.0))
         return await INLINE_DISK(fn, *args)
 
 
@@ -194,7 +198,13 @@ async def test_resume_after_a_broken_connection_continues_from_the_acked_offset(
     st = t1.last_stream[2]
     assert st.connections == 2
     assert st.resumed_from[0] == 0
-    assert st.resumed_from[1] == 70 * chunk  # exactly what the receiver had written
+    # The break came during the 70th write; the receiver keeps the rest of that write batch
+    # (the window's chunks that had arrived) and resumes after it: exactly what it had written.
+    assert 70 * chunk <= st.resumed_from[1] <= (70 + window) * chunk
+    ends: dict[str, int] = {}
+    for name, offset, size in b.writes:  # every write continues where the previous one ended
+        assert offset == ends.get(name, 0)
+        ends[name] = offset + size
     assert 0 < st.bytes_resent <= window * chunk
     # No byte was written twice into the builder.
     assert sum(size for _, _, size in b.writes) == st.total_bytes
@@ -861,4 +871,82 @@ async def test_a_chunk_size_the_receiver_cannot_take_is_a_clear_error(
         await n.start(t2.serve, Handler(2))
         with pytest.raises(SnapshotTransferError, match="frame limit"):
             await t1.stream_snapshot(2, stored, reader, request_for(stored))
+        n.cancel_scope.cancel()
+
+
+async def test_receiving_overlaps_writing_and_writes_are_batched(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While the receiver's disk is busy with one write, the next chunks are received and
+    queued, then written together in one disk call (a receiver that read, wrote and
+    acknowledged strictly one chunk at a time needs one slow disk call per chunk)."""
+    chunk, window, count = 16 * KiB, 8, 32
+    files = {"a": pattern(count * chunk), "empty": b"", "b": pattern(chunk + 3, seed=4)}
+    stored, reader = make_snapshot(files)
+    net = MemoryNetwork(seed=31)
+    disk = SlowDisk(write=1.0)
+    async with trio.open_nursery() as n:
+        (t1, _), (_, h2) = await start(
+            n, net, stream_options=StreamOptions(chunk_size=chunk, window=window), recv_disk=disk
+        )
+        t0 = trio.current_time()
+        await t1.stream_snapshot(2, stored, reader, request_for(stored))
+        elapsed = trio.current_time() - t0
+        n.cancel_scope.cancel()
+    b = assert_received(h2, files, stored)
+    assert sum(size for _, _, size in b.writes) == sum(len(d) for d in files.values())
+    # count + 2 chunks (one is an empty file). Acknowledged once written, the window is split
+    # between the chunks being written and those arriving meanwhile: half a window per call.
+    assert disk.calls["_write_chunks"] <= (count + 2) // (window // 2) + 2
+    assert elapsed < (count + 2) / 2
+
+
+def test_crc32c_combine_matches_the_crc_of_the_concatenation() -> None:
+    import random
+
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rng = random.Random(seed)
+    for _ in range(200):
+        a = rng.randbytes(rng.choice([0, 1, 3, 4096, rng.randrange(70_000)]))
+        b = rng.randbytes(rng.choice([0, 1, 5, 64 * KiB, rng.randrange(70_000)]))
+        assert crc32c_combine(crc32c(a), crc32c(b), len(b)) == crc32c(a + b)
+    assert crc32c_combine(crc32c(b"abc"), crc32c(b""), 0) == crc32c(b"abc")
+
+
+async def test_a_chunk_that_matches_its_own_crc_but_not_the_file_crc_is_caught(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The file's CRC is built from the chunk CRCs; a chunk whose bytes *and* CRC were changed
+    consistently in flight (or by the sender's disk) must still fail the file check."""
+    files = {"a": pattern(100 * KiB), "b": pattern(40 * KiB, seed=9)}
+    stored, reader = make_snapshot(files)
+    net = MemoryNetwork(seed=32)
+
+    class Rewriting(FramedStream):
+        async def send(self, frame: Frame) -> None:
+            if isinstance(frame, SnapshotChunk) and frame.file_index == 1 and frame.offset == 0:
+                bad = bytes([frame.data[0] ^ 0x40]) + frame.data[1:]
+                frame = attrs.evolve(frame, data=bad, crc32c=crc32c(bad))
+            await super().send(frame)
+
+    async with trio.open_nursery() as n:
+        (_t1, t2), (_, h2) = await start(n, net)
+
+        async def connect() -> FramedStream:
+            inner = await net._connect(1, 2, "snapshot")
+            return Rewriting(inner.stream, max_frame_size=inner.max_frame_size)
+
+        with pytest.raises(SnapshotRejected, match="corrupt"):
+            await send_snapshot(
+                connect,
+                stored,
+                reader,
+                request_for(stored),
+                disk=INLINE_DISK,
+                options=StreamOptions(chunk_size=16 * KiB),
+                peer=2,
+            )
+        assert h2.builders[0].aborted and h2.received == []
+        assert t2.stats.snapshot_crc_errors == 0  # every chunk matched its own CRC
         n.cancel_scope.cancel()

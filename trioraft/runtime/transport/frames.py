@@ -445,7 +445,7 @@ def encode_frame(frame: Frame) -> bytes:
     return encode(frame, unstructure_as=Frame)
 
 
-def decode_frame(data: bytes) -> Frame:
+def decode_frame(data: bytes | memoryview) -> Frame:
     """Decodes one frame strictly. Raises :class:`trioraft.codec.DecodeError`."""
     try:
         raw = cbor2.loads(data)

@@ -106,12 +106,16 @@ class FramedStream:
         end = _HEADER.size + length
         if len(buf) < end:
             await self._fill(end, start=False)
-        body = bytes(buf[_HEADER.size : end])
+        # Decoded straight from a view of the buffer: copying the body out first cost two
+        # copies, and cbor2 decodes a big frame (a 1 MiB snapshot chunk) several times faster
+        # from a memoryview than from bytes. The decoded frame holds no reference to the view.
+        with memoryview(buf) as view, view[_HEADER.size : end] as body:
+            try:
+                frame = decode_frame(body)
+            except DecodeError as exc:
+                raise FrameError(str(exc)) from exc
         del buf[:end]
-        try:
-            return decode_frame(body)
-        except DecodeError as exc:
-            raise FrameError(str(exc)) from exc
+        return frame
 
     async def _fill(self, n: int, *, start: bool) -> None:
         buf = self._buf

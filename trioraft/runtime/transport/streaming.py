@@ -69,7 +69,7 @@ from trioraft.runtime.transport.frames import (
     SnapshotOffer,
 )
 from trioraft.runtime.transport.framing import ConnectionClosed, FramedStream, FrameError
-from trioraft.runtime.transport.util import Backoff, Throttle, TransportStats
+from trioraft.runtime.transport.util import Backoff, Throttle, TransportStats, crc32c_combine
 
 __all__ = [
     "CHUNK_FRAME_OVERHEAD",
@@ -88,6 +88,9 @@ T = TypeVar("T")
 #: Room left in a frame for the chunk's envelope (field names, offsets, CRC).
 CHUNK_FRAME_OVERHEAD = 256
 
+#: The receiver's writer hands at most about this many queued bytes to one worker-thread call.
+_WRITE_BATCH_BYTES = 8 << 20
+
 # Connection-level failures after which the sender reconnects and resumes.
 _RETRYABLE: tuple[type[BaseException], ...] = (
     ConnectionClosed,
@@ -95,6 +98,14 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
+
+
+def _write_chunks(
+    builder: SnapshotBuilderLike[Any], files: tuple[FileDesc, ...], chunks: list[SnapshotChunk]
+) -> None:
+    """Worker-thread side of :meth:`SnapshotReceiver._write_batch`."""
+    for chunk in chunks:
+        builder.write_at(files[chunk.file_index].name, chunk.offset, chunk.data)
 
 
 def crc32c(data: bytes, value: int = 0) -> int:
@@ -811,16 +822,14 @@ class SnapshotReceiver:
                 await self._drop(state.src, state, "sender did not resume in time")
 
     async def _write(self, state: _Incoming, name: str, offset: int, data: bytes) -> None:
-        """One ``write_at``, recorded in ``state`` together with its effect (shielded, so a
-        cancellation cannot separate the two). Raises :class:`_StorageFailure`."""
+        """One ``write_at`` of an empty file (they never get a chunk), recorded in ``state``
+        (shielded, so a cancellation cannot separate the two). Raises :class:`_StorageFailure`."""
         with trio.CancelScope(shield=True):
             try:
                 await self._disk(state.builder.write_at, name, offset, data)
             except Exception as exc:
                 raise _StorageFailure(f"writing {name!r} at {offset}: {exc!r}") from exc
-            state.crc = crc32c(data, state.crc)
             state.offset = offset + len(data)
-            self.stats.snapshot_bytes_received += len(data)
 
     async def _advance(self, state: _Incoming) -> None:
         """Moves past complete files, creating empty ones (they never get a chunk)."""
@@ -832,6 +841,49 @@ class SnapshotReceiver:
             state.file_index += 1
             state.offset = 0
             state.crc = 0
+
+    async def _write_batch(
+        self, conn: FramedStream, state: _Incoming, batch: list[SnapshotChunk]
+    ) -> None:
+        """Writes consecutive chunks (``batch``, starting at ``state``'s position) in one worker
+        thread call, then records each in ``state`` and acknowledges it. Writing and recording
+        are shielded together, so ``state`` always describes what is on disk. Empty chunks
+        stand for empty files (created, not acknowledged: the sender never sent them).
+
+        Raises:
+            _StorageFailure: a write failed.
+            _Corrupt: a completed file does not match the CRC32C of the offer.
+        """
+        files = state.offer.files
+        with trio.CancelScope(shield=True):
+            try:
+                await self._disk(_write_chunks, state.builder, files, batch)
+            except Exception as exc:
+                first = batch[0]
+                raise _StorageFailure(
+                    f"writing {files[first.file_index].name!r} at {first.offset}: {exc!r}"
+                ) from exc
+            acks: list[bytes] = []
+            for chunk in batch:
+                n = len(chunk.data)
+                # The chunk's CRC was checked on arrival: the file's running CRC is extended
+                # with it instead of running over the bytes again.
+                state.crc = crc32c_combine(state.crc, chunk.crc32c, n)
+                state.offset = chunk.offset + n
+                self.stats.snapshot_bytes_received += n
+                if n:
+                    acks.append(
+                        conn.pack(SnapshotAck(file_index=chunk.file_index, offset=state.offset))
+                    )
+                f = files[chunk.file_index]
+                if state.offset == f.size:
+                    if f.size and state.crc != f.crc32c:
+                        raise _Corrupt(f"file {f.name!r} failed its CRC check after transfer")
+                    state.file_index += 1
+                    state.offset = 0
+                    state.crc = 0
+        if acks:
+            await conn.send_packed(acks)
 
     async def _receive(
         self, conn: FramedStream, state: _Incoming, handler: InboundHandler[Any], ctx: str
@@ -856,7 +908,14 @@ class SnapshotReceiver:
 
     async def _receive_files(self, conn: FramedStream, state: _Incoming, ctx: str) -> None:
         """Receives chunks until every file is complete (returns) or the sender must
-        reconnect (raises, or returns after telling it so when a chunk's CRC is wrong)."""
+        reconnect (raises, or returns after telling it so when a chunk's CRC is wrong).
+
+        Receiving and writing overlap: this task reads and checks chunks and queues them; a
+        writer task writes whatever has queued up in one worker-thread call and then
+        acknowledges it. ``state`` only moves when bytes are written, so a resume always starts
+        from what is on disk; the queue never holds more than the window's chunks, as the
+        sender has no more unacknowledged.
+        """
         offer = state.offer
         files = offer.files
         await self._advance(state)
@@ -866,41 +925,83 @@ class SnapshotReceiver:
         await conn.send(
             SnapshotAccept(file_index=state.file_index, offset=state.offset, window=window)
         )
-        while not state.all_received:
-            frame = await conn.receive()
-            if not isinstance(frame, SnapshotChunk):
-                raise FrameError(f"expected SnapshotChunk, got {type(frame).__name__}")
-            f = files[state.file_index]
-            n = len(frame.data)
-            if (
-                (frame.file_index, frame.offset) != (state.file_index, state.offset)
-                or n == 0
-                or n > offer.chunk_size
-                or frame.offset + n > f.size
-            ):
-                raise FrameError(
-                    f"chunk ({frame.file_index}, {frame.offset}, {n} bytes) does not fit at"
-                    f" ({state.file_index}, {state.offset})"
-                )
-            if crc32c(frame.data) != frame.crc32c:
-                self.stats.snapshot_crc_errors += 1
-                log.warning(
-                    "%s: chunk CRC mismatch in %r at offset %d; asking the sender to resume",
-                    ctx,
-                    f.name,
-                    frame.offset,
-                )
-                await conn.send(
-                    SnapshotError(reason="crc", detail=f"{f.name}@{frame.offset}", retry=True)
-                )
-                # Hang up: the chunks in flight behind the bad one would not fit any more.
-                raise _Hangup
-            await self._write(state, f.name, frame.offset, frame.data)
-            await conn.send(SnapshotAck(file_index=state.file_index, offset=state.offset))
-            if state.offset == f.size:
-                if state.crc != f.crc32c:
-                    raise _Corrupt(f"file {f.name!r} failed its CRC check after transfer")
-                await self._advance(state)
+        # The receiving position runs ahead of ``state`` by the queued chunks.
+        file_index, offset = state.file_index, state.offset
+        send_queue, receive_queue = trio.open_memory_channel[SnapshotChunk](window + len(files))
+        failure: BaseException | None = None
+        bad_crc = False
+
+        async def writer() -> None:
+            nonlocal failure
+            try:
+                async for chunk in receive_queue:
+                    batch = [chunk]
+                    size = len(chunk.data)
+                    while size < _WRITE_BATCH_BYTES:
+                        try:
+                            chunk = receive_queue.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        batch.append(chunk)
+                        size += len(chunk.data)
+                    await self._write_batch(conn, state, batch)
+            except Exception as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            try:
+                async with send_queue:
+                    while file_index < len(files):
+                        frame = await conn.receive()
+                        if not isinstance(frame, SnapshotChunk):
+                            raise FrameError(f"expected SnapshotChunk, got {type(frame).__name__}")
+                        f = files[file_index]
+                        n = len(frame.data)
+                        if (
+                            (frame.file_index, frame.offset) != (file_index, offset)
+                            or n == 0
+                            or n > offer.chunk_size
+                            or frame.offset + n > f.size
+                        ):
+                            raise FrameError(
+                                f"chunk ({frame.file_index}, {frame.offset}, {n} bytes) does"
+                                f" not fit at ({file_index}, {offset})"
+                            )
+                        if crc32c(frame.data) != frame.crc32c:
+                            self.stats.snapshot_crc_errors += 1
+                            log.warning(
+                                "%s: chunk CRC mismatch in %r at offset %d; asking the sender"
+                                " to resume",
+                                ctx,
+                                f.name,
+                                frame.offset,
+                            )
+                            bad_crc = True
+                            break  # the chunks queued before it are still written
+                        await send_queue.send(frame)
+                        offset += n
+                        while file_index < len(files) and offset == files[file_index].size:
+                            file_index += 1
+                            offset = 0
+                            if file_index < len(files) and files[file_index].size == 0:
+                                await send_queue.send(
+                                    SnapshotChunk(
+                                        file_index=file_index, offset=0, data=b"", crc32c=0
+                                    )
+                                )
+            except BaseException as exc:
+                if failure is None:
+                    failure = exc
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if bad_crc:
+            f = files[file_index]
+            await conn.send(SnapshotError(reason="crc", detail=f"{f.name}@{offset}", retry=True))
+            # Hang up: the chunks in flight behind the bad one would not fit any more.
+            raise _Hangup
 
     def _deliver(self, handler: InboundHandler[Any], state: _Incoming, ctx: str) -> None:
         state.delivered = state.offer.request

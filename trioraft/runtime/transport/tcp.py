@@ -511,15 +511,22 @@ class TcpTransport:
         with scope:
             backoff = Backoff(*self._backoff, self._rng)
             recv = p.receive_channel
+            # The first connection is opened at once, before there is anything to send: a
+            # restarted node announces itself this way, and a leader backing off from it
+            # reconnects now (see _backoff_wait) instead of when its backoff runs out.
+            first: Message = _FLUSH
+            eager = True
             while True:
-                try:
-                    first = await recv.receive()
-                except trio.EndOfChannel:
-                    return
+                if not eager:
+                    try:
+                        first = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                eager = False
                 try:
                     conn = await self._connect(p.id, "raft")
                 except PeerUnreachable as exc:
-                    dropped = 1 + _drain(recv)
+                    dropped = (first is not _FLUSH) + _drain(recv)
                     self.stats.dropped_unreachable += dropped
                     if not p.reported_down:
                         log.warning("node %d: cannot reach node %d: %s", self.node_id, p.id, exc)

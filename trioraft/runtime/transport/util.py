@@ -3,13 +3,21 @@ and the counters every transport keeps."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
 import attrs
 import trio
 
-__all__ = ["Backoff", "Throttle", "TransportStats", "format_address", "parse_address"]
+__all__ = [
+    "Backoff",
+    "Throttle",
+    "TransportStats",
+    "crc32c_combine",
+    "format_address",
+    "parse_address",
+]
 
 
 class Backoff:
@@ -130,3 +138,60 @@ def parse_address(address: str) -> tuple[str, int]:
 def format_address(host: str, port: int) -> str:
     """The inverse of :func:`parse_address`."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------------------------
+# CRC32C of a concatenation from the CRCs of its parts
+#
+# Theory of operation. A CRC is the remainder of the message polynomial (times x^32) modulo the
+# generator P, so appending n zero bytes multiplies the register by x^(8n) mod P; with the
+# standard pre/post inversion the inversions of both parts cancel and
+#     crc(A || B) = (crc(A) * x^(8 len B) mod P) xor crc(B).
+# Polynomials are kept bit-reversed, as CRC32C computes them (bit 31 is x^0). The power of x for
+# a length is built by square-and-multiply from x^(2^k) and cached per length: a stream's
+# chunks almost all have the same length, so a combine is one carry-less multiply (<= 32 steps).
+
+_CRC32C_POLY = 0x82F63B78  # Castagnoli, reversed
+
+
+def _mul_mod_p(a: int, b: int) -> int:
+    """a(x) * b(x) mod P in the reversed representation."""
+    product = 0
+    bit = 1 << 31  # the coefficient of x^0
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC32C_POLY if b & 1 else b >> 1
+    return product
+
+
+def _x_pow_2k() -> list[int]:
+    table = [1 << 30]  # x^1
+    for _ in range(63):
+        table.append(_mul_mod_p(table[-1], table[-1]))
+    return table
+
+
+_X_POW_2K = _x_pow_2k()
+
+
+@functools.lru_cache(maxsize=64)
+def _x_pow_8n(n: int) -> int:
+    """x^(8n) mod P."""
+    result = 1 << 31  # x^0
+    k = 3  # 8n = n * 2^3
+    while n:
+        if n & 1:
+            result = _mul_mod_p(_X_POW_2K[k % 64], result)
+        n >>= 1
+        k += 1
+    return result
+
+
+def crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """CRC32C of ``A + B`` from ``crc_a`` = CRC32C(A), ``crc_b`` = CRC32C(B) and ``len(B)``."""
+    if len_b <= 0:
+        return crc_a
+    return _mul_mod_p(_x_pow_8n(len_b), crc_a) ^ crc_b
