@@ -50,7 +50,35 @@ Buffer = bytes | bytearray | memoryview
 OpenMode = Literal["r", "r+", "w", "a", "x"]
 
 
-_FADVISE = getattr(os, "posix_fadvise", None)
+#: ``SYNC_FILE_RANGE_WRITE`` from <fcntl.h> (Linux): start writeback of the dirty pages, no wait
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)`` through libc, or None
+    where it does not exist (not Linux, no libc symbol). Looked up on first use: ctypes is not
+    worth importing for a node that never writes a snapshot."""
+    if not os.uname().sysname.startswith("Linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+
+    def start_writeback(fd: int, offset: int, length: int) -> None:
+        # A failure is only a lost hint: fsync still does (and reports) the real work.
+        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    return start_writeback
+
+
+_sync_file_range: Callable[[int, int, int], None] | None = None
+_sync_file_range_loaded = False
 _F_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None)
 
 
@@ -123,12 +151,17 @@ class FileSystem(Protocol):
     def fdatasync(self, fd: int) -> None:
         """Make the file's data (and its size) durable."""
 
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk space for ``[offset, offset + length)``: the file grows to at least
+        ``offset + length`` (new bytes read as zeros) and later writes there need no block
+        allocation. Raises ``OSError`` (e.g. ``ENOSPC``; ``EOPNOTSUPP`` where unsupported)."""
+
     def truncate(self, fd: int, size: int) -> None:
         """Cut (or zero-extend) the file to ``size`` bytes."""
 
     def writeback(self, fd: int, offset: int, length: int) -> None:
-        """Hint: start writing this range to the disk now and drop it from the cache once
-        clean. Not a durability guarantee (that is ``fsync``); may do nothing."""
+        """Hint: start writing this range to the disk now (the pages stay cached). Not a
+        durability guarantee (that is ``fsync``); may do nothing."""
 
     def fsize(self, fd: int) -> int:
         """Current size of an open file."""
@@ -322,6 +355,10 @@ class RealFileSystem:
         """See :meth:`FileSystem.fdatasync`."""
         _fdatasync(fd)
 
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """See :meth:`FileSystem.allocate` (``posix_fallocate``)."""
+        os.posix_fallocate(fd, offset, length)
+
     def truncate(self, fd: int, size: int) -> None:
         """See :meth:`FileSystem.truncate`."""
         os.ftruncate(fd, size)
@@ -331,11 +368,16 @@ class RealFileSystem:
         return os.fstat(fd).st_size
 
     def writeback(self, fd: int, offset: int, length: int) -> None:
-        """See :meth:`FileSystem.writeback`: ``posix_fadvise(POSIX_FADV_DONTNEED)``, which on
-        Linux starts writeback of the dirty pages in the range without waiting for it."""
-        if _FADVISE is not None:
-            with contextlib.suppress(OSError):
-                _FADVISE(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        """See :meth:`FileSystem.writeback`: on Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``,
+        which starts writeback of the dirty pages in the range without waiting for it and keeps
+        them cached (a snapshot file is read again soon: streamed to followers by a leader,
+        restored into the state machine by a follower); elsewhere nothing."""
+        global _sync_file_range, _sync_file_range_loaded
+        if not _sync_file_range_loaded:
+            _sync_file_range = _load_sync_file_range()
+            _sync_file_range_loaded = True
+        if _sync_file_range is not None:
+            _sync_file_range(fd, offset, length)
 
     def rename(self, src: str, dst: str) -> None:
         """See :meth:`FileSystem.rename`."""
@@ -423,6 +465,7 @@ class NoSyncFileSystem:
         self.pread = inner.pread
         self.seek = inner.seek
         self.truncate = inner.truncate
+        self.allocate = inner.allocate
         self.fsize = inner.fsize
         self.rename = inner.rename
         self.remove = inner.remove
@@ -588,7 +631,8 @@ class SimulatedFileSystem:
         ``OSError(err)``, after letting ``after`` of them succeed.
 
         ``op`` is one of ``"write"`` (write/pwrite), ``"fsync"`` (fsync/fdatasync/fsync_dir),
-        ``"open"``, ``"read"``, ``"rename"``, ``"remove"``, ``"mkdir"``, ``"truncate"``.
+        ``"open"``, ``"read"``, ``"rename"``, ``"remove"``, ``"mkdir"``, ``"truncate"``,
+        ``"allocate"``.
         A failed write writes nothing; a failed fsync leaves the data not durable.
         """
         with self._mu:
@@ -783,6 +827,18 @@ class SimulatedFileSystem:
     def fdatasync(self, fd: int) -> None:
         """See :meth:`FileSystem.fdatasync` (same as fsync here)."""
         self.fsync(fd)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """See :meth:`FileSystem.allocate`: the file grows with zeros, durable only after an
+        fsync (a crash before it may keep any prefix of the growth)."""
+        with self._mu:
+            f = self._fd(fd, write=True)
+            self._check("allocate", f.path)
+            self._mutate("allocate", f"{f.path} @{offset} {length} bytes")
+            node = self._inodes[f.ino]
+            grow = offset + length - len(node.data)
+            if grow > 0:
+                self._put(node, bytes(grow), len(node.data))
 
     def truncate(self, fd: int, size: int) -> None:
         """See :meth:`FileSystem.truncate`."""

@@ -71,8 +71,8 @@ WRITE_BUFFER_BYTES: Final = 1 << 20
 #: chunk size when reading a file back to check its CRC
 VERIFY_CHUNK_BYTES: Final = 8 << 20
 #: start writeback of a file being written every this many bytes (see FileSystem.writeback):
-#: the disk works while the caller produces more data, the final fsync has less left to do,
-#: and a big snapshot does not flood the page cache
+#: the disk works while the caller produces more data and the final fsync has less left to do.
+#: The pages stay cached: the file is read again soon (streamed to followers, or restored).
 FLUSH_AFTER_BYTES: Final = 8 << 20
 _DIR_RE = re.compile(r"^(\d{20})-(\d{20})$")
 
