@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import math
 import os
@@ -788,6 +787,8 @@ class EtcdCluster:
         Raises:
             OSError: connection problems; BenchError: an HTTP error status.
         """
+        import http.client  # only the benchmark driver talks HTTP: nodes import this module
+
         conn = http.client.HTTPConnection("127.0.0.1", self.client_ports[i - 1], timeout=timeout)
         try:
             conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -845,6 +846,8 @@ class EtcdCluster:
         """Sum of the samples of Prometheus metric ``name`` on node ``i`` (None if unreachable).
 
         Labelled counters appear only once incremented, so an absent metric counts as 0."""
+        import http.client
+
         conn = http.client.HTTPConnection("127.0.0.1", self.client_ports[i - 1], timeout=5)
         try:
             conn.request("GET", "/metrics")

@@ -41,7 +41,6 @@ from trioraft.config import Config
 from trioraft.node import RaftNode, open_raft_node
 from trioraft.runtime.transport.tcp import TcpTransport
 from trioraft.statemachine import Saver, SnapshotReader, SnapshotWriter
-from trioraft.testing.cluster import transport_options
 
 _HDR = struct.Struct("<HI")  # key length, value length
 STATE_FILE = "state.bin"
@@ -437,7 +436,7 @@ async def main_async(args: argparse.Namespace) -> None:
         cluster_id="trioraft-bench",
         listen=(host, int(port)),
         peers={p: a for p, a in peers.items() if p != args.id},
-        **transport_options(config),
+        **config.transport_options(),
     )
     fsm = BenchMachine()
     snaplog = _SnapshotLog()
