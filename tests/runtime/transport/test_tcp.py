@@ -459,3 +459,27 @@ async def test_a_peer_that_connects_in_ends_our_reconnect_backoff(nursery: trio.
         c.t[1].send(hb(1, 2, 1))
         await c.h[2].wait_messages(1)
         assert [m.commit for m in c.h[2].delivered] == [1]  # type: ignore[union-attr]
+
+
+async def test_a_restarted_node_announces_itself_without_sending_anything(
+    nursery: trio.Nursery,
+) -> None:
+    # A restarted follower has nothing to say until it hears from the leader, but its transport
+    # connects to every peer at start: the leader, backing off from the dead connection, takes
+    # that as the sign to reconnect and its next message gets through at once.
+    with trio.fail_after(LIMIT):
+        c = await make_cluster(nursery, ids=(1, 2), backoff_initial=60.0, backoff_max=60.0)
+        c.t[1].send(hb(1, 2, 0))
+        await c.h[2].wait_messages(1)
+        port = c.t[2].port
+        c.stop(2)
+        while c.t[1].connected(2):  # node 1 notices the loss, then backs off for ~60 s
+            await trio.sleep(0.01)
+        await c.start(2, TcpTransport(2, "test-cluster", listen=("127.0.0.1", port)))
+        c.t[2].add_peer(1, c.t[1].address)
+        while not c.t[2].connected(1):
+            await trio.sleep(0.01)
+        c.t[1].send(hb(1, 2, 1))
+        await c.h[2].wait_messages(1)
+        assert [m.commit for m in c.h[2].delivered] == [1]  # type: ignore[union-attr]
+        assert c.t[2].stats.messages_sent == 0
