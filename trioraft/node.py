@@ -525,9 +525,11 @@ async def open_raft_node(
         disk: how blocking storage calls run (default: worker threads; ``INLINE_DISK`` for a
             simulated file system under a mock clock).
         wal_disk: how the WAL actor's writes and fsyncs run (default: like ``disk``; with the
-            default worker threads, a leaner thread hand-off for its one-at-a-time calls).
-            ``INLINE_DISK`` here blocks the event loop for each group commit's fsync but saves
-            the thread round trip, which is worth it on fast disks with a busy event loop.
+            default worker threads, an ``AdaptiveDisk``: inline while the event loop has
+            nothing else to run, else a lean thread hand-off, and always the thread while
+            several nodes share the event loop). ``INLINE_DISK`` here always blocks the event
+            loop for each group commit's fsync but saves the thread round trip;
+            ``SerialThreadDisk()`` never blocks it.
 
     Raises:
         StorageCorrupted: the data directory is damaged beyond automatic repair.

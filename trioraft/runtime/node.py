@@ -51,7 +51,7 @@ from trioraft.errors import (
     RaftError,
     Timeout,
 )
-from trioraft.runtime.disk import DiskExecutor, SerialThreadDisk, ThreadDisk
+from trioraft.runtime.disk import AdaptiveDisk, DiskExecutor, ThreadDisk
 from trioraft.runtime.fsm_actor import FsmActor
 from trioraft.runtime.proposals import (
     AppliedWaiters,
@@ -169,10 +169,15 @@ class NodeRuntime:
             static_peers=config.peers,
             chunk_bytes=config.snapshot_chunk_bytes,
         )
+        # With the default worker threads, the WAL's group commits run inline when the event
+        # loop has nothing else to do and in a lean thread hand-off otherwise (AdaptiveDisk).
+        self._wal_disk: DiskExecutor = wal_disk or (
+            AdaptiveDisk() if type(disk) is ThreadDisk else disk
+        )
         self.wal_actor = WalActor(
             self.id,
             wal,
-            wal_disk or (SerialThreadDisk() if type(disk) is ThreadDisk else disk),
+            self._wal_disk,
             self.wal_recv,
             self.inbox_send,
             snapshot_index=0 if snap is None else snap.index,
@@ -185,6 +190,8 @@ class NodeRuntime:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Recover the state machine and the log, then start every actor in ``nursery``."""
+        if isinstance(self._wal_disk, AdaptiveDisk):
+            self._wal_disk.attach()
         cfg = self.config
         rec = self._recovered
         self._recovered = None
@@ -271,6 +278,9 @@ class NodeRuntime:
         if self.stopped:
             return
         self.stopped = True
+        if isinstance(self._wal_disk, AdaptiveDisk):
+            with contextlib.suppress(RuntimeError):  # outside the Trio run: nothing to undo
+                self._wal_disk.detach()
         stop = NodeStopped(f"node {self.id} stopped" + (f": {error!r}" if error else ""))
         self.proposals.fail_all(stop)
         self.reads.fail_all(stop)
