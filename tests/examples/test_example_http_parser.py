@@ -7,6 +7,8 @@ and the server must go on serving others.
 from __future__ import annotations
 
 import re
+import socket
+import struct
 
 import pytest
 import trio
@@ -299,4 +301,18 @@ async def test_responses_carry_reason_phrases_and_framing() -> None:
         assert lines[0] == b"HTTP/1.1 200 OK"
         assert b"content-length: %d" % len(body) in lines
         assert b"content-type: text/plain; charset=utf-8" in lines
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_resetting_the_connection_does_not_hurt_the_server() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        for partial in (b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\nab", b"GET /"):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(partial)
+            # SO_LINGER with a zero timeout: close() sends a reset instead of a FIN.
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()
+        status, _, _ = await request(port, "GET", "/still-alive")
+        assert status == 200
         nursery.cancel_scope.cancel()
