@@ -96,6 +96,9 @@ _MEDIAN_KEYS = (
     "receive_s",
     "load_state_s",
     "raw_copy_s",
+    "install_cpu_s",
+    "receive_cpu_s",
+    "load_state_cpu_s",
 )
 #: per-repetition figures reported as the worst repetition
 _MAX_KEYS = (
@@ -186,6 +189,13 @@ def run_trioraft_once(
     res["receive_s"] = (waited.get("restore_begin") or waited["t"]) - begin
     if waited.get("restore_begin"):
         res["load_state_s"] = waited["t"] - waited["restore_begin"]
+    # CPU seconds of the follower's process (all threads): less noisy than wall time on a
+    # shared machine
+    if waited.get("receive_begin_cpu") is not None:
+        res["install_cpu_s"] = waited["cpu"] - waited["receive_begin_cpu"]
+        if waited.get("restore_begin_cpu") is not None:
+            res["receive_cpu_s"] = waited["restore_begin_cpu"] - waited["receive_begin_cpu"]
+            res["load_state_cpu_s"] = waited["cpu"] - waited["restore_begin_cpu"]
     res["leader_rss_growth_mib"] = rss.growth_mib("leader")
     base_kib = ready.get("rss_kib")
     hwm_kib = waited.get("hwm_before_restore_kib")
