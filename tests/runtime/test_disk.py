@@ -22,7 +22,7 @@ async def test_adaptive_disk_runs_inline_when_nothing_else_is_runnable() -> None
 
 
 class _BusyDisk(AdaptiveDisk):
-    def _loop_is_idle(self) -> bool:
+    def loop_is_idle(self) -> bool:
         return False
 
 
@@ -34,10 +34,10 @@ async def test_adaptive_disk_uses_a_thread_while_other_tasks_are_runnable() -> N
 
 async def test_adaptive_disk_sees_runnable_tasks() -> None:
     disk = AdaptiveDisk()
-    assert disk._loop_is_idle()
+    assert disk.loop_is_idle()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_spin, 3)
-        assert not disk._loop_is_idle()  # the new task waits for the next batch
+        assert not disk.loop_is_idle()  # the new task waits for the next batch
 
 
 @pytest.mark.parametrize("busy", [False, True])
@@ -57,12 +57,12 @@ async def test_serial_thread_disk_runs_in_a_worker_thread() -> None:
 async def test_adaptive_disk_never_blocks_a_loop_shared_by_several_nodes() -> None:
     a, b = AdaptiveDisk(), AdaptiveDisk()
     a.attach()
-    assert a._loop_is_idle()
+    assert a.loop_is_idle()
     b.attach()
     b.attach()  # idempotent
-    assert not a._loop_is_idle() and not b._loop_is_idle()
+    assert not a.loop_is_idle() and not b.loop_is_idle()
     assert await a(threading.get_ident) != threading.get_ident()
     b.detach()
     b.detach()
-    assert a._loop_is_idle()
+    assert a.loop_is_idle()
     a.detach()

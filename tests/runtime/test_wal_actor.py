@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from trioraft.core.types import Entry, HardState, SnapshotMeta
-from trioraft.runtime.disk import INLINE_DISK
+from trioraft.runtime.disk import INLINE_DISK, AdaptiveDisk
 from trioraft.runtime.items import MarkerJob, Persisted, PersistJob, ReleaseJob
 from trioraft.runtime.proposals import Future
 from trioraft.runtime.wal_actor import WalActor, merge_entries
@@ -171,3 +171,76 @@ async def test_already_acknowledged_jobs_only_record_their_commit() -> None:
         nursery.cancel_scope.cancel()
     assert [j.number for j in acked.jobs] == [2]
     assert wal.ops == [("save", [(6, 1)], HardState(term=1, commit=5))]
+
+
+class _IdleDisk(AdaptiveDisk):
+    idle = True
+
+    def loop_is_idle(self) -> bool:
+        return self.idle
+
+
+async def test_persist_now_writes_synchronously_with_the_same_bookkeeping() -> None:
+    wal = FakeWal()
+    jobs_send, jobs_recv = trio.open_memory_channel[Any](math.inf)
+    inbox_send, inbox_recv = trio.open_memory_channel[Any](math.inf)
+    disk = _IdleDisk()
+    actor = WalActor(1, wal, disk, jobs_recv, inbox_send, hard_state=HardState(term=2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        assert actor.persist_now(job(1, ents(1, 1, term=2), HardState(term=2, commit=0)))
+        assert wal.ops == [("save", [(1, 2)], HardState(term=2, commit=0))]  # done on return
+        # Commit only: recorded, no fsync of its own; it rides along with the next save.
+        assert actor.persist_now(job(2, (), HardState(term=2, commit=1)))
+        assert len(wal.ops) == 1
+        assert actor.persist_now(job(3, ents(2, 2, term=2)))
+        assert wal.ops[-1] == ("save", [(2, 2)], HardState(term=2, commit=1))
+        # A vote must be durable even without entries.
+        assert actor.persist_now(job(4, (), HardState(term=3, vote=1, commit=1)))
+        assert wal.ops[-1] == ("save", [], HardState(term=3, vote=1, commit=1))
+        assert actor.saves == 3
+        # Refused (nothing done): a snapshot install, a busy loop, jobs queued for the actor.
+        assert not actor.persist_now(job(5, (), None, snapshot=SnapshotMeta(index=9, term=3)))
+        disk.idle = False
+        assert not actor.persist_now(job(5, ents(3, 3, term=3)))
+        disk.idle = True
+        jobs_send.send_nowait(job(5, ents(3, 3, term=3)))  # handed to the parked actor
+        assert not actor.persist_now(job(6, ents(4, 4, term=3)))
+        assert [j.number for j in (await inbox_recv.receive()).jobs] == [5]
+        assert len(wal.ops) == 4
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor.persist_now(job(6, ents(4, 4, term=3)))
+        assert len(wal.ops) == 5
+        nursery.cancel_scope.cancel()
+    assert inbox_recv.statistics().current_buffer_used == 0  # persist_now reports nothing
+
+
+async def test_persist_now_refused_while_a_batch_is_in_progress() -> None:
+    wal = FakeWal()
+    jobs_send, jobs_recv = trio.open_memory_channel[Any](math.inf)
+    inbox_send, inbox_recv = trio.open_memory_channel[Any](math.inf)
+    gate = trio.Event()
+
+    class GatedDisk(_IdleDisk):
+        async def __call__(self, fn: Any, *args: Any) -> Any:
+            await gate.wait()
+            return fn(*args)
+
+    actor = WalActor(1, wal, GatedDisk(), jobs_recv, inbox_send)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        jobs_send.send_nowait(job(1, ents(1, 1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert not actor.persist_now(job(2, ents(2, 2)))  # the actor is mid-batch
+        gate.set()
+        await inbox_recv.receive()
+        assert actor.persist_now(job(2, ents(2, 2)))
+        nursery.cancel_scope.cancel()
+    assert [op[1] for op in wal.ops] == [[(1, 1)], [(2, 1)]]
+
+
+async def test_persist_now_needs_an_adaptive_disk() -> None:
+    _, jobs_recv = trio.open_memory_channel[Any](math.inf)
+    inbox_send, _ = trio.open_memory_channel[Any](math.inf)
+    actor = WalActor(1, FakeWal(), INLINE_DISK, jobs_recv, inbox_send)
+    assert not actor.persist_now(job(1, ents(1, 1)))

@@ -131,17 +131,19 @@ class AdaptiveDisk:
         # Let the tasks already scheduled alongside this one run first (say, the FSM actor
         # applying entries this Ready committed), then look at what is runnable.
         await trio.lowlevel.cancel_shielded_checkpoint()
-        if self._loop_is_idle():
+        if self.loop_is_idle():
+            # No checkpoint after the call: the caller's next await is one, and the WAL
+            # actor hands the acknowledgement over before it, one scheduling round sooner.
             self.inline_calls += 1
-            result = fn(*args)
-            await trio.lowlevel.checkpoint()
-            return result
+            return fn(*args)
         self.thread_calls += 1
         return await self._thread(fn, *args)
 
-    def _loop_is_idle(self) -> bool:
-        # Tasks scheduled for the next batch (not those later in the current batch, which
-        # the checkpoint above let run first in most cases: a heuristic, not a guarantee).
+    def loop_is_idle(self) -> bool:
+        """Would a call run inline now? False while other nodes share the event loop or
+        other tasks are scheduled to run."""
+        # Tasks scheduled for the next batch, not those later in the current batch (which
+        # the checkpoint in __call__ lets run first in most cases): a heuristic.
         if _ADAPTIVE_NODES.get() > 1:
             return False
         return trio.lowlevel.current_statistics().tasks_runnable == 0

@@ -251,6 +251,9 @@ class NodeRuntime:
             tick_interval=cfg.tick_interval,
             forward=cfg.forward_proposals,
             reissue_ticks=cfg.election_ticks,
+            persist_now=(
+                self.wal_actor.persist_now if isinstance(self._wal_disk, AdaptiveDisk) else None
+            ),
         )
         log.info(
             "node %d: starting at term %d, commit %d, applied %d, log [%d, %d]",

@@ -11,7 +11,9 @@ into one Ready); tick the core if a tick is due; then route each Ready:
   commit index, which the WAL does not fsync on its own, like etcd's ``MustSync``) while no job
   is in flight is acknowledged at once: everything it depends on is already durable, and the
   round trip through the WAL actor would only add latency (the WAL actor still records the
-  commit index);
+  commit index). A Ready that does need a write, while no job is in flight, may be written
+  and synced right here when the WAL actor and the event loop are idle
+  (``WalActor.persist_now``), then acknowledged the same way;
 * ``committed_entries`` go to the FSM actor (the core only hands out entries already persisted);
 * ``read_states`` resolve the read-barrier batch with the same context.
 
@@ -118,6 +120,8 @@ class RaftActor:
         tick_interval: seconds per tick.
         forward: resolve refused requests with a :class:`Forward` to the leader.
         reissue_ticks: ticks after which unanswered read-index requests are issued again.
+        persist_now: the WAL actor's synchronous shortcut (``WalActor.persist_now``), tried
+            for a write when no job is in flight; None to always queue jobs.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class RaftActor:
         tick_interval: float,
         forward: bool = True,
         reissue_ticks: int = 10,
+        persist_now: Callable[[PersistJob], bool] | None = None,
     ) -> None:
         self.core = core
         self.storage = storage
@@ -154,6 +159,7 @@ class RaftActor:
         self._forward = forward
         self._reads_queued = False
         self._reissue_ticks = reissue_ticks
+        self._persist_now = persist_now
         self._read_ticks = 0
         self._role = core.role
         self._restoring: PersistJob | None = None
@@ -384,6 +390,24 @@ class RaftActor:
                 job = PersistJob(rd.number, hs, (), None, rd.persisted_messages, acked=True)
                 if hs is not None:
                     self._wal.send_nowait(job)
+                self._persisted(Persisted((job,)))
+            elif (
+                self._persist_now is not None
+                and self._wal_inflight == 0
+                and rd.snapshot is None
+                # A leader's committed entries are applied (and their proposers answered)
+                # before its next write rather than behind it.
+                and not (rd.committed_entries and self._role == Role.LEADER)
+                and self._persist_now(
+                    job := PersistJob(
+                        rd.number, hs, rd.entries, None, rd.persisted_messages, acked=True
+                    )
+                )
+            ):
+                # Written and synced on this task (the WAL actor was idle, and so was the
+                # event loop): acknowledge like a job the WAL actor reports back.
+                if hs is not None:
+                    self._durable_hs = hs
                 self._persisted(Persisted((job,)))
             else:
                 self._wal_inflight += 1
