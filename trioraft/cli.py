@@ -253,9 +253,13 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
             else:
                 length, stored = frame_header.unpack_from(buf, off)
                 end = off + frame_header.size + length
+                if length == 0 and stored == 0 and not buf[off:].strip(b"\0"):
+                    # zeros after the last frame: space the WAL reserved ahead of its writes
+                    print(f"  @{off:<10} end ({len(buf) - off} reserved bytes)", file=out)
+                    break
                 if length == 0:
-                    problem = "zero-length frame"
-                    torn = not buf[off:].strip(b"\0")
+                    # as the WAL judges it: the start of the last write lost, later parts not
+                    problem, torn = "zero-length frame", True
                 elif end > len(buf):
                     problem, torn = f"frame of {length} bytes runs past the end of the file", True
                 elif frame_crc(view[off : off + 4], view[off + 8 : end], crc) != stored:

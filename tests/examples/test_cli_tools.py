@@ -19,6 +19,7 @@ from trioraft.core.types import (
     HardState,
     SnapshotMeta,
 )
+from trioraft.storage.records import FRAME_HEADER
 from trioraft.storage.wal import WAL
 
 
@@ -66,14 +67,42 @@ def test_wal_dump_reports_damage(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "DAMAGE" in capsys.readouterr().out
 
 
+def _frames_end(data: bytes) -> int:
+    off = 0
+    while off + 8 <= len(data):
+        length, crc = FRAME_HEADER.unpack_from(data, off)
+        if length == crc == 0:
+            break
+        off += 8 + length
+    return off
+
+
 def test_wal_dump_torn_tail_is_not_damage(tmp_path: Path) -> None:
     _make_wal(tmp_path)
     last = sorted((tmp_path / "wal").glob("*.wal"))[-1]
-    with open(last, "ab") as f:
-        f.write(b"\x50\x00\x00\x00\x01\x02")  # a frame header cut short by a crash
+    data = last.read_bytes()
+    end = _frames_end(data)
+    # a frame header cut short by a crash, written into the space reserved after the frames
+    last.write_bytes(data[:end] + b"\x50\x00\x00\x00\x01\x02" + data[end + 6 :])
     out = io.StringIO()
     assert cli.wal_dump(str(tmp_path / "wal"), out) == 0
     assert "torn tail" in out.getvalue()
+    # ... and so is the end of a write whose first sector never reached the disk
+    last.write_bytes(data[:end] + bytes(8) + b"\x01\x02" + data[end + 10 :])
+    out = io.StringIO()
+    assert cli.wal_dump(str(tmp_path / "wal"), out) == 0
+    assert "torn tail: zero-length frame" in out.getvalue()
+
+
+def test_wal_dump_reports_reserved_space_as_a_clean_end(tmp_path: Path) -> None:
+    wal, _ = WAL.open(str(tmp_path / "wal"))
+    wal.save([Entry(1, 1, data=b"x")], HardState(1, 1, 0))
+    wal.close()
+    out = io.StringIO()
+    assert cli.wal_dump(str(tmp_path / "wal"), out) == 0
+    text = out.getvalue()
+    assert "reserved bytes)" in text
+    assert "torn" not in text and "DAMAGE" not in text
 
 
 def test_wal_dump_missing_dir(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ D = "/wal"
 def _build(
     fs: FileSystem, d: str, big: bool
 ) -> tuple[bytes, list[tuple[int, list[Entry], HardState]]]:
-    """Write a WAL; return the segment bytes and, per save, (frame end, entries, hard state)."""
+    """Write a WAL; return the segment bytes up to its last frame (without the space reserved
+    after it) and, per save, (frame end, entries, hard state)."""
     wal, _ = WAL.open(d, fs=fs)
     saves: list[tuple[list[Entry], HardState | None]] = [
         (ents(1, 3), HardState(1, 1, 0)),
@@ -41,17 +42,26 @@ def _build(
             log = [e for e in log if e.index < batch[0].index] + batch
         if h is not None:
             hs = h
-        expected.append((fs.size(path), list(log), hs))
+        expected.append((0, list(log), hs))
     wal.close()
-    return read_file(fs, path), expected
+    data = read_file(fs, path)
+    starts = _frame_starts(data)
+    # every save wrote one frame, after the header and the empty marker
+    assert len(starts) == 2 + len(saves) + 1  # + the zero header of the reserved space
+    ends = starts[3:]
+    expected = [(end, lg, h) for end, (_, lg, h) in zip(ends, expected, strict=True)]
+    return data[: ends[-1]], expected
 
 
 def _frame_starts(data: bytes) -> list[int]:
+    """Where each frame starts (and where the zeros after the last one start, if any)."""
     out = []
     off = 0
     while off + 8 <= len(data):
-        n, _ = FRAME_HEADER.unpack_from(data, off)
+        n, crc = FRAME_HEADER.unpack_from(data, off)
         out.append(off)
+        if n == crc == 0:
+            break
         off += 8 + n
     return out
 

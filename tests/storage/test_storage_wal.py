@@ -484,3 +484,89 @@ def test_interrupted_creation_starts_over(tmp_path: object) -> None:
     assert os.path.exists(os.path.join(d, segment_name(0, 1) + ".broken"))
     wal.close()
     assert read_file(REAL_FS, os.path.join(d, segment_name(0, 1)))
+
+
+def test_segments_are_reserved_ahead_of_appends_and_reopen_cleanly(tmp_path: object) -> None:
+    d = os.path.join(str(tmp_path), "wal")
+    with WAL.open(d)[0] as wal:
+        wal.save(ents(1, 50), HardState(1, 1, 0))
+        path = wal.segment_paths()[-1]
+        written = sum(len(f) for _, f in _frames_with_bytes(read_file(REAL_FS, path)))
+        # the file runs ahead of its frames: later appends overwrite allocated zeros
+        assert os.path.getsize(path) >= written + (1 << 20)
+    wal, c = WAL.open(d)
+    assert c.entries == ents(1, 50) and c.hard_state == HardState(1, 1, 0)
+    wal.save(ents(51, 60), HardState(1, 1, 50))
+    wal.close()
+    wal, c = WAL.open(d)
+    assert c.entries == ents(1, 60) and c.hard_state == HardState(1, 1, 50)
+    assert not os.path.exists(path + ".broken")
+    wal.close()
+
+
+def test_reservation_never_passes_the_segment_roll_point() -> None:
+    fs = SimulatedFileSystem()
+    wal, *_ = open_sim(fs, segment_bytes=4096)
+    for i in range(1, 40):
+        wal.save(ents(i, i, tag=b"x" * 200), None)
+    paths = wal.segment_paths()
+    wal.close()
+    assert len(paths) > 2
+    for p in paths[:-1]:
+        frames = _frames_with_bytes(fs.read_bytes(p))
+        # a full segment ends at its last frame (which may cross the roll point), no zeros after
+        assert len(fs.read_bytes(p)) == sum(len(f) for _, f in frames)
+    _, e, *_ = open_sim(fs, segment_bytes=4096)
+    assert e == [x for i in range(1, 40) for x in ents(i, i, tag=b"x" * 200)]
+
+
+def test_a_torn_write_into_reserved_space_is_repaired() -> None:
+    fs = SimulatedFileSystem()
+    path = _one_segment(fs)
+    data = fs.read_bytes(path)
+    frames = _frames_with_bytes(data)
+    last_off, last = frames[-1]
+    assert len(data) > last_off + len(last)  # reserved zeros follow the frames
+    # the last write's second half never reached the disk: its sectors still read as zeros
+    torn = bytearray(data)
+    half = last_off + len(last) // 2
+    torn[half : last_off + len(last)] = bytes(last_off + len(last) - half)
+    fs.write_bytes(path, bytes(torn))
+    wal, e, hs, _ = open_sim(fs)
+    assert e == [x for i in range(1, 6) for x in ents(i, i, tag=b"payload" * 5)]
+    assert hs == HardState(1, 0, 4)
+    assert fs.exists(path + ".broken")
+    wal.save(ents(6, 6), HardState(1, 0, 5))
+    wal.close()
+    _, e, *_ = open_sim(fs)
+    assert ids(e)[-1] == (6, 1) and len(e) == 6
+
+
+def test_failing_to_reserve_space_only_costs_speed(caplog: pytest.LogCaptureFixture) -> None:
+    fs = SimulatedFileSystem()
+    wal, *_ = open_sim(fs)
+    fs.inject_fault("allocate", errno.EOPNOTSUPP, match=D, count=100)
+    for i in range(1, 4):
+        wal.save(ents(i, i), HardState(1, 0, i - 1))
+    assert not wal.failed
+    assert caplog.text.count("cannot reserve segment space") == 1
+    path = wal.segment_paths()[-1]
+    wal.close()
+    data = fs.read_bytes(path)
+    assert len(data) == sum(len(f) for _, f in _frames_with_bytes(data))
+    _, e, hs, _ = open_sim(fs)
+    assert e == ents(1, 3) and hs == HardState(1, 0, 2)
+
+
+def _frames_with_bytes(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, whole frame) for every frame before the first zero header."""
+    out = []
+    off = 0
+    while off + FRAME_HEADER.size <= len(data):
+        n, crc = FRAME_HEADER.unpack_from(data, off)
+        if n == 0 and crc == 0:
+            break
+        end = off + FRAME_HEADER.size + n
+        out.append((off, data[off:end]))
+        off = end
+    return out

