@@ -239,8 +239,16 @@ async def test_persist_now_refused_while_a_batch_is_in_progress() -> None:
     assert [op[1] for op in wal.ops] == [[(1, 1)], [(2, 1)]]
 
 
-async def test_persist_now_needs_an_adaptive_disk() -> None:
+async def test_persist_now_writes_only_with_an_adaptive_disk() -> None:
+    wal = FakeWal()
     _, jobs_recv = trio.open_memory_channel[Any](math.inf)
     inbox_send, _ = trio.open_memory_channel[Any](math.inf)
-    actor = WalActor(1, FakeWal(), INLINE_DISK, jobs_recv, inbox_send)
-    assert not actor.persist_now(job(1, ents(1, 1)))
+    actor = WalActor(1, wal, INLINE_DISK, jobs_recv, inbox_send)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        assert not actor.persist_now(job(1, ents(1, 1)))
+        assert not actor.persist_now(job(1, (), HardState(term=1, vote=1)))  # a vote: a write
+        # A moved commit index needs no write: recorded for the next save.
+        assert actor.persist_now(job(1, (), HardState(term=0, commit=1)))
+        nursery.cancel_scope.cancel()
+    assert wal.ops == [("save", [], HardState(term=0, commit=1))]  # written on the clean stop

@@ -388,7 +388,9 @@ class RaftActor:
                 # moved, which the WAL defers anyway): acknowledge it now instead of a round
                 # trip through the WAL actor, which still records the commit index.
                 job = PersistJob(rd.number, hs, (), None, rd.persisted_messages, acked=True)
-                if hs is not None:
+                if hs is not None and not (
+                    self._persist_now is not None and self._persist_now(job)
+                ):
                     self._wal.send_nowait(job)
                 self._persisted(Persisted((job,)))
             elif (

@@ -136,7 +136,8 @@ class WalActor:
 
     def persist_now(self, job: PersistJob) -> bool:
         """Persist ``job`` (entries and hard state, no snapshot) synchronously on the
-        caller's task, if the shortcut applies (see the module docstring).
+        caller's task, if the shortcut applies (see the module docstring); a job that needs no
+        write (at most the commit index moved) only needs this actor idle.
 
         Returns:
             True if ``job`` is durable now (the caller acknowledges it itself; nothing is
@@ -146,24 +147,27 @@ class WalActor:
             StorageFailed: the write or fsync failed (the node must stop, as when this actor
                 fails).
         """
-        disk = self._disk
+        disk = self._disk if isinstance(self._disk, AdaptiveDisk) else None
         # Idle means parked in receive() with nothing buffered: an item sent to a parked
         # receiver is handed over directly (the buffer stays empty) and the receiver stops
         # waiting, so this also refuses while an item is handed over but not yet processed.
         stats = self._jobs.statistics()
-        if (
-            stats.tasks_waiting_receive == 0
-            or stats.current_buffer_used
-            or job.snapshot is not None
-            or not isinstance(disk, AdaptiveDisk)
-            or not disk.loop_is_idle()
-        ):
+        if stats.tasks_waiting_receive == 0 or stats.current_buffer_used:
+            return False
+        if job.snapshot is not None:
             return False
         hs = job.hard_state
+        written = self._written_hs
+        must_write = bool(job.entries) or (
+            hs is not None and (hs.term != written.term or hs.vote != written.vote)
+        )
+        if must_write and (disk is None or not disk.loop_is_idle()):
+            return False
+        # Without a write (the commit index moved) this only records the hard state for the
+        # next save, whatever the executor.
         if hs is not None:
             self._pending_hs = hs
-        written = self._written_hs
-        if job.entries or (hs is not None and (hs.term != written.term or hs.vote != written.vote)):
+        if must_write and disk is not None:
             pending = self._pending_hs
             disk.inline_calls += 1
             self._wal.save(list(job.entries), pending)
