@@ -522,20 +522,25 @@ class TcpTransport:
                         first = await recv.receive()
                     except trio.EndOfChannel:
                         return
-                eager = False
                 try:
                     conn = await self._connect(p.id, "raft")
                 except PeerUnreachable as exc:
                     dropped = (first is not _FLUSH) + _drain(recv)
                     self.stats.dropped_unreachable += dropped
-                    if not p.reported_down:
+                    if eager:
+                        # Peers starting at the same time are often not listening yet: no
+                        # warning until a message cannot get through.
+                        log.info("node %d: node %d not reachable yet: %s", self.node_id, p.id, exc)
+                    elif not p.reported_down:
                         log.warning("node %d: cannot reach node %d: %s", self.node_id, p.id, exc)
+                        p.reported_down = True
                     else:
                         log.debug("node %d: cannot reach node %d: %s", self.node_id, p.id, exc)
-                    p.reported_down = True
+                    eager = False
                     self._notify_unreachable(p)
                     await self._backoff_wait(p, backoff.next())
                     continue
+                eager = False
                 if p.reported_down:
                     log.info("node %d: connected to node %d again", self.node_id, p.id)
                 p.reported_down = False
