@@ -14,10 +14,13 @@ connection of purpose ``"snapshot"``. The files are treated as one byte sequence
    the same source supersedes (aborts) the partial one; an already committed one is answered
    with :class:`SnapshotDone` at once.
 3. The sender keeps at most ``window`` chunks unacknowledged (credits). Each chunk carries a
-   CRC32C; the receiver checks it, writes the bytes straight into its snapshot builder
-   (``write_at``) and acknowledges with the position it reached. Memory on both sides is thus
-   bounded by ``window * chunk_size`` whatever the snapshot size. The receiver also keeps a
-   running CRC32C per file and checks it against the offer when the file is complete.
+   CRC32C; the receiver checks it and queues the chunk for its writer task, which writes what
+   has queued up into the snapshot builder (``write_at``, one worker-thread call for several
+   chunks) and then acknowledges each chunk with the position it reached: receiving overlaps
+   writing, and an acknowledgement still means "written". Memory on both sides is thus bounded
+   by ``window * chunk_size`` whatever the snapshot size. The receiver also keeps a running
+   CRC32C per file, extended with each chunk's already checked CRC (CRC combination, so the
+   bytes are checksummed once), and checks it against the offer when the file is complete.
 4. After the last chunk the receiver commits the builder (fsyncs, atomic rename; it sends
    :class:`SnapshotKeepalive` while that runs), hands the stored snapshot and the request to its
    handler, and answers :class:`SnapshotDone`.
