@@ -1,4 +1,5 @@
-"""The WAL actor: the only task that writes the write-ahead log.
+"""The WAL actor: owns the write-ahead log; every write goes through it (through
+:meth:`WalActor.persist_now` on the raft actor's task, while this actor is idle).
 
 Theory of operation (group commit): the raft actor hands over one :class:`PersistJob` per Ready
 and never waits. This actor takes the first queued job, then drains *everything else queued*
