@@ -23,8 +23,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
-import trio
-
 from trioraft.core.types import ConfState
 from trioraft.runtime.disk import DiskExecutor
 
@@ -120,7 +118,7 @@ def validate_file_name(name: str, *, allow_reserved: bool = False) -> None:
 
 @runtime_checkable
 class _SyncFile(Protocol):
-    def write(self, data: bytes, /) -> Any: ...
+    def write(self, data: bytes | bytearray, /) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -157,34 +155,16 @@ class _Stored(Protocol):
 
 class SnapshotFileWriter:
     """One file being written into a snapshot. Writes are buffered and flushed to disk in
-    chunks from a worker thread. Obtain it with ``async with writer.open(name) as f``.
+    chunks from a worker thread. Obtain it with ``async with writer.open(name) as f``."""
 
-    With a ``background`` nursery (how trioraft's snapshotter runs savers) a full chunk is
-    written while the saver goes on producing the next one: :meth:`write` returns once the
-    chunk is handed over, and waits only if the previous chunk is still being written. So at
-    most two chunks are held in memory, and a failed write is raised by the next
-    :meth:`write` or by :meth:`aclose`.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        raw: _SyncFile,
-        disk: DiskExecutor,
-        chunk_bytes: int,
-        background: trio.Nursery | None = None,
-    ) -> None:
+    def __init__(self, name: str, raw: _SyncFile, disk: DiskExecutor, chunk_bytes: int) -> None:
         self._name = name
         self._raw = raw
         self._disk = disk
         self._chunk = chunk_bytes
-        self._background = background
         self._buf = bytearray()
         self._size = 0
         self._closed = False
-        self._raw_closed = False
-        self._idle: trio.Event | None = None  #: set when the background write is done
-        self._failure: BaseException | None = None
 
     @property
     def name(self) -> str:
@@ -201,13 +181,12 @@ class SnapshotFileWriter:
 
         Raises:
             ValueError: the file is closed.
-            StorageFailed: (or another exception of the store) an earlier or this write failed.
         """
         if self._closed:
             raise ValueError(f"snapshot file {self._name!r} is closed")
         self._size += len(data)
         if not self._buf and len(data) >= self._chunk:
-            await self._put(bytes(data))
+            await self._disk(self._raw.write, bytes(data))
             return
         self._buf += data
         if len(self._buf) >= self._chunk:
@@ -215,59 +194,20 @@ class SnapshotFileWriter:
 
     async def _flush(self) -> None:
         if self._buf:
-            chunk = bytes(self._buf)
-            self._buf.clear()
-            await self._put(chunk)
-
-    async def _put(self, chunk: bytes) -> None:
-        """Writes ``chunk`` after the previous one: in the background when possible."""
-        await self._wait_idle()
-        if self._background is None:
+            # The buffer itself is handed over (the store takes any bytes-like object) and a
+            # new one started: no copy of the gathered bytes.
+            chunk, self._buf = self._buf, bytearray()
             await self._disk(self._raw.write, chunk)
-            return
-        idle = trio.Event()
-        self._background.start_soon(self._write_behind, chunk, idle)
-        self._idle = idle
-
-    async def _write_behind(self, chunk: bytes, idle: trio.Event) -> None:
-        try:
-            await self._disk(self._raw.write, chunk)
-        except BaseException as exc:
-            self._failure = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            idle.set()
-
-    async def _wait_idle(self) -> None:
-        if self._idle is not None:
-            await self._idle.wait()
-            self._idle = None
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
 
     async def aclose(self) -> None:
-        """Flush and close the file (idempotent). Durability comes with the snapshot's commit.
-
-        Raises:
-            StorageFailed: (or another exception of the store) a write failed.
-        """
-        if self._raw_closed:
+        """Flush and close the file (idempotent). Durability comes with the snapshot's commit."""
+        if self._closed:
             return
-        flush = not self._closed
         self._closed = True
         try:
-            if flush:
-                await self._flush()
-            await self._wait_idle()
+            await self._flush()
         finally:
-            with trio.CancelScope(shield=True):
-                if self._idle is not None:
-                    await self._idle.wait()  # never close under a write still running
-                    self._idle = None
-                self._raw_closed = True
-                await self._disk(self._raw.close)
+            await self._disk(self._raw.close)
 
 
 class SnapshotWriter:
@@ -281,15 +221,6 @@ class SnapshotWriter:
                 for chunk in encoded_state:
                     await f.write(chunk)
             writer.user_meta = b"format=1"
-
-    Args:
-        builder: the store's snapshot builder the files go into.
-        disk: runs the blocking writes (worker threads in production).
-        index, term, conf: the snapshot's Raft metadata.
-        chunk_bytes: small writes are gathered into writes of this size.
-        background: a nursery in which each file's full chunks are written while the saver
-            produces the next (see :class:`SnapshotFileWriter`); ``None``: every chunk is
-            written before :meth:`SnapshotFileWriter.write` returns.
 
     Attributes:
         user_meta: small application metadata stored in the snapshot's meta (readable through
@@ -305,11 +236,9 @@ class SnapshotWriter:
         term: int,
         conf: ConfState,
         chunk_bytes: int = _DEFAULT_CHUNK,
-        background: trio.Nursery | None = None,
     ) -> None:
         self._builder = builder
         self._disk = disk
-        self._background = background
         self._index = index
         self._term = term
         self._conf = conf
@@ -359,7 +288,7 @@ class SnapshotWriter:
             raise ValueError(f"snapshot file {name!r} already written")
         raw = await self._disk(self._builder.open_file, name)
         self._names.append(name)
-        f = SnapshotFileWriter(name, raw, self._disk, self._chunk, self._background)
+        f = SnapshotFileWriter(name, raw, self._disk, self._chunk)
         self._open.add(f)
         return f
 

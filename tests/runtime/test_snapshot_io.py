@@ -3,19 +3,14 @@ store's builder and reader (the real store is exercised by the integration tests
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
-import trio
-import trio.testing
 
 from trioraft.core.types import ConfState
 from trioraft.runtime.disk import INLINE_DISK
 from trioraft.statemachine import SnapshotReader, SnapshotWriter, validate_file_name
-
-T = TypeVar("T")
 
 
 class FakeFile:
@@ -156,89 +151,22 @@ async def test_reader_reads_whole_files_chunks_and_streams() -> None:
     assert await r.read_reserved("_trioraft_members.cbor") == b"\xa0"
 
 
-class GatedDisk:
-    """Runs each call only when the test opens the gate for it (``await release()``), so a
-    test sees what the caller does while a write is still in progress."""
+async def test_gathered_chunks_are_handed_over_and_never_changed_afterwards() -> None:
+    """Small writes are gathered into a buffer handed to the store as it is (no copy); the
+    writer starts a new buffer, so a chunk the store holds on to is never modified later."""
+    kept: list[bytes | bytearray] = []
 
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self._gates: list[trio.Event] = []
-        self._arrived = trio.Condition()
+    class KeepingFile(FakeFile):
+        def write(self, data: bytes) -> None:
+            kept.append(data)
+            super().write(data)
 
-    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        name = getattr(fn, "__name__", "")
-        if name == "write":
-            gate = trio.Event()
-            self._gates.append(gate)
-            self.started.append(bytes(args[0]).decode())
-            async with self._arrived:
-                self._arrived.notify_all()
-            await gate.wait()
-        return fn(*args)
-
-    async def release(self) -> None:
-        """Lets the oldest waiting write run (waiting for one to arrive if needed)."""
-        async with self._arrived:
-            while not self._gates:
-                await self._arrived.wait()
-        self._gates.pop(0).set()
-        await trio.testing.wait_all_tasks_blocked()
-
-
-async def test_background_writer_overlaps_producing_with_writing() -> None:
-    """With a background nursery, ``write`` hands a full chunk over and returns while it is
-    being written; the next full chunk waits for it (two chunks in memory at most), chunks
-    land in order, and ``aclose`` returns only when everything is written and closed."""
     b = FakeBuilder()
-    disk = GatedDisk()
-    produced: list[str] = []
-    async with trio.open_nursery() as nursery:
-        w = SnapshotWriter(
-            b, disk, index=1, term=1, conf=ConfState(), chunk_bytes=4, background=nursery
-        )
-        f = await w.create("data")
-
-        async def saver() -> None:
-            for piece in ("aaaa", "bbbb", "cccc"):
-                await f.write(piece.encode())
-                produced.append(piece)
-            await f.aclose()
-            produced.append("closed")
-
-        nursery.start_soon(saver)
-        await trio.testing.wait_all_tasks_blocked()
-        # "aaaa" is being written and the saver already handed over "bbbb" ...
-        assert disk.started == ["aaaa"] and produced == ["aaaa"]
-        await disk.release()
-        # ... which is written once "aaaa" is done, while "cccc" waits its turn.
-        assert disk.started == ["aaaa", "bbbb"] and produced == ["aaaa", "bbbb"]
-        await disk.release()
-        await disk.release()
-        assert produced == ["aaaa", "bbbb", "cccc", "closed"]
-    assert bytes(b.files["data"]) == b"aaaabbbbcccc"
-    assert b.handles["data"].closed
-
-
-class FailingFile(FakeFile):
-    def write(self, data: bytes) -> None:
-        if data.startswith(b"x"):
-            raise OSError("disk full")
-        super().write(data)
-
-
-@pytest.mark.parametrize("where", ["next-write", "close"])
-async def test_a_failed_background_write_is_raised_to_the_saver(where: str) -> None:
-    b = FakeBuilder()
-    async with trio.open_nursery() as nursery:
-        w = SnapshotWriter(
-            b, INLINE_DISK, index=1, term=1, conf=ConfState(), chunk_bytes=4, background=nursery
-        )
-        f = await w.create("data")
-        f._raw = FailingFile(b.files["data"])  # type: ignore[assignment]
-        await f.write(b"xxxx")  # fails in the background
-        with pytest.raises(OSError, match="disk full"):
-            if where == "next-write":
-                await f.write(b"yyyy")
-            await f.aclose()
-        await f.aclose()  # idempotent once closed
-    assert f._raw.closed  # type: ignore[attr-defined]
+    w = make_writer(b, chunk=4)
+    f = await w.create("data")
+    f._raw = KeepingFile(b.files["data"])  # type: ignore[assignment]
+    for piece in (b"ab", b"cd", b"ef", b"gh", b"i"):
+        await f.write(piece)
+    await f.aclose()
+    assert [bytes(c) for c in kept] == [b"abcd", b"efgh", b"i"]
+    assert bytes(b.files["data"]) == b"abcdefghi"

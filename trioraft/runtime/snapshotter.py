@@ -301,36 +301,20 @@ class Snapshotter:
         try:
             with trio.CancelScope() as scope:
                 self._save_scope = scope
-                # The nursery lets each file's chunk be written while the saver produces the
-                # next one; every write is finished when the files are closed, before commit.
-                # Its tasks keep their failures for the writer to raise, and so does the body
-                # here: errors leave the nursery unwrapped, as the saver raised them.
-                error: Exception | None = None
-                async with trio.open_nursery() as background:
-                    writer = SnapshotWriter(
-                        builder,
-                        self._disk,
-                        index=captured.index,
-                        term=captured.term,
-                        conf=captured.conf,
-                        chunk_bytes=self._cfg.chunk_bytes,
-                        background=background,
-                    )
-                    try:
-                        await captured.saver(writer)
-                        await writer._write_runtime_file(
-                            MEMBERS_FILE, encode_members(captured.members)
-                        )
-                    except Exception as exc:
-                        error = exc
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            try:
-                                await writer.aclose_all()
-                            except Exception as exc:
-                                error = error or exc
-                if error is not None:
-                    raise error
+                writer = SnapshotWriter(
+                    builder,
+                    self._disk,
+                    index=captured.index,
+                    term=captured.term,
+                    conf=captured.conf,
+                    chunk_bytes=self._cfg.chunk_bytes,
+                )
+                try:
+                    await captured.saver(writer)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await writer.aclose_all()
+                await writer._write_runtime_file(MEMBERS_FILE, encode_members(captured.members))
                 stored = await self._disk(builder.commit, writer.user_meta)
             if scope.cancelled_caught:
                 raise SnapshotFailed("snapshot save cancelled")
