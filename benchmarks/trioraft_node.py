@@ -144,20 +144,44 @@ class BenchMachine:
         self.restore_begin_cpu = time.process_time()
         self.hwm_before_restore_kib = _proc_kib("VmHWM")
         self.rss_before_restore_kib = _proc_kib("VmRSS")
+        data: dict[bytes, bytes] = {}
+        total = 0
+        rest = b""  # the start of a record cut by the end of the previous chunk
+        unpack = _HDR.unpack_from
+        hsize = _HDR.size
         if STATE_FILE in reader.files:
-            async with trio.open_nursery() as nursery:
-                # The next piece is read (in a worker thread) while this one is parsed.
-                pieces_in, pieces = trio.open_memory_channel[bytes](1)
-
-                async def read_ahead() -> None:
-                    async with pieces_in:
-                        async for piece in reader.iter_file(STATE_FILE, _RESTORE_CHUNK):
-                            await pieces_in.send(piece)
-
-                nursery.start_soon(read_ahead)
-                data, total, rest = await self._parse(pieces)
-        else:
-            data, total, rest = {}, 0, b""
+            async for chunk in reader.iter_file(STATE_FILE, _RESTORE_CHUNK):
+                pos = 0
+                if rest:
+                    # Complete the cut record from the head of this chunk (copying only its
+                    # own bytes, not the whole chunk).
+                    if len(rest) < hsize:
+                        pos = min(hsize - len(rest), len(chunk))
+                        rest += chunk[:pos]
+                        if len(rest) < hsize:
+                            continue
+                    klen, vlen = unpack(rest, 0)
+                    need = hsize + klen + vlen - len(rest)
+                    if need > len(chunk) - pos:
+                        rest += chunk[pos:]
+                        continue
+                    rec = rest + chunk[pos : pos + need]
+                    pos += need
+                    data[rec[hsize : hsize + klen]] = rec
+                    total += vlen
+                    rest = b""
+                end = len(chunk)
+                last = end - hsize
+                while pos <= last:
+                    klen, vlen = unpack(chunk, pos)
+                    key_end = pos + hsize + klen
+                    rec_end = key_end + vlen
+                    if rec_end > end:
+                        break
+                    data[chunk[pos + hsize : key_end]] = chunk[pos:rec_end]
+                    total += vlen
+                    pos = rec_end
+                rest = chunk[pos:]
         if rest:
             raise ValueError(f"truncated {STATE_FILE}: {len(rest)} trailing bytes")
         self.data = data
@@ -165,49 +189,6 @@ class BenchMachine:
         self.restore_end = time.monotonic()
         self.restore_end_cpu = time.process_time()
         self._reached(reader.index)
-
-    async def _parse(
-        self, pieces: trio.MemoryReceiveChannel[bytes]
-    ) -> tuple[dict[bytes, bytes], int, bytes]:
-        """Records of the state file, arriving in ``pieces``: (dict, value bytes, leftover)."""
-        data: dict[bytes, bytes] = {}
-        total = 0
-        rest = b""  # the start of a record cut by the end of the previous chunk
-        unpack = _HDR.unpack_from
-        hsize = _HDR.size
-        async for chunk in pieces:
-            pos = 0
-            if rest:
-                # Complete the cut record from the head of this chunk (copying only its
-                # own bytes, not the whole chunk).
-                if len(rest) < hsize:
-                    pos = min(hsize - len(rest), len(chunk))
-                    rest += chunk[:pos]
-                    if len(rest) < hsize:
-                        continue
-                klen, vlen = unpack(rest, 0)
-                need = hsize + klen + vlen - len(rest)
-                if need > len(chunk) - pos:
-                    rest += chunk[pos:]
-                    continue
-                rec = rest + chunk[pos : pos + need]
-                pos += need
-                data[rec[hsize : hsize + klen]] = rec
-                total += vlen
-                rest = b""
-            end = len(chunk)
-            last = end - hsize
-            while pos <= last:
-                klen, vlen = unpack(chunk, pos)
-                key_end = pos + hsize + klen
-                rec_end = key_end + vlen
-                if rec_end > end:
-                    break
-                data[chunk[pos + hsize : key_end]] = chunk[pos:rec_end]
-                total += vlen
-                pos = rec_end
-            rest = chunk[pos:]
-        return data, total, rest
 
 
 class _SnapshotLog(logging.Handler):
