@@ -92,7 +92,14 @@ def structure(raw: Any, cls: Any) -> Any:
     """
     try:
         return converter.structure(raw, cls)
-    except (BaseValidationError, ClassValidationError, KeyError, TypeError, ValueError) as exc:
+    except (
+        AttributeError,  # a list or scalar where a map was expected
+        BaseValidationError,
+        ClassValidationError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:
         name = getattr(cls, "__name__", "message")
         detail = "; ".join(_leaf_errors(exc)) or str(exc)
         raise DecodeError(f"invalid {name}: {detail}") from exc
