@@ -1,22 +1,24 @@
-"""A small, strict HTTP/1.1 server on Trio for the examples.
+"""A small, strict HTTP/1.1 server on Trio for the examples, parsing with httptools (llhttp).
 
-Theory of operation: one task per connection reads bytes into a buffer and serves the requests in
-it one after the other (so pipelined requests are answered in order). A request head is complete
-at the first empty line; it is bounded by ``max_header_bytes`` (431 beyond) and parsed strictly
-(RFC 9112): request line ``METHOD SP target SP HTTP/1.x``, ``name: value`` header lines with token
-names, CRLF line ends, no obsolete line folding, no control characters; anything else is a 400 and
-the connection is closed, as is every error the server answers itself (a client that sent a bad
-request may be out of step, and keeping the connection could desynchronise it). A body is framed
-by ``Content-Length`` (one value, digits only) or ``Transfer-Encoding: chunked``; a request with
-both, or with another transfer coding, is refused (400 / 501); a body over ``max_body_bytes``
-becomes a 413 without reading the rest. ``Expect: 100-continue`` is answered before the body is
-read. A handler exception becomes a 500 and is logged; malformed input closes one connection and
-never the server. Cancelling the task that runs :func:`serve_http` closes every connection and the
+Theory of operation: one task per connection reads bytes and feeds them to a
+:class:`RequestParser`, which hands them to llhttp (the parser of Node.js and uvicorn, through
+MagicStack's ``httptools`` binding) in its strict mode: llhttp parses request lines, header
+fields, Content-Length and chunked bodies, and rejects malformed ones (bare LF, obsolete line
+folding, control characters, duplicate or non-numeric Content-Length, Content-Length beside
+Transfer-Encoding, bad chunk framing). Our callbacks only collect the pieces and enforce this
+server's own limits and policies: head bytes and field count (431), body bytes (413, as soon as
+the body passes the limit), one Host for HTTP/1.1, versions 1.0 and 1.1 only (505), no transfer
+coding other than chunked (501), ``Expect: 100-continue`` only (417; the 100 is sent before the
+body is read). Complete requests are answered in order, so pipelined requests work; a malformed
+request after good ones is answered with 400 once those are answered. Every error the server
+answers itself closes the connection (a client that sent a bad request may be out of step), and
+malformed input never affects other connections. A handler exception becomes a 500 and is
+logged. Cancelling the task that runs :func:`serve_http` closes every connection and the
 listeners.
 
-Why not h11 (which this server used before): a busy KV node spent over half its CPU in the HTTP
-layer, most of it in h11's general event machinery; a request here costs a buffer search, two
-small regular expressions per line and one write. Timeouts are deadlines that one sweeper task
+Cost: a KV node under load spent over half its CPU in h11's general event machinery, which
+this server used first; llhttp is C, and per request we pay a handful of callbacks, one read and
+one write (plain non-blocking system calls). Timeouts are deadlines that one sweeper task
 enforces instead of cancel scopes per request, and response heads are built once per distinct
 head and reused.
 """
@@ -28,11 +30,13 @@ import logging
 import os
 import re
 import urllib.parse
+from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, NamedTuple
 
 import attrs
+import httptools
 import trio
 
 __all__ = [
@@ -145,10 +149,6 @@ class _Reject(Exception):
         self.text = text
 
 
-class _PeerGone(Exception):
-    """The client closed its side before a complete request arrived."""
-
-
 #: connection phases, for the timeout sweeper
 _IDLE = 0  # waiting for (the rest of) a request head: idle_timeout, then close silently
 _BODY = 1  # reading a request body: request_timeout, then 408
@@ -158,122 +158,189 @@ _NO_DEADLINE = float("inf")
 #: distinct response heads kept ready-made (a KV node answers a handful of distinct ones)
 _HEAD_CACHE_SIZE = 256
 _MAX_HEADERS = 100
-#: a chunk-size line (with extensions) longer than this is refused
-_MAX_CHUNK_LINE = 1024
-
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(;.*)?")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HTTP_VERSIONS = ("1.0", "1.1")
 
 
-class _Head(NamedTuple):
-    """A parsed request head (the part before the body); a tuple, cheap to build."""
+class _Parsed(NamedTuple):
+    """A complete request as the parser hands it over; a tuple, cheap to build."""
 
-    method: str
-    target: str
-    headers: tuple[tuple[bytes, bytes], ...]
-    content_length: int | None  # None: chunked, or no body at all when ``chunked`` is False
-    chunked: bool
+    request: Request | None  # None: the request target is unusable (answered with 400)
     keep_alive: bool
-    expect_continue: bool
 
 
-def parse_head(head: bytes) -> _Head:
-    """Parse a request head: the bytes before the empty line that ends it, without the final
-    CRLF CRLF.
+class RequestParser:
+    """Turns the bytes of one connection into complete requests, with llhttp doing the parsing.
 
-    Raises:
-        _Reject: 400 for anything malformed, 501 for an unsupported transfer coding, 505 for an
-            HTTP version other than 1.0 and 1.1.
+    Theory of operation: ``httptools.HttpRequestParser`` (llhttp, strict mode) parses the request
+    line, the header fields and the body framing (Content-Length or chunked) and calls back on
+    this object; the callbacks only collect the pieces, enforce this server's limits and refuse
+    what the server does not support. A callback refuses by raising :class:`_Reject`, which stops
+    llhttp; :meth:`feed` re-raises it (llhttp wraps it in ``HttpParserCallbackError``). Completed
+    requests wait in :attr:`ready`, in order: one read may complete several pipelined requests,
+    and an error found later in the same bytes is raised only after the earlier requests are in
+    :attr:`ready` (the connection answers those first).
+
+    The head limit counts what the callbacks see (target, names, values, a few bytes per line)
+    and, since llhttp does not buffer but httptools joins a field value split across reads, every
+    read that completes neither a head nor any body bytes: a client dripping an endless header
+    line is refused after ``max_header_bytes`` plus one read.
     """
-    lines = head.split(b"\r\n")
-    # RFC 9112 2.2: ignore empty lines before the request line (some clients send a CRLF after
-    # a POST body).
-    while lines and not lines[0]:
-        del lines[0]
-    if not lines:
-        raise _Reject(400, "bad request: empty request")
-    if head.count(b"\n") != head.count(b"\r\n"):
-        raise _Reject(400, "bad request: bare LF in the request head")
-    m = _REQUEST_LINE.fullmatch(lines[0])
-    if m is None:
-        raise _Reject(400, "bad request: malformed request line")
-    method_b, target_b, major, minor = m.groups()
-    if major != b"1" or minor not in (b"0", b"1"):
-        raise _Reject(505, "HTTP version not supported (use HTTP/1.1)")
-    http11 = minor == b"1"
-    if len(lines) - 1 > _MAX_HEADERS:
-        raise _Reject(431, f"more than {_MAX_HEADERS} header fields")
-    headers: list[tuple[bytes, bytes]] = []
-    content_length: bytes | None = None
-    transfer_encoding: list[bytes] = []
-    connection: list[bytes] = []
-    hosts = 0
-    expect_continue = False
-    for line in lines[1:]:
-        hm = _HEADER_LINE.fullmatch(line)
-        if hm is None:
-            if line[:1] in (b" ", b"\t"):
-                raise _Reject(400, "bad request: obsolete line folding in a header")
-            raise _Reject(400, "bad request: malformed header line")
-        name = hm.group(1).lower()
-        value = hm.group(2)
-        if _BAD_VALUE.search(value):
-            raise _Reject(400, "bad request: control character in a header value")
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_drip",
+        "_expect",
+        "_head_size",
+        "_headers",
+        "_hosts",
+        "_keep_alive",
+        "_max_body",
+        "_max_head",
+        "_parser",
+        "_te",
+        "_url",
+        "expect_continue",
+        "in_body",
+        "in_message",
+        "ready",
+        "upgraded",
+    )
+
+    def __init__(self, config: HttpServerConfig) -> None:
+        self._max_head = config.max_header_bytes
+        self._max_body = config.max_body_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        #: complete requests not yet taken by the connection
+        self.ready: deque[_Parsed] = deque()
+        #: the current request has started (an end of input now cuts it)
+        self.in_message = False
+        #: the current request's head is complete, its body is not
+        self.in_body = False
+        #: the current request asks for ``100 Continue`` and none has been sent
+        self.expect_continue = False
+        #: an Upgrade or CONNECT request ended the HTTP part of the connection
+        self.upgraded = False
+        self._drip = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._head_size = 0
+        self._hosts = 0
+        self._te: bytes | None = None
+        self._expect = False
+        self._keep_alive = False
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Parse the next bytes of the connection; complete requests go to :attr:`ready`.
+
+        Raises:
+            _Reject: the bytes are malformed (400) or beyond a limit (413, 431), or the request
+                uses something this server does not support (417, 501, 505). The parser is
+                unusable afterwards: the connection answers and closes.
+        """
+        began_inside = self.in_message
+        body_before = self._body_size
+        ready_before = len(self.ready)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                raise cause from None
+            raise  # a bug in a callback: the connection logs it and closes
+        except httptools.HttpParserUpgrade:
+            # The bytes after the upgrade request belong to another protocol; that request is in
+            # ``ready`` and is answered (without switching), then the connection closes.
+            self.upgraded = True
+            return
+        except httptools.HttpParserError as exc:
+            raise _Reject(400, f"bad request: {exc}") from None
+        if (
+            began_inside
+            and self.in_message
+            and len(self.ready) == ready_before
+            and self._body_size == body_before
+        ):
+            self._drip += len(data)
+            if self._drip > self._max_head:
+                raise _Reject(431, "request header fields too large")
+
+    # -- llhttp callbacks (called by feed_data) ----------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self._drip = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url  # llhttp may deliver the target in pieces (split reads)
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            raise _Reject(431, "request header fields too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Also called for the trailer fields of a chunked body: they count against the head limit
+        # and are otherwise ignored.
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._max_head:
+            raise _Reject(431, "request header fields too large")
+        if self.in_body:
+            return
+        headers = self._headers
+        if len(headers) >= _MAX_HEADERS:
+            raise _Reject(431, f"more than {_MAX_HEADERS} header fields")
+        name = name.lower()
+        # llhttp strips the whitespace before a value but not after it (RFC 9112 5: not part of
+        # the value).
+        value = value.rstrip(b" \t")
         headers.append((name, value))
-        if name == b"content-length":
-            for part in value.split(b","):
-                part = part.strip(b" \t")
-                if _DIGITS.fullmatch(part) is None:
-                    raise _Reject(400, "bad request: invalid Content-Length")
-                if content_length is not None and int(part) != int(content_length):
-                    raise _Reject(400, "bad request: conflicting Content-Length values")
-                content_length = part
+        if name == b"host":
+            self._hosts += 1
         elif name == b"transfer-encoding":
-            transfer_encoding.extend(
-                c.strip(b" \t").lower() for c in value.split(b",") if c.strip(b" \t")
-            )
-        elif name == b"connection":
-            connection.extend(c.strip(b" \t").lower() for c in value.split(b","))
-        elif name == b"host":
-            hosts += 1
+            self._te = value if self._te is None else self._te + b"," + value
         elif name == b"expect":
             if value.lower() != b"100-continue":
                 raise _Reject(417, "only Expect: 100-continue is supported")
-            expect_continue = http11
-    if http11 and hosts != 1:
-        raise _Reject(400, "bad request: HTTP/1.1 needs exactly one Host header")
-    chunked = False
-    if transfer_encoding:
-        if content_length is not None:
-            # Both framings at once is how requests are smuggled past proxies: refuse.
-            raise _Reject(400, "bad request: both Transfer-Encoding and Content-Length")
-        if not http11:
-            raise _Reject(400, "bad request: Transfer-Encoding in an HTTP/1.0 request")
-        if transfer_encoding != [b"chunked"]:
-            raise _Reject(501, "only the chunked transfer coding is supported")
-        chunked = True
-    try:
-        method = method_b.decode("ascii")
-        target = target_b.decode("ascii")
-    except UnicodeDecodeError:  # pragma: no cover - the regular expression admits ASCII only
-        raise _Reject(400, "bad request: non-ASCII request line") from None
-    if http11:
-        keep_alive = b"close" not in connection
-    else:
-        keep_alive = False  # HTTP/1.0 clients get one request per connection
-    return _Head(
-        method=method.upper(),
-        target=target,
-        headers=tuple(headers),
-        content_length=None if content_length is None else int(content_length),
-        chunked=chunked,
-        keep_alive=keep_alive,
-        expect_continue=expect_continue,
-    )
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in _HTTP_VERSIONS:
+            raise _Reject(505, "HTTP version not supported (use HTTP/1.1)")
+        http11 = version == "1.1"
+        if http11 and self._hosts != 1:
+            raise _Reject(400, "bad request: HTTP/1.1 needs exactly one Host header")
+        if self._te is not None:
+            # llhttp has checked the framing (chunked last, no Content-Length beside it); a coding
+            # before ``chunked`` would hand us a body we cannot decode.
+            if not http11:
+                raise _Reject(400, "bad request: Transfer-Encoding in an HTTP/1.0 request")
+            if self._te.lower() != b"chunked":
+                raise _Reject(501, "only the chunked transfer coding is supported")
+        # HTTP/1.0 clients get one request per connection; an upgrade ends HTTP on it.
+        self._keep_alive = http11 and parser.should_keep_alive() and not parser.should_upgrade()
+        self.expect_continue = self._expect and http11
+        self.in_body = True
+
+    def on_body(self, body: bytes) -> None:
+        self.expect_continue = False  # the client sends the body without waiting
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            raise _Reject(413, f"request body exceeds {self._max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        method = self._parser.get_method().decode("ascii")
+        request = _to_request(method, self._url, tuple(self._headers), body)
+        self.ready.append(_Parsed(request, self._keep_alive))
+        self.in_message = self.in_body = self.expect_continue = False
+        self._reset()
 
 
 def _reason(status: int) -> str:
@@ -308,10 +375,10 @@ class _Connection:
         self.handler = handler
         self.config = config
         self.on_reject = on_reject
-        self.buf = bytearray()
+        self.parser = RequestParser(config)
         self.eof = False
         self.scope = trio.CancelScope()
-        self.phase = _IDLE
+        self.phase = _BUSY  # the request loop starts the first idle phase
         self.deadline = _NO_DEADLINE
         self.expired = -1  # the phase whose deadline passed, once the sweeper cancelled us
         self._heads = heads if heads is not None else {}
@@ -328,14 +395,10 @@ class _Connection:
             self.scope.cancel()
 
     # -- reading ---------------------------------------------------------------------------------
-    async def _fill(self) -> None:
-        """Read more bytes into the buffer.
-
-        Raises:
-            _PeerGone: the client closed its side.
-        """
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the client; empty once it has closed its side."""
         if self.eof:
-            raise _PeerGone
+            return b""
         fd = self._fd
         if fd < 0:
             data = await self.stream.receive_some(_READ_SIZE)
@@ -356,112 +419,7 @@ class _Connection:
                 await trio.lowlevel.checkpoint()
         if not data:
             self.eof = True
-            raise _PeerGone
-        self.buf += data
-
-    async def _read_head(self) -> bytes | None:
-        """The next request head (without its final CRLF CRLF), or None when the client closed
-        the connection between requests."""
-        buf = self.buf
-        limit = self.config.max_header_bytes
-        searched = 0
-        while True:
-            # RFC 9112 2.2: empty lines before a request line are ignored.
-            while buf.startswith(b"\r\n"):
-                del buf[:2]
-            end = buf.find(b"\r\n\r\n", searched)
-            if end >= 0:
-                if end > limit:
-                    raise _Reject(431, "request header fields too large")
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                return head
-            if len(buf) > limit + 4:
-                raise _Reject(431, "request header fields too large")
-            if b"\n\n" in buf:
-                raise _Reject(400, "bad request: bare LF in the request head")
-            searched = max(0, len(buf) - 3)
-            try:
-                await self._fill()
-            except _PeerGone:
-                if buf.strip(b"\r\n"):
-                    raise _Reject(400, "bad request: connection closed inside a request") from None
-                return None
-
-    async def _read_exactly(self, n: int) -> bytes:
-        buf = self.buf
-        while len(buf) < n:
-            try:
-                await self._fill()
-            except _PeerGone:
-                raise _Reject(400, "bad request: connection closed inside the body") from None
-        data = bytes(buf[:n])
-        del buf[:n]
         return data
-
-    async def _read_line(self, limit: int) -> bytes:
-        buf = self.buf
-        searched = 0
-        while True:
-            end = buf.find(b"\r\n", searched)
-            if end >= 0:
-                if end > limit:
-                    break
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                return line
-            if len(buf) > limit:
-                break
-            searched = max(0, len(buf) - 1)
-            try:
-                await self._fill()
-            except _PeerGone:
-                raise _Reject(400, "bad request: connection closed inside the body") from None
-        raise _Reject(400, "bad request: chunk framing line too long")
-
-    async def _read_chunked(self) -> bytes:
-        limit = self.config.max_body_bytes
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            m = _CHUNK_SIZE.fullmatch(await self._read_line(_MAX_CHUNK_LINE))
-            if m is None:
-                raise _Reject(400, "bad request: malformed chunk size")
-            n = int(m.group(1), 16)
-            if n == 0:
-                break
-            size += n
-            if size > limit:
-                raise _Reject(413, f"request body exceeds {limit} bytes")
-            parts.append(await self._read_exactly(n))
-            if await self._read_exactly(2) != b"\r\n":
-                raise _Reject(400, "bad request: chunk data not followed by CRLF")
-        # Trailer fields are read and ignored; their total size counts against the head limit.
-        budget = self.config.max_header_bytes
-        while True:
-            line = await self._read_line(budget)
-            if not line:
-                return b"".join(parts)
-            budget -= len(line) + 2
-            if budget < 0 or _HEADER_LINE.fullmatch(line) is None:
-                raise _Reject(400, "bad request: malformed or oversized trailer")
-
-    async def _read_body(self, head: _Head) -> bytes:
-        if head.expect_continue and not self.buf:
-            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if head.chunked:
-            return await self._read_chunked()
-        n = head.content_length
-        if not n:
-            return b""
-        if n > self.config.max_body_bytes:
-            raise _Reject(413, f"request body exceeds {self.config.max_body_bytes} bytes")
-        buf = self.buf
-        if len(buf) >= n:  # the common case: the body came with the head
-            body = bytes(buf[:n])
-            del buf[:n]
-            return body
-        return await self._read_exactly(n)
 
     # -- writing ---------------------------------------------------------------------------------
     def _head_bytes(self, response: Response, close: bool) -> bytes:
@@ -560,41 +518,72 @@ class _Connection:
 
     async def _serve(self) -> None:
         config = self.config
+        parser = self.parser
+        ready = parser.ready
+        failure: _Reject | None = None
         while True:
-            # A keep-alive connection may idle; once a request starts it must finish promptly.
-            self.phase = _IDLE
-            self.deadline = trio.current_time() + config.idle_timeout
-            raw = await self._read_head()
-            if raw is None:
+            if ready:
+                parsed = ready.popleft()
+                await self._answer(parsed)
+                if not parsed.keep_alive:
+                    return
+                continue
+            # Every request that arrived before a malformed one has been answered.
+            if failure is not None:
+                raise failure
+            if parser.upgraded:
                 return
-            self.phase = _BODY
-            self.deadline = trio.current_time() + config.request_timeout
-            head = parse_head(raw)
-            body = await self._read_body(head)
-            self.phase = _BUSY
-            self.deadline = _NO_DEADLINE
-            request = _to_request(head, body)
-            if request is None:
-                raise _Reject(400, "bad request: malformed request target")
-            try:
-                response = await self.handler(request)
-            except Exception:
-                logger.exception("handler failed for %s %s", request.method, request.path)
-                response = text_response(500, "internal server error")
-            try:
-                self._head_bytes(response, not head.keep_alive)
-            except ValueError:
-                logger.exception("handler answered an invalid response to %s", request.path)
-                response = text_response(500, "internal server error")
-            await self._respond(
-                response, head_only=request.method == "HEAD", close=not head.keep_alive
-            )
-            if not head.keep_alive:
+            # A keep-alive connection may idle; once a request's head is in, its body must
+            # follow promptly.
+            if parser.in_body:
+                if self.phase != _BODY:
+                    self.phase = _BODY
+                    self.deadline = trio.current_time() + config.request_timeout
+                if parser.expect_continue:
+                    parser.expect_continue = False
+                    await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif self.phase != _IDLE:
+                self.phase = _IDLE
+                self.deadline = trio.current_time() + config.idle_timeout
+            data = await self._receive()
+            if not data:
+                if parser.in_message:
+                    raise _Reject(400, "bad request: connection closed inside a request")
                 return
+            try:
+                parser.feed(data)
+            except _Reject as exc:
+                failure = exc
+
+    async def _answer(self, parsed: _Parsed) -> None:
+        request = parsed.request
+        close = not parsed.keep_alive
+        if request is None:
+            raise _Reject(400, "bad request: malformed request target")
+        self.phase = _BUSY
+        self.deadline = _NO_DEADLINE
+        try:
+            response = await self.handler(request)
+        except Exception:
+            logger.exception("handler failed for %s %s", request.method, request.path)
+            response = text_response(500, "internal server error")
+        try:
+            self._head_bytes(response, close)
+        except ValueError:
+            logger.exception("handler answered an invalid response to %s", request.path)
+            response = text_response(500, "internal server error")
+        await self._respond(response, head_only=request.method == "HEAD", close=close)
 
 
-def _to_request(head: _Head, body: bytes) -> Request | None:
-    target = head.target
+def _to_request(
+    method: str, url: bytes, headers: tuple[tuple[bytes, bytes], ...], body: bytes
+) -> Request | None:
+    """The request, or None when its target is unusable (not origin- or absolute-form, or not
+    valid percent-encoded UTF-8)."""
+    try:
+        target = url.decode("ascii")
+    except UnicodeDecodeError:  # pragma: no cover - llhttp admits ASCII targets only
+        return None
     if target.startswith(("http://", "https://")):
         # absolute-form (RFC 9112 3.2.2): servers must accept it; only the path matters here.
         parts = urllib.parse.urlsplit(target)
@@ -612,7 +601,7 @@ def _to_request(head: _Head, body: bytes) -> Request | None:
         )
     except (UnicodeDecodeError, ValueError):
         return None
-    return Request(method=head.method, path=path, query=query, headers=head.headers, body=body)
+    return Request(method=method, path=path, query=query, headers=headers, body=body)
 
 
 class _Server:
