@@ -401,3 +401,28 @@ async def test_a_client_resetting_the_connection_does_not_hurt_the_server() -> N
         status, _, _ = await request(port, "GET", "/still-alive")
         assert status == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_an_upgrade_request_is_answered_without_switching_and_closed() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(
+            port,
+            b"GET /up HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+            b"\x81\x05hello GET /never HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        assert statuses(out) == [200]
+        assert b"connection: close" in out and b"/never" not in out
+        status, _, _ = await request(port, "GET", "/still-alive")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_unknown_method_gets_400_and_server_survives() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(port, b"BREW /pot HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert statuses(out) == [400]
+        status, _, _ = await request(port, "GET", "/still-alive")
+        assert status == 200
+        nursery.cancel_scope.cancel()
