@@ -529,7 +529,7 @@ async def open_raft_node(
             nothing else to run, else a lean thread hand-off, and always the thread while
             several nodes share the event loop). ``INLINE_DISK`` here always blocks the event
             loop for each group commit's fsync but saves the thread round trip;
-            ``SerialThreadDisk()`` never blocks it.
+            ``SerialThreadDisk()`` never blocks it. Give each node its own executor.
 
     Raises:
         StorageCorrupted: the data directory is damaged beyond automatic repair.

@@ -7,6 +7,7 @@ import errno
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -294,3 +295,47 @@ def test_simulated_rename_rules() -> None:
         sim.rename("/nope", "/x")
     with pytest.raises(IsADirectoryError):
         sim.remove("/a")
+
+
+def test_allocate_without_posix_fallocate_is_eopnotsupp_and_the_wal_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trioraft.core.types import Entry, HardState
+    from trioraft.storage import fs as fsmod
+    from trioraft.storage.wal import WAL
+
+    monkeypatch.setattr(fsmod, "_POSIX_FALLOCATE", None)  # as on macOS
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as info:
+            REAL_FS.allocate(fd, 0, 4096)
+        assert info.value.errno == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    with WAL.open(str(tmp_path / "wal"))[0] as wal:
+        wal.save([Entry(1, 1, data=b"x")], HardState(1, 1, 0))
+        wal.save([Entry(1, 2, data=b"y")], HardState(1, 1, 1))
+    assert caplog.text.count("cannot reserve segment space") == 1
+    wal, contents = WAL.open(str(tmp_path / "wal"))
+    wal.close()
+    assert [e.data for e in contents.entries] == [b"x", b"y"]
+
+
+def test_writeback_without_ctypes_is_only_a_lost_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from trioraft.storage import fs as fsmod
+
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # "import ctypes" raises ImportError
+    monkeypatch.setattr(fsmod, "_sync_file_range_loaded", False)
+    monkeypatch.setattr(fsmod, "_sync_file_range", None)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"x" * 8192)
+        REAL_FS.writeback(fd, 0, 8192)
+        REAL_FS.writeback(fd, 0, 8192)
+    finally:
+        os.close(fd)
+    assert fsmod._sync_file_range_loaded and fsmod._sync_file_range is None

@@ -106,6 +106,10 @@ class AdaptiveDisk:
     fsyncs anyway, and etcd's raft loop likewise saves its WAL synchronously. When other
     tasks are runnable they keep running while the thread waits for the disk. Cancellation
     waits for the call to finish either way.
+
+    One instance per node: the count of nodes sharing the loop is kept per instance, so an
+    instance passed to several nodes would count them once (and run their fsyncs inline on a
+    shared loop).
     """
 
     def __init__(self) -> None:

@@ -216,6 +216,7 @@ class NodeRuntime:
         elif hard_state == HardState() and not entries and not cfg.join:
             entries, hard_state = bootstrap_state(cfg.initial_voters())
             await self.disk(self.wal.save, entries, hard_state)
+            self.wal_actor.note_written(hard_state)
             log.info(
                 "node %d: bootstrapped a new cluster with voters %s",
                 self.id,

@@ -135,6 +135,11 @@ class WalActor:
                     break
             await self._process(batch)
 
+    def note_written(self, hard_state: HardState) -> None:
+        """Record that ``hard_state`` was saved outside this actor (the bootstrap write), so the
+        next commit-only change is not mistaken for a term or vote change that needs a save."""
+        self._written_hs = hard_state
+
     def persist_now(self, job: PersistJob) -> bool:
         """Persist ``job`` (entries and hard state, no snapshot) synchronously on the
         caller's task, if the shortcut applies (see the module docstring); a job that needs no

@@ -65,7 +65,7 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
-    except (OSError, AttributeError):
+    except Exception:  # no _ctypes in this build, no libc, no symbol: only a hint is lost
         return None
     fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     fn.restype = ctypes.c_int
@@ -77,6 +77,7 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
     return start_writeback
 
 
+_POSIX_FALLOCATE: Callable[[int, int, int], None] | None = getattr(os, "posix_fallocate", None)
 _sync_file_range: Callable[[int, int, int], None] | None = None
 _sync_file_range_loaded = False
 _F_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None)
@@ -356,8 +357,11 @@ class RealFileSystem:
         _fdatasync(fd)
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
-        """See :meth:`FileSystem.allocate` (``posix_fallocate``)."""
-        os.posix_fallocate(fd, offset, length)
+        """See :meth:`FileSystem.allocate` (``posix_fallocate``; ``EOPNOTSUPP`` where Python
+        has none, e.g. macOS)."""
+        if _POSIX_FALLOCATE is None:
+            raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available on this platform")
+        _POSIX_FALLOCATE(fd, offset, length)
 
     def truncate(self, fd: int, size: int) -> None:
         """See :meth:`FileSystem.truncate`."""
@@ -374,8 +378,10 @@ class RealFileSystem:
         restored into the state machine by a follower); elsewhere nothing."""
         global _sync_file_range, _sync_file_range_loaded
         if not _sync_file_range_loaded:
-            _sync_file_range = _load_sync_file_range()
-            _sync_file_range_loaded = True
+            try:
+                _sync_file_range = _load_sync_file_range()
+            finally:
+                _sync_file_range_loaded = True
         if _sync_file_range is not None:
             _sync_file_range(fd, offset, length)
 

@@ -176,3 +176,13 @@ def test_addresses() -> None:
     for bad in ["nohost", ":80", "h:", "h:0", "h:70000", "h:x"]:
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+async def test_an_undecodable_frame_is_consumed_and_the_next_one_reads() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    fa, fb = FramedStream(a), FramedStream(b)
+    await a.send_all(struct.pack(">I", 3) + b"\xff\xff\xff")
+    await fa.send(SnapshotDone())
+    with pytest.raises(FrameError, match="invalid CBOR"):
+        await fb.receive()
+    assert await fb.receive() == SnapshotDone()

@@ -109,12 +109,14 @@ class FramedStream:
         # Decoded straight from a view of the buffer: copying the body out first cost two
         # copies, and cbor2 decodes a big frame (a 1 MiB snapshot chunk) several times faster
         # from a memoryview than from bytes. The decoded frame holds no reference to the view.
-        with memoryview(buf) as view, view[_HEADER.size : end] as body:
-            try:
+        try:
+            with memoryview(buf) as view, view[_HEADER.size : end] as body:
                 frame = decode_frame(body)
-            except DecodeError as exc:
-                raise FrameError(str(exc)) from exc
-        del buf[:end]
+        except DecodeError as exc:
+            raise FrameError(str(exc)) from exc
+        finally:
+            # a bad frame is consumed too: a caller that goes on reading gets the next one
+            del buf[:end]
         return frame
 
     async def _fill(self, n: int, *, start: bool) -> None:
