@@ -570,3 +570,18 @@ def _frames_with_bytes(data: bytes) -> list[tuple[int, bytes]]:
         out.append((off, data[off:end]))
         off = end
     return out
+
+
+def test_large_writes_append_without_reserving(tmp_path: object) -> None:
+    d = os.path.join(str(tmp_path), "wal")
+    with WAL.open(d)[0] as wal:
+        wal.save(ents(1, 1, tag=b"x" * 10000), HardState(1, 1, 0))
+        path = wal.segment_paths()[-1]
+        data = read_file(REAL_FS, path)
+        assert len(data) == sum(len(f) for _, f in _frames_with_bytes(data))
+        wal.save(ents(2, 2), HardState(1, 1, 1))  # a small one reserves from its own end
+        data = read_file(REAL_FS, path)
+        assert len(data) >= sum(len(f) for _, f in _frames_with_bytes(data)) + (1 << 20) - 4096
+    wal, c = WAL.open(d)
+    wal.close()
+    assert [e.index for e in c.entries] == [1, 2]
