@@ -93,4 +93,3 @@ async def test_a_truncated_state_file_is_refused(which: str) -> None:
     files[which] = files[which][:-3]
     with pytest.raises(ValueError, match=r"truncated|do not hold"):
         await BenchMachine().restore(FakeReader(files, 5))  # type: ignore[arg-type]
-
