@@ -84,13 +84,14 @@ class BenchMachine:
     ``index.bin`` (the record count, then every key's length as u16 and every value's length
     as u32), ``keys.bin`` (the keys back to back) and ``values.bin`` (the values back to back,
     streamed). So a restore needs no per-record parsing loop: it reads the length columns, finds
-    every record's offsets with C-level passes, and indexes the values where they were read
-    (views into the pieces of ``values.bin``, no copy per value). The application adds as little
-    as possible to what the library does, and it still rebuilds its whole dict from the files.
+    every record's offsets with C-level passes and slices the values out of the pieces it reads
+    (views would save the copies but cost more memory and page faults per value than they
+    save, measured). The application adds as little as possible to what the library does, and
+    it still rebuilds its whole dict from the files.
     """
 
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes | memoryview] = {}
+        self.data: dict[bytes, bytes] = {}
         self.value_bytes = 0
         self.applied = 0
         self.noops = 0
@@ -112,7 +113,7 @@ class BenchMachine:
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` (None when absent)."""
         value = self.data.get(key)
-        return None if value is None else bytes(value)
+        return value
 
     def apply(self, index: int, data: bytes) -> int:
         if data[:1] == b"P":
@@ -162,7 +163,7 @@ class BenchMachine:
         self.restore_begin_cpu = time.process_time()
         self.hwm_before_restore_kib = _proc_kib("VmHWM")
         self.rss_before_restore_kib = _proc_kib("VmRSS")
-        data: dict[bytes, bytes | memoryview] = {}
+        data: dict[bytes, bytes] = {}
         total = 0
         if INDEX_FILE in reader.files:
             index = b"".join([p async for p in reader.iter_file(INDEX_FILE, _RESTORE_CHUNK)])
@@ -192,12 +193,11 @@ class BenchMachine:
         self._reached(reader.index)
 
 
-async def _read_values(reader: SnapshotReader, offsets: list[int]) -> list[bytes | memoryview]:
-    """Every value of ``values.bin`` given the offsets of their starts (and the end): views
-    into the pieces read for those that lie in one piece, copies for those cut by a piece's
-    end."""
+async def _read_values(reader: SnapshotReader, offsets: list[int]) -> list[bytes]:
+    """Every value of ``values.bin`` given the offsets of their starts (and the end), sliced
+    out of the pieces read (assembled for those cut by a piece's end)."""
     n = len(offsets) - 1
-    out: list[bytes | memoryview] = []
+    out: list[bytes] = []
     i = 0  # the next value to produce
     base = 0  # file offset of the current piece
     carry = bytearray()  # the part of value i read from earlier pieces
@@ -215,8 +215,7 @@ async def _read_values(reader: SnapshotReader, offsets: list[int]) -> list[bytes
             i += 1
         j = bisect_right(offsets, end, lo=i) - 1  # values i..j-1 end inside this piece
         if j > i:
-            view = memoryview(piece)
-            out.extend([view[a - base : b - base] for a, b in pairwise(offsets[i : j + 1])])
+            out.extend([piece[a - base : b - base] for a, b in pairwise(offsets[i : j + 1])])
             i = j
         if i < n and offsets[i] < end:
             carry += piece[offsets[i] - base :]
