@@ -25,6 +25,20 @@ def test_same_term_resolves_other_term_supersedes() -> None:
     assert len(t) == 0
 
 
+def test_a_proposal_displaced_from_the_local_log_is_ambiguous_not_dropped() -> None:
+    # Our entry (term 2, index 7) was cut from this node's log and the index re-proposed in
+    # term 4; a node that still holds the term-2 entry may win term 5 and commit it.
+    t = ProposalTracker()
+    old: Future[object] = Future()
+    new: Future[object] = Future()
+    t.add(7, 2, old)
+    t.add(7, 4, new)
+    with pytest.raises(AmbiguousOutcome, match="another node may still commit it"):
+        old.result()
+    t.applied(7, 4, "ok")
+    assert new.result() == "ok"
+
+
 def test_snapshot_cover_is_ambiguous_and_fail_all() -> None:
     t = ProposalTracker()
     fs = [Future[object]() for _ in range(3)]

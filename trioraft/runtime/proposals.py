@@ -114,8 +114,15 @@ class ProposalTracker:
         """Track ``future`` for the entry the core appended at (term, index)."""
         old = self._pending.get(index)
         if old is not None:
-            # The same index was proposed again in a newer term: the older one is gone.
-            old[1].set_exception(ProposalDropped("superseded", f"index {index} re-proposed"))
+            # The same index was proposed again in a newer term: the older entry is gone from
+            # this node's log, but another node may still hold it and commit it as leader of a
+            # later term (Raft's figure 8), so its outcome is unknown, not "not done".
+            old[1].set_exception(
+                AmbiguousOutcome(
+                    f"entry {index} of term {old[0]} was overwritten here by a newer leader's "
+                    "log; another node may still commit it"
+                )
+            )
         self._pending[index] = (term, future)
 
     def applied(self, index: int, term: int, result: Any) -> None:
