@@ -153,6 +153,9 @@ class _Reject(Exception):
 _IDLE = 0  # waiting for (the rest of) a request head: idle_timeout, then close silently
 _BODY = 1  # reading a request body: request_timeout, then 408
 _BUSY = 2  # in the handler or answering: no HTTP-level limit (the handler has its own)
+_SENDING = 3  # waiting for room in a full socket buffer: request_timeout, then close
+#: answered requests in a row without waiting for the client before yielding to other tasks
+_ANSWERS_PER_TURN = 16
 
 _NO_DEADLINE = float("inf")
 #: distinct response heads kept ready-made (a KV node answers a handful of distinct ones)
@@ -433,8 +436,12 @@ class _Connection:
             lines = [
                 f"HTTP/1.1 {response.status} {_reason(response.status)}",
                 f"server: {_SERVER_NAME.decode()}",
-                f"content-length: {len(response.body)}",
             ]
+            if response.status >= 200 and response.status != 204:
+                # RFC 9110 8.6: no Content-Length in 1xx and 204 responses
+                lines.append(f"content-length: {len(response.body)}")
+            elif response.body:
+                raise ValueError(f"a {response.status} response cannot have a body")
             if response.body:
                 lines.append(f"content-type: {response.content_type}")
             for name, value in response.headers:
@@ -470,19 +477,26 @@ class _Connection:
             if sent == len(data):
                 return
             data = data[sent:]
-        # A full socket buffer (a large response, a slow reader): let Trio wait for room.
+        # A full socket buffer (a large response, a slow reader): let Trio wait for room, but
+        # not forever: a client that stops reading must not hold its connection.
+        phase, deadline = self.phase, self.deadline
+        self.phase = _SENDING
+        self.deadline = trio.current_time() + self.config.request_timeout
         await self.stream.send_all(data)
+        self.phase, self.deadline = phase, deadline
 
     async def _fail(self, status: int, text: str) -> None:
         """Answer an error (unless a response is already under way) and close gracefully."""
         if self.on_reject is not None:
             self.on_reject(status)
         response = text_response(status, text)
-        try:
-            await self._respond(response, head_only=False, close=True)
-            await self._linger()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        # Outside the sweeper's scope now: bound the answer and the drain ourselves.
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                await self._respond(response, head_only=False, close=True)
+                await self._linger()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _linger(self) -> None:
         """Close gracefully although the client may still be sending.
@@ -521,12 +535,23 @@ class _Connection:
         parser = self.parser
         ready = parser.ready
         failure: _Reject | None = None
+        answered = 0
         while True:
             if ready:
+                if self.scope.cancel_called:
+                    # The sweeper expired this connection just as the request arrived: do not
+                    # start it (its handler would be cancelled half-way, a write perhaps applied
+                    # without an answer); the client sees the connection close, nothing done.
+                    return
                 parsed = ready.popleft()
                 await self._answer(parsed)
                 if not parsed.keep_alive:
                     return
+                answered += 1
+                if answered % _ANSWERS_PER_TURN == 0:
+                    # Pipelined requests that complete at once (local reads, errors) must not
+                    # keep the event loop, which also runs Raft's timers, to themselves.
+                    await trio.lowlevel.checkpoint()
                 continue
             # Every request that arrived before a malformed one has been answered.
             if failure is not None:
@@ -586,7 +611,10 @@ def _to_request(
         return None
     if target.startswith(("http://", "https://")):
         # absolute-form (RFC 9112 3.2.2): servers must accept it; only the path matters here.
-        parts = urllib.parse.urlsplit(target)
+        try:
+            parts = urllib.parse.urlsplit(target)
+        except ValueError:  # e.g. an unbalanced "[" in the host
+            return None
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     if not target.startswith("/"):
         return None

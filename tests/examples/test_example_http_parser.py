@@ -426,3 +426,52 @@ async def test_unknown_method_gets_400_and_server_survives() -> None:
         status, _, _ = await request(port, "GET", "/still-alive")
         assert status == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unparsable_absolute_target_gets_400_after_the_earlier_answer() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await raw_exchange(
+            port,
+            b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\nGET http://[::1/x HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        assert statuses(out) == [200, 400], out
+        status, _, _ = await request(port, "GET", "/still-alive")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+
+
+def test_no_content_length_in_a_204_and_no_body_allowed() -> None:
+    conn = _Connection.__new__(_Connection)
+    conn._heads = {}
+    head = conn._head_bytes(Response(204, b""), close=False)
+    assert head.startswith(b"HTTP/1.1 204 ") and b"content-length" not in head.lower()
+    assert b"content-length: 2\r\n" in conn._head_bytes(Response(200, b"ok"), close=False)
+    with pytest.raises(ValueError, match="cannot have a body"):
+        conn._head_bytes(Response(204, b"x"), close=False)
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_request_timeout() -> None:
+    big = b"x" * (8 << 20)
+
+    async def large(req: Request) -> Response:
+        return Response(200, big)
+
+    cfg = HttpServerConfig(request_timeout=0.5, idle_timeout=0.5)
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(
+            lambda task_status: serve_http(large, port=0, config=cfg, task_status=task_status)
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await stream.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n" * 4)
+        # Not reading: the server's send stalls on a full buffer. It must give up and close
+        # (reading now reaches the end of the stream before 4 whole responses).
+        with trio.fail_after(20):
+            await trio.sleep(1.5)  # past the server's sending deadline (a deadline, no event)
+            received = 0
+            while chunk := await stream.receive_some(1 << 20):
+                received += len(chunk)
+        assert received < 4 * len(big)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
