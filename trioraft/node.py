@@ -235,7 +235,8 @@ class RaftNode:
             with trio.move_on_at(deadline):
                 await rt.proposal_slots.acquire()
             if trio.current_time() >= deadline:
-                raise expired()
+                # nothing was handed to Raft: certainly no effect
+                raise Timeout(f"no proposal slot free within {limit} s; nothing was proposed")
         try:
             future: Future[Any] = Future()
             rt.deadlines.add(deadline, future, expired)

@@ -157,10 +157,10 @@ class Service:
                 except AmbiguousOutcome as exc:
                     raise HttpError(504, f"outcome unknown: {exc}") from None
                 except Timeout as exc:
-                    if proposal:
-                        raise HttpError(504, f"outcome unknown: {exc}") from None
+                    # (not AmbiguousOutcome, caught above): certainly nothing happened, for
+                    # reads and proposals alike; loop and time out as 503
                     last = str(exc)
-                    attempted = False  # certainly nothing happened: loop and time out as 503
+                    attempted = False
                 except NotLeader as exc:
                     hint = "" if exc.leader_hint is None else str(exc.leader_hint)
                     headers: tuple[tuple[str, str], ...] = ()
@@ -178,8 +178,12 @@ class Service:
                     last = str(exc)
                     attempted = False
                 except NodeStopped as exc:
+                    if proposal:  # stopped while the proposal was outstanding: it may commit
+                        raise HttpError(504, f"outcome unknown: node stopping: {exc}") from None
                     raise HttpError(503, f"node stopping: {exc}") from None
                 except RaftError as exc:
+                    if proposal:  # e.g. a forwarded proposal failing at the leader after appending
+                        raise HttpError(504, f"outcome unknown: {exc}") from None
                     raise HttpError(503, f"not done: {exc}") from None
             if attempted:
                 # The deadline cancelled an attempt in flight.

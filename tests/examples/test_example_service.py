@@ -20,6 +20,7 @@ from trioraft.errors import (
     NodeStopped,
     NotLeader,
     ProposalDropped,
+    RaftError,
     Timeout,
 )
 
@@ -157,11 +158,14 @@ async def test_error_mapping(autojump_clock: trio.testing.MockClock) -> None:
     service, node, _ = kv_service(timeout=5.0)
     cases: list[tuple[list[BaseException | str], int]] = [
         ([AmbiguousOutcome("lost")], 504),
-        ([Timeout("slow")], 504),  # a proposal timing out is ambiguous
+        # a Timeout (not an AmbiguousOutcome) means nothing was proposed: retried, then 503
+        ([Timeout("no proposal slot")] * 1000, 503),
+        ([Timeout("no proposal slot")], 204),
         ([NotLeader(3, "http://127.0.0.1:3")], 503),
         ([ProposalDropped("uncommitted-limit")], 503),
         ([ProposalDropped("too-large")], 413),
-        ([NodeStopped("bye")], 503),
+        ([NodeStopped("bye")], 504),  # stopped while the proposal was outstanding
+        ([RaftError("forwarded request failed: internal")], 504),
         (["hang"], 504),  # our own deadline while proposing
     ]
     for failures, status in cases:
