@@ -61,6 +61,8 @@ class GroupCommit(Generic[T]):
         max_inflight: batches proposed at the same time; more wait, accumulating items.
         max_items: a batch is closed once it holds this many items.
         max_bytes: a batch is closed before its items' declared sizes would exceed this.
+        max_waiting: closed batches waiting for a proposal slot; a request that would start
+            one more is answered 503 at once (memory stays bounded while proposals stall).
     """
 
     def __init__(
@@ -71,15 +73,18 @@ class GroupCommit(Generic[T]):
         max_inflight: int = 1,
         max_items: int = 256,
         max_bytes: int = 64 * 1024,
+        max_waiting: int = 64,
     ) -> None:
-        if max_inflight < 1 or max_items < 1 or max_bytes < 1:
-            raise ValueError("max_inflight, max_items and max_bytes must be positive")
+        if min(max_inflight, max_items, max_bytes, max_waiting) < 1:
+            raise ValueError("max_inflight, max_items, max_bytes and max_waiting must be positive")
         self._propose = propose
         self._timeout = timeout
         self._slots = trio.Semaphore(max_inflight)
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._open: _Batch[T] | None = None
+        self._max_waiting = max_waiting
+        self._waiting = 0  # batches waiting for a slot
         #: batches proposed so far and the items they carried (for tests and metrics)
         self.batches = 0
         self.items = 0
@@ -99,6 +104,10 @@ class GroupCommit(Generic[T]):
         ):
             batch = None
         if batch is None:
+            if self._waiting >= self._max_waiting:
+                raise HttpError(
+                    503, "unavailable: too many requests waiting", (("retry-after", "1"),)
+                )
             batch = self._open = _Batch(trio.current_time() + self._timeout)
             batch.items.append(item)
             batch.nbytes += size
@@ -114,9 +123,13 @@ class GroupCommit(Generic[T]):
         proposed = False
         try:
             acquired = False
-            with trio.move_on_at(batch.deadline):
-                await self._slots.acquire()
-                acquired = True
+            self._waiting += 1
+            try:
+                with trio.move_on_at(batch.deadline):
+                    await self._slots.acquire()
+                    acquired = True
+            finally:
+                self._waiting -= 1
             if not acquired:
                 raise HttpError(
                     503, "unavailable: too many requests in flight", (("retry-after", "1"),)

@@ -134,6 +134,25 @@ async def test_waiting_for_a_slot_past_the_deadline_is_503(
         nursery.cancel_scope.cancel()
 
 
+async def test_too_many_batches_waiting_for_a_slot_are_refused_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    proposer = Proposer()  # never released: the first batch holds the only slot
+    gc: GroupCommit[int] = GroupCommit(proposer, timeout=5, max_items=1, max_waiting=2)
+    results: dict[Any, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(submit_all, gc, [0], results)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(submit_all, gc, [1, 2], results)  # two batches wait for the slot
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(HttpError) as info:
+            await gc.submit(3, 1)
+        assert info.value.status == 503 and trio.current_time() == start  # at once
+        nursery.cancel_scope.cancel()
+    assert proposer.batches == [[0]]
+
+
 async def test_cancelled_owner_fails_its_members_instead_of_hanging() -> None:
     proposer = Proposer()
     gc: GroupCommit[int] = GroupCommit(proposer, timeout=10)
@@ -162,6 +181,8 @@ async def test_cancelled_owner_fails_its_members_instead_of_hanging() -> None:
 def test_invalid_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         GroupCommit(Proposer(), timeout=1, max_inflight=0)
+    with pytest.raises(ValueError):
+        GroupCommit(Proposer(), timeout=1, max_waiting=0)
 
 
 # -- the KV store's batched command ---------------------------------------------------------------
