@@ -326,6 +326,11 @@ class RequestParser:
                 raise _Reject(501, "only the chunked transfer coding is supported")
         # HTTP/1.0 clients get one request per connection; an upgrade ends HTTP on it.
         self._keep_alive = http11 and parser.should_keep_alive() and not parser.should_upgrade()
+        if self._expect:
+            # Refuse a body announced as too large before inviting the client to send it.
+            for hname, hvalue in self._headers:
+                if hname == b"content-length" and hvalue.isdigit() and int(hvalue) > self._max_body:
+                    raise _Reject(413, f"request body exceeds {self._max_body} bytes")
         self.expect_continue = self._expect and http11
         self.in_body = True
 

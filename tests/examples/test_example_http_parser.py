@@ -475,3 +475,15 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_request_timeout(
         assert received < 4 * len(big)
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_expect_continue_with_an_oversized_body_gets_413_without_100() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, max_body_bytes=1000)
+        head = (
+            b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-length: 104857600\r\n"
+            b"expect: 100-continue\r\n\r\n"
+        )
+        out = await raw_exchange(port, head)
+        assert statuses(out) == [413], out
+        nursery.cancel_scope.cancel()
