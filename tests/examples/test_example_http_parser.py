@@ -12,6 +12,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 from _example_http_client import Client, raw_exchange, request
 
 from examples.common.http import (
@@ -520,3 +521,23 @@ async def test_pipelined_requests_that_complete_at_once_let_other_tasks_run() ->
     # distinct values expected, fewer than 5 about once in 10^5 runs); without the yields the
     # count only moves between the server's reads of the requests (one or two).
     assert len(set(seen)) >= 5, seen
+
+
+async def test_a_request_is_not_started_once_the_sweeper_expired_its_connection() -> None:
+    # The race: the sweeper expires an idle connection just as its next request arrives. The
+    # request must not start (its handler would be cancelled half-way, a write perhaps applied
+    # with no answer sent): the client sees the connection close, nothing done.
+    started: list[str] = []
+
+    async def handler(req: Request) -> Response:
+        started.append(req.path)
+        return text_response(200, "ok")
+
+    server_side, client_side = trio.testing.memory_stream_pair()
+    conn = _Connection(server_side, handler, HttpServerConfig())
+    conn.parser.feed(b"PUT /k HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv")
+    conn.expire()  # the sweeper got there first
+    with trio.fail_after(5):
+        await conn.run()
+    assert started == []
+    await client_side.aclose()
