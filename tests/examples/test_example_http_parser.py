@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -34,10 +35,12 @@ async def echo(req: Request) -> Response:
     return text_response(200, f"{req.method} {req.path} {req.body.decode()}")
 
 
-async def start(nursery: trio.Nursery, **limits: float) -> int:
+async def start(
+    nursery: trio.Nursery, handler: Callable[[Request], Awaitable[Response]] = echo, **limits: float
+) -> int:
     cfg = HttpServerConfig(**limits)  # type: ignore[arg-type]
     port: int = await nursery.start(
-        lambda task_status: serve_http(echo, port=0, config=cfg, task_status=task_status)
+        lambda task_status: serve_http(handler, port=0, config=cfg, task_status=task_status)
     )
     return port
 
@@ -458,11 +461,8 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_request_timeout(
     async def large(req: Request) -> Response:
         return Response(200, big)
 
-    cfg = HttpServerConfig(request_timeout=0.5, idle_timeout=0.5)
     async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(
-            lambda task_status: serve_http(large, port=0, config=cfg, task_status=task_status)
-        )
+        port = await start(nursery, large, request_timeout=0.5, idle_timeout=0.5)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         await stream.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n" * 4)
@@ -504,11 +504,8 @@ async def test_pipelined_requests_that_complete_at_once_let_other_tasks_run() ->
             await trio.lowlevel.checkpoint()
             ticks += 1
 
-    cfg = HttpServerConfig()
     async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(
-            lambda task_status: serve_http(instant, port=0, config=cfg, task_status=task_status)
-        )
+        port = await start(nursery, instant)
         nursery.start_soon(ticker)
         pipeline = b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n" * 255
         pipeline += b"GET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
