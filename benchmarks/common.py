@@ -477,9 +477,10 @@ class ControlledProcess:
 # -- memory -------------------------------------------------------------------------------------
 
 
-def _status_kib(pid: int, field: str) -> int | None:
+def _proc_kib(path: str, field: str) -> int | None:
+    """The kB value of ``field`` in a /proc file (``status``, ``meminfo``), None if unreadable."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -488,15 +489,29 @@ def _status_kib(pid: int, field: str) -> int | None:
     return None
 
 
+def status_kib(field: str, pid: int | str = "self") -> int | None:
+    """``field`` (``VmRSS``, ``VmHWM``, ...) of ``/proc/<pid>/status`` in KiB, None if
+    unreadable (default: this process)."""
+    return _proc_kib(f"/proc/{pid}/status", field)
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def rss_mib(pid: int) -> float | None:
     """Resident set size of ``pid`` in MiB (``VmRSS``), None if unreadable."""
-    kib = _status_kib(pid, "VmRSS")
+    kib = status_kib("VmRSS", pid)
     return None if kib is None else kib / 1024
 
 
 def hwm_mib(pid: int) -> float | None:
     """Peak resident set size of ``pid`` in MiB (``VmHWM``), None if unreadable."""
-    kib = _status_kib(pid, "VmHWM")
+    kib = status_kib("VmHWM", pid)
     return None if kib is None else kib / 1024
 
 
@@ -602,11 +617,7 @@ def raw_write_fsync(path: Path, nbytes: int, *, chunk: int = MIB) -> float:
         os.fsync(fd)
     finally:
         os.close(fd)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(path.parent)
     elapsed = time.perf_counter() - t0
     path.unlink()
     return elapsed
@@ -661,11 +672,7 @@ def raw_loopback_copy(src: Path | None, dst: Path, nbytes: int, *, chunk: int = 
         os.fsync(fd)
     finally:
         os.close(fd)
-    dfd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(dst.parent)
     elapsed = time.perf_counter() - t0
     sender.join()
     dst.unlink()
@@ -963,7 +970,7 @@ def _git_state() -> dict[str, Any]:
 
 def machine_info(data_path: Path | None = None) -> dict[str, Any]:
     """A description of the machine the figures come from (and the code's git commit)."""
-    mem_kib = _status_kib_meminfo()
+    mem_kib = _proc_kib("/proc/meminfo", "MemTotal")
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
         "nproc": os.cpu_count(),
@@ -975,17 +982,6 @@ def machine_info(data_path: Path | None = None) -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in load],
         "git": _git_state(),
     }
-
-
-def _status_kib_meminfo() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def fmt(value: Any, digits: int = 2) -> str:

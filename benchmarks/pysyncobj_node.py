@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import key_for, make_value_pool, percentile, value_for
+from benchmarks.common import key_for, make_value_pool, percentile, status_kib, value_for
 
 try:
     from pysyncobj import SyncObj, SyncObjConf, replicated  # type: ignore[import-untyped]
@@ -39,17 +39,6 @@ except ImportError:  # pragma: no cover - reported to the driver
 def _out(doc: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()
-
-
-def _proc_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def build_class() -> Any:
@@ -176,8 +165,8 @@ class Node:
         return {
             "t": time.monotonic(),
             "keys": len(self.obj.data),
-            "rss_kib": _proc_kib("VmRSS"),
-            "hwm_kib": _proc_kib("VmHWM"),
+            "rss_kib": status_kib("VmRSS"),
+            "hwm_kib": status_kib("VmHWM"),
         }
 
     def op_bench(
@@ -303,9 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    _out(
-        {"event": "ready", "t": time.monotonic(), "pid": os.getpid(), "rss_kib": _proc_kib("VmRSS")}
-    )
+    ready = {"event": "ready", "t": time.monotonic(), "pid": os.getpid()}
+    _out({**ready, "rss_kib": status_kib("VmRSS")})
     try:
         for raw in sys.stdin:
             if not raw.strip():

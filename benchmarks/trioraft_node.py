@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from benchmarks.common import key_for, make_value_pool, percentile, value_for
+from benchmarks.common import key_for, make_value_pool, percentile, status_kib, value_for
 from trioraft.config import Config
 from trioraft.node import RaftNode, open_raft_node
 from trioraft.runtime.transport.tcp import TcpTransport
@@ -64,17 +64,6 @@ def encode_puts(pairs: list[tuple[bytes, bytes]]) -> bytes:
         parts.append(k)
         parts.append(v)
     return b"".join(parts)
-
-
-def _proc_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 class BenchMachine:
@@ -161,8 +150,8 @@ class BenchMachine:
     async def restore(self, reader: SnapshotReader) -> None:
         self.restore_begin = time.monotonic()
         self.restore_begin_cpu = time.process_time()
-        self.hwm_before_restore_kib = _proc_kib("VmHWM")
-        self.rss_before_restore_kib = _proc_kib("VmRSS")
+        self.hwm_before_restore_kib = status_kib("VmHWM")
+        self.rss_before_restore_kib = status_kib("VmRSS")
         data: dict[bytes, bytes] = {}
         total = 0
         if INDEX_FILE in reader.files:
@@ -363,8 +352,8 @@ class Controller:
             "restore_end_cpu": fsm.restore_end_cpu,
             "hwm_before_restore_kib": fsm.hwm_before_restore_kib,
             "rss_before_restore_kib": fsm.rss_before_restore_kib,
-            "rss_kib": _proc_kib("VmRSS"),
-            "hwm_kib": _proc_kib("VmHWM"),
+            "rss_kib": status_kib("VmRSS"),
+            "hwm_kib": status_kib("VmHWM"),
         }
 
     async def op_transfer(self, target: int) -> dict[str, Any]:
@@ -514,7 +503,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "t": time.monotonic(),
                 "applied": fsm.applied,
                 "pid": os.getpid(),
-                "rss_kib": _proc_kib("VmRSS"),
+                "rss_kib": status_kib("VmRSS"),
             }
         )
         ctl = Controller(node, fsm, snaplog, transport)
