@@ -21,8 +21,8 @@ Theory of operation.
   its header written and synced, then the directory fsynced, so no acknowledged record can sit in
   a file whose directory entry may vanish. Any failed write or fsync puts the WAL into a failed
   state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later write
-  (after a failed fsync the page cache can no longer be trusted). Space is reserved ahead of the
-  writes (:meth:`WAL._reserve`), so most synced appends overwrite blocks the file already has.
+  (after a failed fsync the page cache can no longer be trusted). Space is reserved ahead of small
+  writes (:meth:`WAL._reserve`), so a small synced append overwrites blocks the file already has.
 * Replay. The WAL is a log of operations, so its state is obtained by applying every record in
   order: entries replace any suffix from their first index, hard states overwrite, a snapshot
   marker with ``reset`` drops entries past its index (the follower's log was replaced) once the
@@ -169,7 +169,7 @@ class WAL:
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._offset = 0
-        #: the current segment's size: space reserved ahead of ``_offset`` reads as zeros
+        #: where the current segment's reserved space ends (past ``_offset`` it reads as zeros)
         self._allocated = 0
         self._allocate_ok = True
         self._crc = 0
