@@ -95,6 +95,8 @@ _MEDIAN_KEYS = (
     "install_s",
     "receive_s",
     "load_state_s",
+    "restore_s",
+    "after_restore_s",
     "raw_copy_s",
     "install_cpu_s",
     "receive_cpu_s",
@@ -189,6 +191,10 @@ def run_trioraft_once(
     res["receive_s"] = (waited.get("restore_begin") or waited["t"]) - begin
     if waited.get("restore_begin"):
         res["load_state_s"] = waited["t"] - waited["restore_begin"]
+        if waited.get("restore_end"):
+            # the application's restore alone (the rest of load_state_s is the runtime's)
+            res["restore_s"] = waited["restore_end"] - waited["restore_begin"]
+            res["after_restore_s"] = waited["t"] - waited["restore_end"]
     # CPU seconds of the follower's process (all threads): less noisy than wall time on a
     # shared machine
     if waited.get("receive_begin_cpu") is not None:

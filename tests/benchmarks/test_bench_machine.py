@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
-from benchmarks.trioraft_node import INDEX_FILE, VALUES_FILE, BenchMachine, encode_puts
+from benchmarks.trioraft_node import INDEX_FILE, KEYS_FILE, VALUES_FILE, BenchMachine, encode_puts
 
 
 class FakeWriter:
@@ -49,6 +50,26 @@ class FakeReader:
         for i in range(0, len(blob), self.step):
             yield blob[i : i + self.step]
 
+    @asynccontextmanager
+    async def open(self, name: str) -> AsyncIterator[FakeReader._File]:
+        yield FakeReader._File(self.blobs[name], self.step)
+
+    class _File:
+        """Returns at most ``step`` bytes per read (a short read, like a huge ``pread``)."""
+
+        def __init__(self, blob: bytes, step: int) -> None:
+            self.blob = blob
+            self.step = step
+            self.pos = 0
+            self.size = len(blob)
+
+        async def read(self, n: int = -1) -> bytes:
+            left = self.size - self.pos
+            n = left if n < 0 else min(n, left)
+            data = self.blob[self.pos : self.pos + min(n, self.step)]
+            self.pos += len(data)
+            return data
+
 
 def _machine(seed: int) -> BenchMachine:
     rng = random.Random(seed)
@@ -68,28 +89,77 @@ async def _saved(m: BenchMachine) -> dict[str, bytes]:
     return {name: bytes(buf) for name, buf in writer.files.items()}
 
 
-@pytest.mark.parametrize("step", [1, 2, 5, 6, 7, 64, 1000, 1 << 20])
-async def test_restore_rebuilds_the_dict_for_any_piece_size(step: int) -> None:
+def _state(m: BenchMachine) -> dict[bytes, bytes]:
+    items = list(m.items())
+    assert len(items) == m.key_count
+    state = {k: bytes(v) for k, v in items}
+    assert len(state) == len(items), "a key in both layers"
+    assert m.value_bytes == sum(map(len, state.values()))
+    return state
+
+
+def _seed() -> int:
     seed = int(os.environ.get("TRIORAFT_SEED", random.randrange(1 << 30)))
     print("seed", seed, "(replay: TRIORAFT_SEED=<seed>)")
-    source = _machine(seed)
+    return seed
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 6, 7, 64, 1000, 1 << 20])
+async def test_restore_rebuilds_the_state_for_any_read_size(step: int) -> None:
+    source = _machine(_seed())
     restored = BenchMachine()
     await restored.restore(FakeReader(await _saved(source), step))  # type: ignore[arg-type]
-    assert restored.data == source.data
+    assert _state(restored) == _state(source)
     assert restored.value_bytes == source.value_bytes
     assert restored.applied == 5
-    assert restored.get(next(iter(source.data))) == bytes(next(iter(source.data.values())))
+    for key, value in source.items():
+        assert restored.get(key) == value
+    assert restored.get(b"absent") is None
+
+
+async def test_a_restored_state_takes_puts_and_snapshots_again() -> None:
+    """Puts after a restore (of loaded keys and new ones) read back, keep the byte count, and
+    a snapshot of the mixed state restores to the same state; so does one of the untouched
+    restored state, and one after every loaded key was overwritten."""
+    rng = random.Random(_seed())
+    source = _machine(rng.randrange(1 << 30))
+    restored = BenchMachine()
+    await restored.restore(FakeReader(await _saved(source), 1 << 20))  # type: ignore[arg-type]
+    again = BenchMachine()
+    await again.restore(FakeReader(await _saved(restored), 3))  # type: ignore[arg-type]
+    assert _state(again) == _state(source)
+    model = _state(source)
+    loaded = list(model)
+    for i in range(30):
+        pairs = [
+            (rng.choice([rng.choice(loaded), b"new%d" % rng.randrange(20)]), rng.randbytes(i))
+            for _ in range(rng.randrange(1, 4))
+        ]
+        restored.apply(100 + i, encode_puts(pairs))
+        model.update(pairs)
+        assert _state(restored) == model
+        for key, value in model.items():
+            assert restored.get(key) == value
+        copy = BenchMachine()
+        await copy.restore(FakeReader(await _saved(restored), 5))  # type: ignore[arg-type]
+        assert _state(copy) == model
+    restored.apply(200, encode_puts([(k, b"last") for k in loaded]))
+    model.update((k, b"last") for k in loaded)
+    assert _state(restored) == model
+    copy = BenchMachine()
+    await copy.restore(FakeReader(await _saved(restored), 5))  # type: ignore[arg-type]
+    assert _state(copy) == model
 
 
 async def test_an_empty_state_round_trips() -> None:
     restored = BenchMachine()
     await restored.restore(FakeReader(await _saved(BenchMachine()), 7))  # type: ignore[arg-type]
-    assert restored.data == {} and restored.value_bytes == 0
+    assert _state(restored) == {} and restored.value_bytes == 0 and restored.key_count == 0
 
 
-@pytest.mark.parametrize("which", [INDEX_FILE, VALUES_FILE])
+@pytest.mark.parametrize("which", [INDEX_FILE, KEYS_FILE, VALUES_FILE])
 async def test_a_truncated_state_file_is_refused(which: str) -> None:
     files = await _saved(_machine(1))
     files[which] = files[which][:-3]
-    with pytest.raises(ValueError, match=r"truncated|do not hold"):
+    with pytest.raises(ValueError, match=r"truncated|do not hold|the index says"):
         await BenchMachine().restore(FakeReader(files, 5))  # type: ignore[arg-type]
