@@ -1,4 +1,4 @@
-"""The FSM actor: the only task that calls the application's state machine.
+"""The FSM actor: owns the application's state machine; nothing calls it concurrently.
 
 Theory of operation: committed entries arrive in order (one :class:`ApplyBatch` per Ready).
 Each index is applied at most once: anything at or below ``applied`` is skipped (entries
@@ -7,6 +7,12 @@ Because this actor handles one channel item at a time, a :class:`CaptureJob` alw
 *between* two applies, so ``capture()`` sees the state at exactly ``applied``; a
 :class:`RestoreJob` (follower snapshot install) likewise lands between two batches and moves
 ``applied`` to the snapshot's index.
+
+Shortcut (:meth:`FsmActor.apply_now`): while this actor is parked with nothing queued, the raft
+actor applies a small batch of ordinary entries itself, through the same code. The state machine
+is still never entered twice at once (this actor is idle, and both run on one event loop), and
+order is kept (nothing is queued ahead), but a proposer's answer no longer waits for this
+actor's wake-up.
 
 Alongside the application state this actor tracks, in log order, the two things a snapshot must
 record besides the user's files: the cluster configuration at ``applied`` and the address book
@@ -115,6 +121,8 @@ class FsmActor:
         self._store = store
         self._disk = disk
         self._items = items
+        #: entries applied through :meth:`apply_now` so far
+        self.applied_now = 0
         self._raft_inbox = raft_inbox
         self._proposals = proposals
         self._waiters = waiters
@@ -197,6 +205,42 @@ class FsmActor:
                 self._capture(item)
             else:
                 await call_hook(self._sm, item.name, *item.args)
+
+    def apply_now(self, entries: tuple[Entry, ...]) -> bool:
+        """Apply ``entries`` on the caller's task if this actor is idle (parked waiting for
+        work, nothing queued) and the batch is at most one slice of ordinary entries (no
+        membership change, whose hook is async). Otherwise do nothing.
+
+        Returns:
+            True if the entries were applied (the caller must not queue them).
+        """
+        if len(entries) > _APPLY_SLICE:
+            return False
+        stats = self._items.statistics()
+        if stats.tasks_waiting_receive == 0 or stats.current_buffer_used:
+            return False
+        for e in entries:
+            if e.kind is not EntryKind.NORMAL:
+                return False
+        self._apply_normal(entries)
+        self._report()
+        self.applied_now += len(entries)
+        return True
+
+    def _apply_normal(self, entries: tuple[Entry, ...]) -> None:
+        sm = self._sm
+        proposals = self._proposals
+        for e in entries:
+            if e.index <= self.applied:
+                continue
+            if e.index != self.applied + 1:
+                raise RuntimeError(
+                    f"node {self._id}: apply gap: applied {self.applied}, next entry {e.index}"
+                )
+            result = sm.apply(e.index, e.data) if e.data else None
+            self.applied = e.index
+            self.applied_term = e.term
+            proposals.applied(e.index, e.term, result)
 
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         sm = self._sm

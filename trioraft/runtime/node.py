@@ -255,6 +255,7 @@ class NodeRuntime:
             persist_now=(
                 self.wal_actor.persist_now if isinstance(self._wal_disk, AdaptiveDisk) else None
             ),
+            apply_now=self.fsm.apply_now,
         )
         log.info(
             "node %d: starting at term %d, commit %d, applied %d, log [%d, %d]",
@@ -307,6 +308,8 @@ class NodeRuntime:
     def deliver(self, msg: Message) -> None:
         """Hand a peer's message to the raft actor; drops it when the inbox is full."""
         if self.stopped:
+            return
+        if self.raft is not None and self.raft.step_now(msg):
             return
         if self.inbox_send.statistics().current_buffer_used >= MAX_INBOX_MESSAGES:
             self.messages_dropped += 1

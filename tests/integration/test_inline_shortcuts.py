@@ -1,0 +1,109 @@
+"""The raft actor's and FSM actor's shortcuts for an idle node: a peer's message stepped by the
+transport's reader (``RaftActor.step_now``) and committed entries applied by the raft actor
+(``FsmActor.apply_now``). Both must give the same results as the queued path, refuse whenever
+something is queued ahead, and turn a failure into the node stopping."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trioraft.core.messages import HeartbeatRequest
+from trioraft.core.types import Entry, EntryKind
+from trioraft.runtime.items import HookJob
+from trioraft.testing.cluster import Cluster, ListStateMachine, open_cluster
+
+
+def _rt(cluster: Cluster, nid: int):  # type: ignore[no-untyped-def]
+    return cluster.node(nid)._rt
+
+
+async def test_idle_nodes_step_messages_and_apply_inline_with_the_same_results(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        for i in range(20):
+            assert await leader.propose(b"v%d" % i) == i + 1
+        await cluster.wait_applied(leader.commit_index)
+        for node in cluster.running:
+            sm: ListStateMachine = cluster.state_machine(node.id)
+            assert sm.data == [b"v%d" % i for i in range(20)]
+        rts = [_rt(cluster, n.id) for n in cluster.running]
+        # One proposal at a time: the nodes were idle when messages arrived.
+        assert all(rt.raft.stepped_now > 0 for rt in rts)
+        assert _rt(cluster, leader.id).fsm.applied_now > 0
+
+
+async def test_step_now_refuses_while_an_item_is_queued_or_handed_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(n for n in cluster.running if n.id != leader.id)
+        rt = _rt(cluster, follower.id)
+        await trio.testing.wait_all_tasks_blocked()
+        hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
+        before = rt.raft.stepped_now
+        # The actor is parked: an item sent now is handed over to it, not yet processed.
+        rt.inbox_send.send_nowait(hb)
+        assert not rt.raft.step_now(hb)
+        assert rt.raft.stepped_now == before
+        await trio.testing.wait_all_tasks_blocked()
+        assert rt.raft.step_now(hb)  # idle again
+        assert rt.raft.stepped_now == before + 1
+        # Never nested (routing a Ready sends messages, which could come back).
+        rt.raft._stepping_now = True
+        try:
+            assert not rt.raft.step_now(hb)
+        finally:
+            rt.raft._stepping_now = False
+
+
+async def test_a_failure_while_stepping_inline_stops_the_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.RaisesGroup(Boom, allow_unwrapped=True, flatten_subgroups=True):
+        async with open_cluster(3) as cluster:
+            leader = await cluster.wait_for_leader()
+            follower = next(n for n in cluster.running if n.id != leader.id)
+            rt = _rt(cluster, follower.id)
+            await trio.testing.wait_all_tasks_blocked()
+
+            def step(msg: object) -> None:
+                raise Boom("injected")
+
+            rt.raft.core.step = step
+            hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
+            # Taken by the shortcut, and the failure is not raised into the caller (the
+            # transport's reader): the actor raises it on its own task.
+            assert rt.raft.step_now(hb)
+            await trio.sleep_forever()
+
+
+async def test_apply_now_takes_only_ordinary_entries_with_nothing_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(1) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"a")
+        await cluster.wait_applied(leader.commit_index)
+        await trio.testing.wait_all_tasks_blocked()
+        fsm = _rt(cluster, leader.id).fsm
+        sm: ListStateMachine = cluster.state_machine(leader.id)
+        nxt = fsm.applied + 1
+        conf = Entry(term=leader.term, index=nxt, kind=EntryKind.CONF_CHANGE)
+        assert not fsm.apply_now((conf,))  # its hook is async: the actor applies it
+        # Something queued ahead: order would break.
+        fsm_send = _rt(cluster, leader.id).fsm_send
+        fsm_send.send_nowait(HookJob("on_leader_start", (leader.term,)))
+        assert not fsm.apply_now((Entry(term=leader.term, index=nxt, data=b"x"),))
+        assert fsm.applied == nxt - 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert fsm.apply_now((Entry(term=leader.term, index=nxt, data=b"x"),))
+        assert fsm.applied == nxt
+        assert sm.data[-1] == b"x"
