@@ -6,6 +6,11 @@ proposal from the call until the state machine's result is back (committed by a 
 applied). Cases: 1 and 64 proposers (and 1024 in full mode, a saturation point), 16 B and 1 KiB
 commands, trioraft with fsync on and off.
 
+Beside the single-proposer cases the benchmark measures the machine's floor for the same round
+(``benchmarks.replication_floor``: three processes with plain sockets and ``os.write`` +
+``os.fdatasync``, no library): ``floor_p50_ms`` / ``floor_p99_ms`` / ``floor_ops_s`` are what any
+implementation on this machine, disk and core count must wait for at the least.
+
 PySyncObj runs the same workload in the same run (its ``noop`` replicated method, the callback
 marking completion) in both of its modes: batching (its default: entries leave on its 100 ms
 append period) and no batching (each command sent at once). PySyncObj never fsyncs, in either
@@ -41,6 +46,7 @@ from benchmarks.common import (
     work_dir,
     write_json,
 )
+from benchmarks.replication_floor import run_floor
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -134,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fsync", choices=("both", "on", "off"), default="both", help="trioraft fsync modes"
     )
     p.add_argument("--no-pysyncobj", action="store_true", help="skip PySyncObj")
+    p.add_argument("--no-floor", action="store_true", help="skip the hardware floor")
     p.add_argument("--dir", metavar="DIR", help="work directory (default: a temp dir, removed)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(base)
         t_start = time.monotonic()
         ours: dict[bool, dict[str, dict[str, Any]]] = {}
+        floors: dict[tuple[bool, int], dict[str, Any]] = {}
         modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.fsync]
         for fsync in modes:
             label = "trioraft fsync " + ("on" if fsync else "off")
@@ -166,6 +174,23 @@ def main(argv: list[str] | None = None) -> int:
                 extra_args=[] if fsync else ["--no-fsync"],
             )
             ours[fsync] = run_cases(cluster, cases, seconds, warmup, progress, label)
+            if args.no_floor:
+                continue
+            for proposers_, payload in cases:
+                if proposers_ != 1:
+                    continue
+                progress.phase(f"floor: {payload} B, fsync {'on' if fsync else 'off'}")
+                try:
+                    floors[(fsync, payload)] = run_floor(
+                        procs,
+                        base / f"floor-{'fsync' if fsync else 'nofsync'}-{payload}",
+                        payload=payload,
+                        seconds=seconds,
+                        warmup=warmup,
+                        fsync=fsync,
+                    )
+                except (BenchError, OSError) as exc:
+                    errors[f"floor_{payload}B_{'fsync' if fsync else 'nofsync'}"] = str(exc)
         theirs: dict[str, dict[str, dict[str, Any]]] = {}
         if not args.no_pysyncobj:
             for mode, extra in (("batch", []), ("nobatch", ["--no-batch"])):
@@ -198,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                 "fsync": fsync,
                 "vs_pysyncobj": ratio(r["ops_s"], best, 2),
             }
+            floor = floors.get((fsync, r["payload_bytes"])) if r["proposers"] == 1 else None
+            if floor is not None:
+                results[case_name(r["proposers"], r["payload_bytes"], fsync)].update(
+                    floor_ops_s=floor["ops_s"],
+                    floor_p50_ms=floor["p50_ms"],
+                    floor_p99_ms=floor["p99_ms"],
+                )
     doc: dict[str, Any] = {
         "benchmark": "replication",
         "quick": bool(args.quick),
@@ -211,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             "PySyncObj never fsyncs (journal file written through mmap, no fsync), in both "
             "modes; vs_pysyncobj = trioraft ops/s / best PySyncObj mode's ops/s",
             "cpu_us_per_op: user+system CPU of all three node processes per proposal",
+            "floor_*: the same single-proposer round with plain sockets and os.write + "
+            "os.fdatasync in three processes, no library (benchmarks.replication_floor)",
         ],
         "errors": errors,
         "total_s": round(total_s, 1),
@@ -239,6 +273,7 @@ def _print(doc: dict[str, Any]) -> None:
                 nb.get("ops_s"),
                 nb.get("p50_ms"),
                 r["vs_pysyncobj"],
+                r.get("floor_p50_ms"),
             ]
         )
     print_table(
@@ -253,6 +288,7 @@ def _print(doc: dict[str, Any]) -> None:
             "no-batch ops/s",
             "no-batch p50",
             "vs PySyncObj",
+            "floor p50",
         ],
         rows,
     )

@@ -84,6 +84,10 @@ def test_replication_tiny(tmp_path: Path) -> None:
     for case in doc["cases"].values():
         assert {"ops_s", "p50_ms", "p99_ms", "vs_pysyncobj"} <= set(case)
         assert case["ops_s"] > 0 and case["errors"] == 0
+    # The hardware floor runs beside the single-proposer case only.
+    floor = doc["cases"]["1x16B_fsync"]
+    assert floor["floor_ops_s"] > 0 and 0 < floor["floor_p50_ms"] <= floor["floor_p99_ms"]
+    assert "floor_p50_ms" not in doc["cases"]["4x16B_fsync"]
 
 
 @pytest.mark.slow
