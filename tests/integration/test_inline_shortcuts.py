@@ -1,9 +1,11 @@
 """The raft actor's and FSM actor's shortcuts for an idle node: a peer's message stepped by the
-transport's reader (``RaftActor.step_now``) and committed entries applied by the raft actor
+transport's reader (``RaftActor.handle_now``) and committed entries applied by the raft actor
 (``FsmActor.apply_now``). Both must give the same results as the queued path, refuse whenever
 something is queued ahead, and turn a failure into the node stopping."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,7 +14,7 @@ import trio.testing
 from trioraft.core.messages import HeartbeatRequest
 from trioraft.core.types import Entry, EntryKind
 from trioraft.runtime.items import HookJob
-from trioraft.testing.cluster import Cluster, ListStateMachine, open_cluster
+from trioraft.testing.cluster import Cluster, ListStateMachine, open_cluster, open_tcp_cluster
 
 
 def _rt(cluster: Cluster, nid: int):  # type: ignore[no-untyped-def]
@@ -32,11 +34,11 @@ async def test_idle_nodes_step_messages_and_apply_inline_with_the_same_results(
             assert sm.data == [b"v%d" % i for i in range(20)]
         rts = [_rt(cluster, n.id) for n in cluster.running]
         # One proposal at a time: the nodes were idle when messages arrived.
-        assert all(rt.raft.stepped_now > 0 for rt in rts)
+        assert all(rt.raft.handled_now > 0 for rt in rts)
         assert _rt(cluster, leader.id).fsm.applied_now > 0
 
 
-async def test_step_now_refuses_while_an_item_is_queued_or_handed_over(
+async def test_handle_now_refuses_while_an_item_is_queued_or_handed_over(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_cluster(3) as cluster:
@@ -45,18 +47,18 @@ async def test_step_now_refuses_while_an_item_is_queued_or_handed_over(
         rt = _rt(cluster, follower.id)
         await trio.testing.wait_all_tasks_blocked()
         hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
-        before = rt.raft.stepped_now
+        before = rt.raft.handled_now
         # The actor is parked: an item sent now is handed over to it, not yet processed.
         rt.inbox_send.send_nowait(hb)
-        assert not rt.raft.step_now(hb)
-        assert rt.raft.stepped_now == before
+        assert not rt.raft.handle_now(hb)
+        assert rt.raft.handled_now == before
         await trio.testing.wait_all_tasks_blocked()
-        assert rt.raft.step_now(hb)  # idle again
-        assert rt.raft.stepped_now == before + 1
+        assert rt.raft.handle_now(hb)  # idle again
+        assert rt.raft.handled_now == before + 1
         # Never nested (routing a Ready sends messages, which could come back).
         rt.raft._stepping_now = True
         try:
-            assert not rt.raft.step_now(hb)
+            assert not rt.raft.handle_now(hb)
         finally:
             rt.raft._stepping_now = False
 
@@ -81,7 +83,7 @@ async def test_a_failure_while_stepping_inline_stops_the_node(
             hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
             # Taken by the shortcut, and the failure is not raised into the caller (the
             # transport's reader): the actor raises it on its own task.
-            assert rt.raft.step_now(hb)
+            assert rt.raft.handle_now(hb)
             await trio.sleep_forever()
 
 
@@ -107,3 +109,35 @@ async def test_apply_now_takes_only_ordinary_entries_with_nothing_queued(
         assert fsm.apply_now((Entry(term=leader.term, index=nxt, data=b"x"),))
         assert fsm.applied == nxt
         assert sm.data[-1] == b"x"
+
+
+async def test_an_idle_proposal_is_handled_inline_but_concurrent_ones_still_batch(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with open_tcp_cluster(3, str(tmp_path), snapshot_entries=0) as nodes:
+            while not any(n.is_leader for n in nodes.values()):
+                await trio.sleep(0.01)
+            node = next(n for n in nodes.values() if n.is_leader)
+            rt = node._rt
+            await node.propose(b"warm-up")
+            await trio.testing.wait_all_tasks_blocked()
+            before = rt.raft.handled_now
+            await node.propose(b"alone")
+            assert rt.raft.handled_now > before
+            await trio.testing.wait_all_tasks_blocked()
+            sent = rt.transport.stats.messages_sent
+            results: list[int] = []
+
+            async def propose(i: int) -> None:
+                results.append(await node.propose(b"p%d" % i))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(propose, i)
+            assert len(results) == 50
+            # Proposals made while others are runnable queue up and leave in shared appends;
+            # each one handled on its own would send an append per proposal per follower.
+            assert rt.transport.stats.messages_sent - sent <= 30, (
+                rt.transport.stats.messages_sent - sent
+            )

@@ -309,7 +309,7 @@ class NodeRuntime:
         """Hand a peer's message to the raft actor; drops it when the inbox is full."""
         if self.stopped:
             return
-        if self.raft is not None and self.raft.step_now(msg):
+        if self.raft is not None and self.raft.handle_now(msg):
             return
         if self.inbox_send.statistics().current_buffer_used >= MAX_INBOX_MESSAGES:
             self.messages_dropped += 1

@@ -25,9 +25,10 @@ installed snapshot, and calls ``core.on_persisted``. Nothing here blocks: every 
 actor is ``send_nowait`` on an unbounded channel, so a slow disk or a slow state machine never
 stalls elections or heartbeats.
 
-Peer messages normally arrive through the inbox; while this actor is parked with an empty
-inbox, the transport's reader steps them itself (:meth:`RaftActor.step_now`), saving a
-scheduling round per message on the replication round trip.
+Peer messages and proposals normally arrive through the inbox; while this actor is parked with
+an empty inbox, the transport's reader or the proposer handles them itself
+(:meth:`RaftActor.handle_now`), saving a scheduling round per hand-off on the replication round
+trip.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ _MESSAGE_TYPES = frozenset(MESSAGE_TYPES)
 _MAX_DRAIN = 4096
 #: the ticker's inbox item
 _TICK = object()
-#: the inbox item that re-raises, on the actor's task, a failure of :meth:`RaftActor.step_now`
+#: the inbox item that re-raises, on the actor's task, a failure of :meth:`RaftActor.handle_now`
 _FAILED = object()
-#: whether :meth:`RaftActor.step_now` may step messages on the caller's task
+#: whether :meth:`RaftActor.handle_now` may handle items on the caller's task
 _STEP_INLINE = True
 
 
@@ -183,12 +184,12 @@ class RaftActor:
         #: the term and vote of the newest hard state handed to the WAL actor (once its jobs
         #: are acknowledged, durable)
         self._durable_hs = HardState(core.term, core.vote, core.commit)
-        #: True while :meth:`step_now` runs (it must not nest: routing a Ready sends messages)
+        #: True while :meth:`handle_now` runs (it must not nest: routing a Ready sends messages)
         self._stepping_now = False
-        #: what :meth:`step_now` caught, re-raised on the actor's own task
+        #: what :meth:`handle_now` caught, re-raised on the actor's own task
         self._failure: Exception | None = None
-        #: messages stepped by :meth:`step_now` so far
-        self.stepped_now = 0
+        #: items handled by :meth:`handle_now` so far
+        self.handled_now = 0
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -241,25 +242,25 @@ class RaftActor:
 
     # -- inbox ---------------------------------------------------------------------------------
 
-    def step_now(self, msg: Message) -> bool:
-        """Step a peer's message and route the resulting Ready on the caller's task (the
-        transport's reader), if this actor is idle: parked waiting for its inbox, with nothing
-        queued. Otherwise (or while another ``step_now`` runs) do nothing and return False; the
-        caller queues the message as usual.
+    def handle_now(self, item: Any) -> bool:
+        """Handle an inbox item (a peer's message, a proposal) and route the resulting Ready on
+        the caller's task (the transport's reader, a proposer), if this actor is idle: parked
+        waiting for its inbox, with nothing queued. Otherwise (or while another ``handle_now``
+        runs) do nothing and return False; the caller queues the item as usual.
 
-        Why: handing a message over costs a wake-up and a scheduling round of the event loop
-        before the actor runs, on every message, and a proposal's round trip has two such
-        hand-offs on its critical path (the follower's append, the leader's acknowledgement).
-        While the actor is parked nothing else touches the core, so stepping here is exactly
-        what the actor would do next, one round sooner. Under load the inbox is rarely empty
-        and messages take the queue, where the actor batches them into one Ready.
+        Why: handing an item over costs a wake-up and a scheduling round of the event loop
+        before the actor runs, and a proposal's round trip has three such hand-offs on its
+        critical path (the proposal, the follower's append, the leader's acknowledgement).
+        While the actor is parked nothing else touches the core, so handling the item here is
+        exactly what the actor would do next, one round sooner. Under load the inbox is rarely
+        empty and items take the queue, where the actor batches them into one Ready.
 
         A failure (say the WAL failing in an inline persist) is not raised into the caller:
         it is handed to the actor, which raises it on its own task, stopping the node as if
         it had happened there.
 
         Returns:
-            True if the message was stepped (or its failure handed to the actor).
+            True if the item was handled (or its failure handed to the actor).
         """
         if self._stepping_now or not _STEP_INLINE:
             return False
@@ -268,9 +269,9 @@ class RaftActor:
             return False
         core = self.core
         self._stepping_now = True
-        self.stepped_now += 1
+        self.handled_now += 1
         try:
-            core.step(msg)
+            self._handle(item)
             if self._reads_queued:
                 self._issue_reads()
             while core.has_ready():
