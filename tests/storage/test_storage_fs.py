@@ -197,6 +197,50 @@ def test_crash_tears_unsynced_appends_into_prefix_plus_zeros(seed: int) -> None:
     assert tail[real:] == bytes(len(tail) - real), "after the written prefix only zeros"
 
 
+def test_crash_may_keep_started_writeback_ahead_of_earlier_bytes() -> None:
+    """Sectors of a range whose writeback was started may reach the disk before the bytes in
+    front of them (never anything but the written bytes or zeros, sector by sector)."""
+    outcomes = set()
+    for seed in range(60):
+        sim = SimulatedFileSystem()
+        _make(sim, "/f", b"A" * 100, sync=True, dir_sync=True)
+        fd = sim.open("/f", "r+")
+        sim.pwrite(fd, b"C" * 1500, 1100)  # beyond the end: a hole, then data
+        sim.writeback(fd, 1100, 1500)
+        sim.pwrite(fd, b"B" * 1000, 100)  # the hole filled, no writeback started
+        sim.close(fd)
+        sim.crash(random.Random(seed))
+        got = sim.read_bytes("/f")
+        assert got.startswith(b"A" * 100), seed
+        live = b"A" * 100 + b"B" * 1000 + b"C" * 1500
+        for s in range(0, len(got), 512):
+            for i in range(s, min(s + 512, len(got))):
+                assert got[i] in (0, live[i]), (seed, i)
+        if b"C" in got and b"B" * 1000 not in got:
+            outcomes.add("later data without the bytes before it")
+        if b"C" not in got:
+            outcomes.add("nothing of the started range")
+    assert outcomes == {"later data without the bytes before it", "nothing of the started range"}
+
+
+def test_fsync_forgets_started_writeback() -> None:
+    sim = SimulatedFileSystem()
+    _make(sim, "/f", b"A" * 100, sync=True, dir_sync=True)
+    fd = sim.open("/f", "r+")
+    sim.pwrite(fd, b"C" * 600, 1000)
+    sim.writeback(fd, 1000, 600)
+    sim.fsync(fd)
+    sim.pwrite(fd, b"D" * 100, 1600)  # appended after the sync, no writeback
+    sim.close(fd)
+    for seed in range(20):
+        sim.crash(random.Random(seed))
+        got = sim.read_bytes("/f")
+        assert got[:1600] == b"A" * 100 + bytes(900) + b"C" * 600, seed
+        fd = sim.open("/f", "r+")
+        sim.pwrite(fd, b"D" * 100, 1600)
+        sim.close(fd)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_crash_of_overwritten_region_mixes_whole_sectors(seed: int) -> None:
     print("seed", seed)

@@ -26,6 +26,7 @@ from trioraft.storage.records import (
     frame_parts,
     make_save_record,
     record_terms,
+    save_head_parts,
     unpack_entries,
 )
 
@@ -61,6 +62,53 @@ def test_save_record_matches_the_converter_and_round_trips(
     if len(entries) > 3:
         assert unpack_entries(rec, 3) == entries[3:]
     assert list(record_terms(rec)) == [e.term for e in entries]
+
+
+def _reference_payload(rec: SaveRecord) -> bytes:
+    """The SaveRecord payload as first written (``cbor2.dumps`` of the dict, data moved last):
+    the hand encoder must produce exactly these bytes, so files written before and after it
+    are the same."""
+    hs = rec.hard_state
+    return cbor2.dumps(
+        {
+            "first_index": rec.first_index,
+            "count": rec.count,
+            "terms": rec.terms,
+            "kinds": rec.kinds,
+            "sizes": rec.sizes,
+            "hard_state": None
+            if hs is None
+            else {"term": hs.term, "vote": hs.vote, "commit": hs.commit},
+            "type": "SaveRecord",
+            "data": rec.data,
+        }
+    )
+
+
+_EDGE_INTS = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, 2**64, 2**70]
+
+
+@given(
+    batches(),
+    st.none()
+    | st.builds(
+        HardState,
+        st.sampled_from(_EDGE_INTS) | st.integers(0, 2**80),
+        st.sampled_from(_EDGE_INTS) | st.integers(-5, 2**80),
+        st.sampled_from(_EDGE_INTS) | st.integers(0, 2**80),
+    ),
+    st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536]),
+)
+def test_save_head_is_byte_identical_to_cbor2(
+    entries: list[Entry], hs: HardState | None, size: int
+) -> None:
+    rec = make_save_record(entries, hs)
+    assert b"".join(encode_record_parts(rec)) == _reference_payload(rec)
+    # the head around the two big columns is built from their lengths alone
+    sizes, data = b"\1" * size, b"\2" * (size + 1)
+    pre, post = save_head_parts(1, 1, rec.terms, rec.kinds, len(sizes), hs, len(data))
+    sized = SaveRecord(1, 1, rec.terms, rec.kinds, sizes, data, hs)
+    assert pre + sizes + post + data == _reference_payload(sized)
 
 
 def test_uniform_batches_store_one_term_and_no_kinds() -> None:

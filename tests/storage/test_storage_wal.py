@@ -10,6 +10,7 @@ import re
 import pytest
 from storage_helpers import ents, ids
 
+import trioraft.storage.wal as wal_module
 from trioraft.core.types import Entry, EntryKind, HardState, SnapshotMeta
 from trioraft.errors import StorageCorrupted, StorageFailed
 from trioraft.storage.fs import REAL_FS, SimulatedFileSystem, read_file
@@ -585,3 +586,25 @@ def test_large_writes_append_without_reserving(tmp_path: object) -> None:
     wal, c = WAL.open(d)
     wal.close()
     assert [e.index for e in c.entries] == [1, 2]
+
+
+def test_a_save_beyond_the_record_limit_is_refused_before_writing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # replay reads a frame longer than the limit as damage, so none may be written
+    fs = SimulatedFileSystem()
+    wal, *_ = open_sim(fs)
+    wal.save(ents(1, 2), HardState(1, 0, 0))
+    path = wal.segment_paths()[-1]
+    before = fs.read_bytes(path)
+    monkeypatch.setattr(wal_module, "MAX_RECORD_BYTES", 1000)
+    with pytest.raises(ValueError, match="record limit"):
+        wal.save(ents(3, 40, tag=b"x" * 50), None)
+    with pytest.raises(ValueError, match="record limit"):
+        wal.save(ents(3, 3, tag=b"x" * 2000), None)
+    assert fs.read_bytes(path) == before
+    assert not wal.failed and wal.last_index == 2
+    wal.save(ents(3, 3), None)
+    wal.close()
+    _, e, _, _ = open_sim(fs)
+    assert e == ents(1, 3)

@@ -510,7 +510,9 @@ class NoSyncFileSystem:
 # non-durable one with some probability (so an un-synced create or rename may vanish or revert),
 # keep what is reachable from the root, and give every surviving file its durable bytes plus,
 # when it was only appended to, a random prefix of the unsynced tail that may end in zeros (the
-# file size reached the disk, the data did not). A file overwritten in place gets its durable or
+# file size reached the disk, the data did not) and, where writeback of a range was started
+# (``writeback``), random sectors of that range, which may reach the disk ahead of the bytes
+# before them. A file overwritten in place gets its durable or
 # its new content, or a per-512-byte-sector mix of the two.
 
 
@@ -528,6 +530,8 @@ class _Inode:
     data: bytearray = attrs.field(factory=bytearray)  # files: live bytes
     durable: bytearray = attrs.field(factory=bytearray)  # files: bytes as of the last fsync
     dirty_from: int | None = None  # lowest offset changed since the last fsync
+    #: files: ranges whose writeback was started since the last fsync
+    started: list[tuple[int, int]] = attrs.field(factory=list)
     entries: dict[str, int] = attrs.field(factory=dict)  # directories: live entries
 
 
@@ -691,6 +695,7 @@ class SimulatedFileSystem:
                     node.data = bytearray(content)
                     node.durable = bytearray(content)
                     node.dirty_from = None
+                    node.started = []
                 inodes[ino] = node
             self._inodes = inodes
             self._base = {ino: dict(n.entries) for ino, n in inodes.items() if n.is_dir}
@@ -720,6 +725,7 @@ class SimulatedFileSystem:
             node.data = bytearray(data)
             node.durable = bytearray(data)
             node.dirty_from = None
+            node.started = []
 
     def paths(self, root: str = "/") -> list[str]:
         """Every file and directory path under ``root`` (live view), sorted."""
@@ -829,6 +835,7 @@ class SimulatedFileSystem:
                 del node.durable[start:]
                 node.durable += node.data[start:]
                 node.dirty_from = None
+            node.started = []
 
     def fdatasync(self, fd: int) -> None:
         """See :meth:`FileSystem.fdatasync` (same as fsync here)."""
@@ -860,9 +867,13 @@ class SimulatedFileSystem:
             return len(self._inodes[self._fd(fd).ino].data)
 
     def writeback(self, fd: int, offset: int, length: int) -> None:
-        """See :meth:`FileSystem.writeback`: nothing becomes durable (only fsync does that)."""
+        """See :meth:`FileSystem.writeback`: nothing becomes durable (only fsync does that), but
+        a crash may now keep sectors of the range while losing bytes before it (the disk got
+        them first)."""
         with self._mu:
-            self._fd(fd)
+            node = self._inodes[self._fd(fd).ino]
+            if node.dirty_from is not None and length > 0:
+                node.started.append((offset, offset + length))
 
     def rename(self, src: str, dst: str) -> None:
         """See :meth:`FileSystem.rename`."""
@@ -1078,7 +1089,10 @@ class SimulatedFileSystem:
             else:
                 kept = rng.randint(0, len(extra))
             real = kept if rng.random() < 0.5 else rng.randint(0, kept)
-            return durable + extra[:real] + bytes(kept - real)
+            torn = durable + extra[:real] + bytes(kept - real)
+            if node.started and rng.random() < 0.5:
+                torn = _with_started(torn, live, node.started, len(durable), rng)
+            return torn
         roll = rng.random()
         if roll < 0.3:
             return durable
@@ -1158,3 +1172,25 @@ class SimulatedFileSystem:
             del node.data[size:]
         else:
             node.data.extend(bytes(size - len(node.data)))
+
+
+def _with_started(
+    content: bytes, live: bytes, started: list[tuple[int, int]], floor: int, rng: random.Random
+) -> bytes:
+    """A crashed appended file's surviving ``content`` plus, sector by sector, parts of the
+    ranges whose writeback was started: those may have reached the disk ahead of bytes before
+    them (with the file size, or not). Nothing below ``floor`` (the durable part) changes."""
+    out = bytearray(content)
+    for lo, hi in started:
+        lo, hi = max(lo, floor), min(hi, len(live))
+        if lo >= hi:
+            continue
+        if len(out) < hi and rng.random() < 0.5:
+            out.extend(bytes(hi - len(out)))  # the new size reached the disk too
+        start = lo
+        while start < min(hi, len(out)):
+            end = min(hi, len(out), (start // _SECTOR + 1) * _SECTOR)
+            if rng.random() < 0.5:
+                out[start:end] = live[start:end]
+            start = end
+    return bytes(out)

@@ -46,12 +46,17 @@ __all__ = [
     "decode_record",
     "encode_record",
     "encode_record_parts",
+    "entry_columns",
+    "first_term",
     "frame",
     "frame_crc",
     "frame_parts",
     "make_save_record",
+    "pack_sizes",
     "record_first_term",
     "record_terms",
+    "save_head_parts",
+    "terms_array",
     "unpack_entries",
 ]
 
@@ -124,46 +129,123 @@ def encode_record(rec: WalRecord) -> bytes:
 def encode_record_parts(rec: WalRecord) -> list[bytes]:
     """CBOR payload of one record as pieces to be written back to back.
 
-    :class:`SaveRecord`, the one on the hot path, is unstructured by hand into exactly the shape
-    the converter produces (a test pins the equivalence; decoding always goes through the strict
-    converter) and comes out as ``[head, data]``: its map is encoded with ``data`` last and
-    empty, and the empty byte string's header is swapped for the header of the real length, so
-    the big data column is written from where it already is instead of being copied into the
-    CBOR output. The concatenation is exactly the CBOR encoding of the record.
+    :class:`SaveRecord`, the one on the hot path, is encoded by hand (see
+    :func:`save_head_parts`) into exactly the bytes ``cbor2`` produces for the converter's shape
+    of the record with ``data`` moved last (a test pins both; decoding always goes through the
+    strict converter or its checked fast path), and comes out as ``[head, data]`` so the big data
+    column is written from where it already is instead of being copied into the CBOR output.
+    The concatenation is exactly the CBOR encoding of the record.
     """
     if not isinstance(rec, SaveRecord):
         return [encode_record(rec)]
-    hs = rec.hard_state
-    head = cbor2.dumps(
-        {
-            "first_index": rec.first_index,
-            "count": rec.count,
-            "terms": rec.terms,
-            "kinds": rec.kinds,
-            "sizes": rec.sizes,
-            "hard_state": None
-            if hs is None
-            else {"term": hs.term, "vote": hs.vote, "commit": hs.commit},
-            "type": "SaveRecord",
-            "data": b"",
-        }
+    pre, post = save_head_parts(
+        rec.first_index,
+        rec.count,
+        rec.terms,
+        rec.kinds,
+        len(rec.sizes),
+        rec.hard_state,
+        len(rec.data),
     )
+    head = pre + rec.sizes + post
     if not rec.data:
         return [head]
-    return [head[:-1] + _bytes_header(len(rec.data)), rec.data]
+    return [head, rec.data]
+
+
+def _text(s: str) -> bytes:
+    return cbor2.dumps(s)
+
+
+# The SaveRecord map: 8 pairs, keys in this order (data last, so it can be written separately).
+_SAVE_OPEN: Final = b"\xa8" + _text("first_index")
+_K_COUNT: Final = _text("count")
+_K_TERMS: Final = _text("terms")
+_K_KINDS: Final = _text("kinds")
+_K_SIZES: Final = _text("sizes")
+_HS_NONE: Final = _text("hard_state") + b"\xf6"
+_HS_OPEN: Final = _text("hard_state") + b"\xa3" + _text("term")
+_K_VOTE: Final = _text("vote")
+_K_COMMIT: Final = _text("commit")
+_TYPE_DATA: Final = _text("type") + _text("SaveRecord") + _text("data")
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32BE = struct.Struct(">I")
+_U64BE = struct.Struct(">Q")
+
+
+def _head(major: int, n: int) -> bytes:
+    """CBOR head of major type ``major`` (pre-shifted) with argument ``0 <= n < 2**64``, in
+    the shortest form, as ``cbor2`` writes it."""
+    if n < 24:
+        return _U8.pack(major | n)
+    if n < 0x100:
+        return _U8.pack(major | 24) + _U8.pack(n)
+    if n < 0x10000:
+        return _U8.pack(major | 25) + _U16.pack(n)
+    if n < 0x100000000:
+        return _U8.pack(major | 26) + _U32BE.pack(n)
+    return _U8.pack(major | 27) + _U64BE.pack(n)
+
+
+def _uint(n: int) -> bytes:
+    """CBOR encoding of the integer ``n`` (hand-encoded in the common range, else ``cbor2``:
+    negative numbers and bignums)."""
+    if type(n) is int and 0 <= n < 1 << 64:
+        return _head(0x00, n)
+    return cbor2.dumps(n)
 
 
 def _bytes_header(n: int) -> bytes:
     """Header of a CBOR byte string of length ``n`` (major type 2, shortest form)."""
-    if n < 24:
-        return bytes((0x40 + n,))
-    if n < 1 << 8:
-        return bytes((0x58, n))
-    if n < 1 << 16:
-        return b"\x59" + n.to_bytes(2, "big")
-    if n < 1 << 32:
-        return b"\x5a" + n.to_bytes(4, "big")
-    return b"\x5b" + n.to_bytes(8, "big")
+    return _head(0x40, n)
+
+
+def save_head_parts(
+    first_index: int,
+    count: int,
+    terms: bytes,
+    kinds: bytes,
+    sizes_len: int,
+    hard_state: HardState | None,
+    data_len: int,
+) -> tuple[bytes, bytes]:
+    """The CBOR encoding of a :class:`SaveRecord` around its two big columns: ``(pre, post)``
+    such that ``pre + sizes + post + data`` is the record's payload, ``sizes`` being
+    ``sizes_len`` bytes and ``data`` ``data_len`` bytes. Only lengths of those two are needed,
+    so the head's size is known (and the data can be written) before the sizes are computed."""
+    pre = b"".join(
+        (
+            _SAVE_OPEN,
+            _uint(first_index),
+            _K_COUNT,
+            _uint(count),
+            _K_TERMS,
+            _bytes_header(len(terms)),
+            terms,
+            _K_KINDS,
+            _bytes_header(len(kinds)),
+            kinds,
+            _K_SIZES,
+            _bytes_header(sizes_len),
+        )
+    )
+    if hard_state is None:
+        post = _HS_NONE + _TYPE_DATA + _bytes_header(data_len)
+    else:
+        post = b"".join(
+            (
+                _HS_OPEN,
+                _uint(hard_state.term),
+                _K_VOTE,
+                _uint(hard_state.vote),
+                _K_COMMIT,
+                _uint(hard_state.commit),
+                _TYPE_DATA,
+                _bytes_header(data_len),
+            )
+        )
+    return pre, post
 
 
 def frame_parts(parts: Sequence[bytes], prev_crc: int) -> tuple[bytes, int]:
@@ -239,9 +321,7 @@ def make_save_record(entries: Sequence[Entry], hard_state: HardState | None) -> 
 
     ``entries`` must be a slice of a Raft log, whose terms never decrease: a batch whose first
     and last terms are equal is stored with a single term. A batch of only normal entries stores
-    no kinds column. Large batches are where the time goes, so each column costs one cheap pass:
-    list comprehensions over the entries (specialised attribute loads), one join, and one
-    ``struct.pack`` of the sizes.
+    no kinds column.
     """
     n = len(entries)
     if not n:
@@ -257,34 +337,65 @@ def make_save_record(entries: Sequence[Entry], hard_state: HardState | None) -> 
             e.data,
             hard_state,
         )
-    datas = [e.data for e in entries]
-    data = b"".join(datas)
-    sizes = struct.pack(f"<{n}I", *map(len, datas))
+    datas, terms, kinds = entry_columns(entries)
+    return SaveRecord(
+        entries[0].index, n, terms, kinds, pack_sizes(datas), b"".join(datas), hard_state
+    )
+
+
+def entry_columns(entries: Sequence[Entry]) -> tuple[list[bytes], bytes, bytes]:
+    """``(datas, terms, kinds)`` of a non-empty batch: the entries' data (to be joined into the
+    data column and measured by :func:`pack_sizes`) and the terms and kinds columns.
+
+    Large batches are where the time goes, so this is one list comprehension in the common case
+    (all entries normal, which the same pass checks by identity: EntryKind members are
+    singletons) and one comparison of the first and last terms.
+    """
+    n = len(entries)
+    datas = [e.data for e in entries if e.kind is _NORMAL]
+    if len(datas) == n:
+        kinds = b""
+    else:
+        datas = [e.data for e in entries]
+        kinds = bytes([e.kind for e in entries])
     t0 = entries[0].term
     if entries[-1].term == t0:
         terms = _U64.pack(t0)
     else:
         terms = struct.pack(f"<{n}Q", *[e.term for e in entries])
-    kind_list = [e.kind for e in entries]
-    # EntryKind members are singletons, so count() matches by identity first
-    kinds = b"" if kind_list.count(_NORMAL) == n else bytes(kind_list)
-    return SaveRecord(entries[0].index, n, terms, kinds, sizes, data, hard_state)
+    return datas, terms, kinds
+
+
+def pack_sizes(datas: Sequence[bytes]) -> bytes:
+    """The sizes column (u32 LE per entry) of the entries whose data are ``datas``."""
+    return struct.pack(f"<{len(datas)}I", *map(len, datas))
 
 
 def record_terms(rec: SaveRecord) -> array[int]:
     """The record's terms, one per entry."""
-    terms = array("Q")
-    terms.frombytes(rec.terms)
+    return terms_array(rec.terms, rec.count)
+
+
+def terms_array(terms: bytes, count: int) -> array[int]:
+    """A terms column (one u64 per entry, or a single one for all ``count``) as one term per
+    entry."""
+    out = array("Q")
+    out.frombytes(terms)
     if not _LITTLE:  # pragma: no cover - big-endian hosts
-        terms.byteswap()
-    if len(terms) == 1 and rec.count > 1:
-        terms = terms * rec.count
-    return terms
+        out.byteswap()
+    if len(out) == 1 and count > 1:
+        out = out * count
+    return out
 
 
 def record_first_term(rec: SaveRecord) -> int:
     """Term of the record's first entry."""
-    return int(_U64.unpack_from(rec.terms, 0)[0])
+    return first_term(rec.terms)
+
+
+def first_term(terms: bytes) -> int:
+    """The first term in a terms column."""
+    return int(_U64.unpack_from(terms, 0)[0])
 
 
 _KINDS = {int(k): k for k in EntryKind}

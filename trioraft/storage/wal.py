@@ -82,11 +82,14 @@ from trioraft.storage.records import (
     check_entries,
     decode_record,
     encode_record_parts,
+    entry_columns,
+    first_term,
     frame_crc,
     frame_parts,
     make_save_record,
-    record_first_term,
-    record_terms,
+    pack_sizes,
+    save_head_parts,
+    terms_array,
     unpack_entries,
 )
 
@@ -500,10 +503,20 @@ class WAL:
                     raise ValueError("entry indexes start at 1")
             elif hard_state is None:
                 return
-            rec = make_save_record(entries, hard_state)
-            self._write(rec)
-            if entries:
-                self._note_entries(rec)
+            n = len(entries)
+            if n > 1:
+                # the hot path: the columns go straight into the frame, no record object
+                first = entries[0].index
+                datas, terms, kinds = entry_columns(entries)
+                data = b"".join(datas)
+                pre, post = save_head_parts(first, n, terms, kinds, 4 * n, hard_state, len(data))
+                self._append([pre, pack_sizes(datas), post, data])
+                self._note_entries(first, n, terms)
+            else:
+                rec = make_save_record(entries, hard_state)
+                self._append(encode_record_parts(rec))
+                if n:
+                    self._note_entries(rec.first_index, 1, rec.terms)
             if hard_state is not None:
                 self._hs = hard_state
 
@@ -642,10 +655,26 @@ class WAL:
         raise StorageFailed(f"WAL {self._dir}: {what} failed: {exc}") from exc
 
     def _write(self, rec: WalRecord) -> None:
-        """Append one frame and fdatasync (starting a new segment first when this one is full)."""
+        """Append one record as a frame and fdatasync."""
+        self._append(encode_record_parts(rec))
+
+    def _append(self, payload: list[bytes]) -> None:
+        """Append one frame whose payload is the concatenation of ``payload`` and fdatasync
+        (starting a new segment first when this one is full).
+
+        Raises:
+            ValueError: the payload exceeds :data:`MAX_RECORD_BYTES` (nothing is written: replay
+                would read such a frame as damage).
+        """
+        length = 0
+        for p in payload:
+            length += len(p)
+        if length > MAX_RECORD_BYTES:
+            raise ValueError(f"a record of {length} bytes exceeds the WAL's record limit")
         if self._offset >= self._segment_bytes:
             self._cut()
-        parts, crc, size = _frame(rec, self._crc)
+        header, crc = frame_parts(payload, self._crc)
+        size = FRAME_HEADER.size + length
         fd = self._fd
         assert fd is not None
         if (
@@ -655,7 +684,7 @@ class WAL:
         ):
             self._reserve(fd, self._offset + size)
         try:
-            self._fs.writev(fd, parts)
+            self._fs.writev(fd, [header, *payload])
             self._fs.fdatasync(fd)
         except OSError as exc:
             self._fail(exc, "append")
@@ -720,8 +749,7 @@ class WAL:
                 log.warning("WAL %s: closing %s failed: %s", self._dir, prev.path, exc)
         log.debug("WAL %s: started segment %s", self._dir, seg.path)
 
-    def _note_entries(self, rec: SaveRecord) -> None:
-        first = rec.first_index
+    def _note_entries(self, first: int, count: int, terms: bytes) -> None:
         if first <= self._base_index:
             self._run_starts.clear()
             self._run_terms.clear()
@@ -729,12 +757,12 @@ class WAL:
             k = bisect.bisect_left(self._run_starts, first)
             del self._run_starts[k:]
             del self._run_terms[k:]
-        if len(rec.terms) == 8:
-            self._add_run(first, record_first_term(rec))
+        if len(terms) == 8:
+            self._add_run(first, first_term(terms))
         else:
-            for i, t in enumerate(record_terms(rec)):
+            for i, t in enumerate(terms_array(terms, count)):
                 self._add_run(first + i, t)
-        self._last_index = first + rec.count - 1
+        self._last_index = first + count - 1
 
     def _add_run(self, index: int, term: int) -> None:
         if index <= self._base_index:
