@@ -608,3 +608,22 @@ def test_a_save_beyond_the_record_limit_is_refused_before_writing(
     wal.close()
     _, e, _, _ = open_sim(fs)
     assert e == ents(1, 3)
+
+
+@pytest.mark.parametrize("first", [1, 3, 6], ids=["from-base", "suffix", "append"])
+def test_a_failed_fdatasync_leaves_the_durable_state(first: int) -> None:
+    # the writer's state is updated before the fdatasync and must be put back when it fails
+    fs = SimulatedFileSystem()
+    wal, *_ = open_sim(fs)
+    wal.save(ents(1, 2), HardState(1, 0, 0))
+    wal.save(ents(3, 5, term=2), HardState(2, 0, 2))
+    fs.inject_fault("fsync", errno.EIO, match=D)
+    with pytest.raises(StorageFailed):
+        wal.save(ents(first, 8, term=3), HardState(3, 1, 4))
+    assert wal.last_index == 5
+    assert wal.hard_state == HardState(2, 0, 2)
+    assert [wal._term_at(i) for i in range(7)] == [0, 1, 1, 2, 2, 2, None]
+    wal.close()
+    fs.crash(None)
+    _, e, hs, _ = open_sim(fs)
+    assert (e, hs) == (ents(1, 2) + ents(3, 5, term=2), HardState(2, 0, 2))

@@ -23,6 +23,10 @@ Theory of operation.
   state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later write
   (after a failed fsync the page cache can no longer be trusted). Space is reserved ahead of small
   writes (:meth:`WAL._reserve`), so a small synced append overwrites blocks the file already has.
+  The encoding of a large batch is a few passes over the entries that run from the CPU cache
+  while the batch is fresh, so everything touching the entries, and the writer's bookkeeping,
+  happens before the fdatasync, not after its sleep (a failed fdatasync puts the bookkeeping
+  back).
 * Replay. The WAL is a log of operations, so its state is obtained by applying every record in
   order: entries replace any suffix from their first index, hard states overwrite, a snapshot
   marker with ``reset`` drops entries past its index (the follower's log was replaced) once the
@@ -126,6 +130,10 @@ class WalContents:
     hard_state: HardState
     entries: list[Entry]
     snapshot: SnapshotMeta | None
+
+
+#: (last index, run count kept, runs removed: starts, terms) before :meth:`WAL._note_entries`
+_EntriesUndo = tuple[int, int, list[int], list[int]]
 
 
 @attrs.define
@@ -514,15 +522,16 @@ class WAL:
                 # touches every one of them, which after the fdatasync would be a cache miss each.
                 del datas
                 pre, post = save_head_parts(first, n, terms, kinds, 4 * n, hard_state, len(data))
-                self._append([pre, sizes, post, data])
-                self._note_entries(first, n, terms)
+                payload = [pre, sizes, post, data]
+                del pre, sizes, post, data  # the payload list holds the only references
+                self._append(payload, (first, n, terms), hard_state)
             else:
                 rec = make_save_record(entries, hard_state)
-                self._append(encode_record_parts(rec))
-                if n:
-                    self._note_entries(rec.first_index, 1, rec.terms)
-            if hard_state is not None:
-                self._hs = hard_state
+                self._append(
+                    encode_record_parts(rec),
+                    (rec.first_index, 1, rec.terms) if n else None,
+                    hard_state,
+                )
 
     def save_snapshot_marker(self, meta: SnapshotMeta) -> None:
         """Record that the snapshot ``meta`` is durably in the snapshot store (call only after
@@ -662,11 +671,23 @@ class WAL:
         """Append one record as a frame and fdatasync."""
         self._append(encode_record_parts(rec))
 
-    def _append(self, payload: list[bytes]) -> None:
-        """Append one frame whose payload is the concatenation of ``payload`` and fdatasync
-        (starting a new segment first when this one is full).
+    def _append(
+        self,
+        payload: list[bytes],
+        entries: tuple[int, int, bytes] | None = None,
+        hard_state: HardState | None = None,
+    ) -> None:
+        """Append one frame whose payload is the concatenation of ``payload`` (the list is
+        emptied) and fdatasync, starting a new segment first when this one is full; record the
+        ``entries`` it holds (first index, count, terms column) and its ``hard_state``.
+
+        The writer's state is updated (and the payload freed) between the write and the
+        fdatasync, not after it: the objects involved are in the cache then, while after the
+        fdatasync's sleep every one is a cache miss. A failed fdatasync puts the state back
+        (``last_index`` and ``hard_state`` stay the durable ones).
 
         Raises:
+            StorageFailed: the write or the fdatasync failed (the WAL now refuses writes).
             ValueError: the payload exceeds :data:`MAX_RECORD_BYTES` (nothing is written: replay
                 would read such a frame as damage).
         """
@@ -687,13 +708,25 @@ class WAL:
             and self._allocate_ok
         ):
             self._reserve(fd, self._offset + size)
+        payload.insert(0, header)
         try:
-            self._fs.writev(fd, [header, *payload])
-            self._fs.fdatasync(fd)
+            self._fs.writev(fd, payload)
         except OSError as exc:
             self._fail(exc, "append")
+        payload.clear()
         self._offset += size
         self._crc = crc
+        undo = None if entries is None else self._note_entries(*entries)
+        old_hs = self._hs
+        if hard_state is not None:
+            self._hs = hard_state
+        try:
+            self._fs.fdatasync(fd)
+        except OSError as exc:
+            if undo is not None:
+                self._undo_entries(undo)
+            self._hs = old_hs
+            self._fail(exc, "append")
 
     def _reserve(self, fd: int, need: int) -> None:
         """Grow the segment ahead of its writes (zeros, allocated on disk) so small appends
@@ -753,12 +786,16 @@ class WAL:
                 log.warning("WAL %s: closing %s failed: %s", self._dir, prev.path, exc)
         log.debug("WAL %s: started segment %s", self._dir, seg.path)
 
-    def _note_entries(self, first: int, count: int, terms: bytes) -> None:
+    def _note_entries(self, first: int, count: int, terms: bytes) -> _EntriesUndo:
+        """Record entries ``first..first+count-1`` (terms column ``terms``) as written; returns
+        what :meth:`_undo_entries` needs to take that back."""
+        undo: _EntriesUndo = (self._last_index, len(self._run_starts), [], [])
         if first <= self._base_index:
-            self._run_starts.clear()
-            self._run_terms.clear()
+            k = 0
         else:
             k = bisect.bisect_left(self._run_starts, first)
+        if k < len(self._run_starts):
+            undo = (self._last_index, k, self._run_starts[k:], self._run_terms[k:])
             del self._run_starts[k:]
             del self._run_terms[k:]
         if len(terms) == 8:
@@ -767,6 +804,15 @@ class WAL:
             for i, t in enumerate(terms_array(terms, count)):
                 self._add_run(first + i, t)
         self._last_index = first + count - 1
+        return undo
+
+    def _undo_entries(self, undo: _EntriesUndo) -> None:
+        last, k, starts, terms = undo
+        del self._run_starts[k:]
+        del self._run_terms[k:]
+        self._run_starts += starts
+        self._run_terms += terms
+        self._last_index = last
 
     def _add_run(self, index: int, term: int) -> None:
         if index <= self._base_index:
