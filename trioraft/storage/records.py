@@ -212,8 +212,9 @@ def save_head_parts(
 ) -> tuple[bytes, bytes]:
     """The CBOR encoding of a :class:`SaveRecord` around its two big columns: ``(pre, post)``
     such that ``pre + sizes + post + data`` is the record's payload, ``sizes`` being
-    ``sizes_len`` bytes and ``data`` ``data_len`` bytes. Only lengths of those two are needed,
-    so the head's size is known (and the data can be written) before the sizes are computed."""
+    ``sizes_len`` bytes and ``data`` ``data_len`` bytes: only their lengths are needed, so the
+    big columns are written from where they are, never copied into the CBOR output. Integers
+    outside ``0 <= n < 2**64`` (never in a valid record) are left to ``cbor2``."""
     pre = b"".join(
         (
             _SAVE_OPEN,
