@@ -49,12 +49,14 @@ class StateMachine(Protocol):
 
     Required methods:
 
-    * ``apply(index, data) -> result``: apply one committed command. Called on the FSM actor, in
-      log order, exactly once per index across restarts and snapshot installs. It must be
-      deterministic. The return value is handed to the proposer (``await node.propose``); for
-      proposals forwarded from another node it must be CBOR-encodable (None, bool, int, float,
-      str, bytes, lists, dicts). An exception here fails the node: skipping an entry would let
-      replicas diverge.
+    * ``apply(index, data) -> result``: apply one committed command. Called in log order,
+      exactly once per index across restarts and snapshot installs, never concurrently with
+      another call into the state machine: on the FSM actor, or (while that actor is idle) on
+      the task that committed the entry (the raft actor, a transport reader or a proposer), so
+      do not rely on the calling task or its context variables. It must be deterministic. The
+      return value is handed to the proposer (``await node.propose``); for proposals forwarded
+      from another node it must be CBOR-encodable (None, bool, int, float, str, bytes, lists,
+      dicts). An exception here fails the node: skipping an entry would let replicas diverge.
     * ``capture() -> saver``: take a consistent, cheap, synchronous view of the state at the
       current applied index and return an ``async def saver(writer: SnapshotWriter)``.
     * ``async restore(reader)``: replace the entire state with the snapshot's content.

@@ -87,6 +87,31 @@ async def test_a_failure_while_stepping_inline_stops_the_node(
             await trio.sleep_forever()
 
 
+async def test_a_base_exception_while_handling_inline_stops_the_node_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Halt(BaseException):
+        pass
+
+    with pytest.RaisesGroup(Halt, allow_unwrapped=True, flatten_subgroups=True):
+        async with open_cluster(3) as cluster:
+            leader = await cluster.wait_for_leader()
+            follower = next(n for n in cluster.running if n.id != leader.id)
+            rt = _rt(cluster, follower.id)
+            await trio.testing.wait_all_tasks_blocked()
+
+            def step(msg: object) -> None:
+                raise Halt
+
+            rt.raft.core.step = step
+            hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
+            # It propagates into the caller as such exceptions do, and the actor is told too,
+            # so the node stops even if the caller swallowed it.
+            with pytest.raises(Halt):
+                rt.raft.handle_now(hb)
+            await trio.sleep_forever()
+
+
 async def test_apply_now_takes_only_ordinary_entries_with_nothing_queued(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -1,4 +1,5 @@
-"""The raft actor: the only task that touches the sans-I/O core and its in-memory log.
+"""The raft actor: owns the sans-I/O core and its in-memory log; nothing else touches them
+(except on this actor's behalf while it is idle, see :meth:`RaftActor.handle_now`).
 
 Theory of operation: one loop. Wait for an inbox item or the next tick, whichever comes first;
 then drain everything else queued without waiting (this is where concurrent proposals batch up
@@ -16,7 +17,7 @@ into one Ready); tick the core if a tick is due; then route each Ready:
   (``WalActor.persist_now``), then acknowledged the same way;
 * ``committed_entries`` go to the FSM actor (the core only hands out entries already persisted),
   or, while the FSM actor is idle, are applied right here (``FsmActor.apply_now``): by a leader
-  before its write, so proposers are answered first, by a follower after it;
+  before its write, so proposers are answered first, by a follower after routing its write;
 * ``read_states`` resolve the read-barrier batch with the same context.
 
 When the WAL actor acknowledges jobs (:class:`Persisted`), this actor mirrors them into the
@@ -187,7 +188,7 @@ class RaftActor:
         #: True while :meth:`handle_now` runs (it must not nest: routing a Ready sends messages)
         self._stepping_now = False
         #: what :meth:`handle_now` caught, re-raised on the actor's own task
-        self._failure: Exception | None = None
+        self._failure: BaseException | None = None
         #: items handled by :meth:`handle_now` so far
         self.handled_now = 0
 
@@ -257,7 +258,8 @@ class RaftActor:
 
         A failure (say the WAL failing in an inline persist) is not raised into the caller:
         it is handed to the actor, which raises it on its own task, stopping the node as if
-        it had happened there.
+        it had happened there (a ``BaseException`` such as ``KeyboardInterrupt`` is handed over
+        and also propagates).
 
         Returns:
             True if the item was handled (or its failure handed to the actor).
@@ -276,9 +278,13 @@ class RaftActor:
                 self._issue_reads()
             while core.has_ready():
                 self._route(core.ready())
-        except Exception as exc:
+        except BaseException as exc:
+            # Whatever it is, the node must stop: a Ready taken from the core but not routed
+            # must never be followed by another (it could acknowledge writes never made).
             self._failure = exc
             self._inbox_send.send_nowait(_FAILED)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and the like also go their usual way
         finally:
             self._stepping_now = False
         return True
@@ -442,7 +448,8 @@ class RaftActor:
             self._send(m)
         committed = rd.committed_entries
         # A leader answers its proposers before its next write rather than behind it; a
-        # follower persists (and acknowledges) first, then applies.
+        # follower routes its write first (written and acknowledged, if done inline), then
+        # applies.
         applied = bool(
             committed
             and self._role == Role.LEADER
