@@ -166,3 +166,24 @@ async def test_an_idle_proposal_is_handled_inline_but_concurrent_ones_still_batc
             assert rt.transport.stats.messages_sent - sent <= 30, (
                 rt.transport.stats.messages_sent - sent
             )
+
+
+async def test_requests_still_queued_when_the_node_stops_are_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trioraft.errors import NodeStopped
+    from trioraft.runtime.items import ProposeReq
+    from trioraft.runtime.proposals import Future
+
+    async with open_cluster(1) as cluster:
+        leader = await cluster.wait_for_leader()
+        rt = _rt(cluster, leader.id)
+        await trio.testing.wait_all_tasks_blocked()
+        # The first is handed to the parked actor; the second stays queued behind it.
+        rt.inbox_send.send_nowait(ProposeReq(b"first", Future()))
+        future: Future[object] = Future()
+        rt.inbox_send.send_nowait(ProposeReq(b"queued", future))
+        rt.shutdown()  # before the actor took it
+        assert future.done()
+        with pytest.raises(NodeStopped):
+            future.result()

@@ -289,6 +289,16 @@ class NodeRuntime:
         stop = NodeStopped(f"node {self.id} stopped" + (f": {error!r}" if error else ""))
         self.proposals.fail_all(stop)
         self.reads.fail_all(stop)
+        # Requests still queued for the raft actor will never be handled: fail them too (a
+        # proposer waiting without a timeout would otherwise wait forever).
+        while True:
+            try:
+                item = self.inbox_recv.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+            future = getattr(item, "future", None)
+            if future is not None:
+                future.set_exception(stop)
         self.waiters.wake_all()
         self.watch.update(0, self.watch.term, self.watch.role)
 
