@@ -101,6 +101,8 @@ _MEDIAN_KEYS = (
     "install_cpu_s",
     "receive_cpu_s",
     "load_state_cpu_s",
+    "receive_faults",
+    "load_state_faults",
 )
 #: per-repetition figures reported as the worst repetition
 _MAX_KEYS = (
@@ -202,6 +204,11 @@ def run_trioraft_once(
         if waited.get("restore_begin_cpu") is not None:
             res["receive_cpu_s"] = waited["restore_begin_cpu"] - waited["receive_begin_cpu"]
             res["load_state_cpu_s"] = waited["cpu"] - waited["restore_begin_cpu"]
+    # minor page faults of the follower's process (a first touch of memory costs microseconds
+    # on a VM): how much fresh memory the receive and the load went through
+    if waited.get("receive_begin_faults") is not None and waited.get("restore_begin_faults"):
+        res["receive_faults"] = waited["restore_begin_faults"] - waited["receive_begin_faults"]
+        res["load_state_faults"] = waited["faults"] - waited["restore_begin_faults"]
     res["leader_rss_growth_mib"] = rss.growth_mib("leader")
     base_kib = ready.get("rss_kib")
     hwm_kib = waited.get("hwm_before_restore_kib")

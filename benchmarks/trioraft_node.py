@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import struct
 import sys
 import time
@@ -101,6 +102,9 @@ class BenchMachine:
         #: process CPU seconds (all threads) at the restore's begin and end
         self.restore_begin_cpu: float | None = None
         self.restore_end_cpu: float | None = None
+        #: the process's minor page faults so far at the restore's begin and end
+        self.restore_begin_faults: int | None = None
+        self.restore_end_faults: int | None = None
         self.hwm_before_restore_kib: int | None = None
         self.rss_before_restore_kib: int | None = None
 
@@ -212,6 +216,7 @@ class BenchMachine:
     async def restore(self, reader: SnapshotReader) -> None:
         self.restore_begin = time.monotonic()
         self.restore_begin_cpu = time.process_time()
+        self.restore_begin_faults = _minor_faults()
         self.hwm_before_restore_kib = status_kib("VmHWM")
         self.rss_before_restore_kib = status_kib("VmRSS")
         base: dict[bytes, int] = {}
@@ -250,6 +255,7 @@ class BenchMachine:
         self.value_bytes = offsets[-1]
         self.restore_end = time.monotonic()
         self.restore_end_cpu = time.process_time()
+        self.restore_end_faults = _minor_faults()
         self._reached(reader.index)
 
 
@@ -277,6 +283,12 @@ async def _key_index(reader: SnapshotReader) -> tuple[dict[bytes, int], array[in
     return base, vlens
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (each one maps a page of memory; on a VM the
+    first touch of a page can cost microseconds)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _records_per_chunk(size: int) -> int:
     """How many values of ``size`` bytes make a write of about 1 MiB."""
     return max(1, -(-_CHUNK // (size or 1)))
@@ -302,6 +314,7 @@ class _SnapshotLog(logging.Handler):
         super().__init__(logging.INFO)
         self.receive_begin: float | None = None
         self.receive_begin_cpu: float | None = None
+        self.receive_begin_faults: int | None = None
         self.sent: list[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -309,6 +322,7 @@ class _SnapshotLog(logging.Handler):
         if "receiving snapshot" in msg:
             self.receive_begin = time.monotonic()
             self.receive_begin_cpu = time.process_time()
+            self.receive_begin_faults = _minor_faults()
         elif "snapshot" in msg and "sent to node" in msg:
             self.sent.append(time.monotonic())
 
@@ -431,6 +445,10 @@ class Controller:
             "receive_begin_cpu": self.snaplog.receive_begin_cpu,
             "restore_begin_cpu": fsm.restore_begin_cpu,
             "restore_end_cpu": fsm.restore_end_cpu,
+            "faults": _minor_faults(),
+            "receive_begin_faults": self.snaplog.receive_begin_faults,
+            "restore_begin_faults": fsm.restore_begin_faults,
+            "restore_end_faults": fsm.restore_end_faults,
             "hwm_before_restore_kib": fsm.hwm_before_restore_kib,
             "rss_before_restore_kib": fsm.rss_before_restore_kib,
             "rss_kib": status_kib("VmRSS"),

@@ -3,6 +3,7 @@ resume after a broken connection, throttle, stall timeout, superseding, bounded 
 
 from __future__ import annotations
 
+import functools
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
@@ -949,4 +950,47 @@ async def test_a_chunk_that_matches_its_own_crc_but_not_the_file_crc_is_caught(
             )
         assert h2.builders[0].aborted and h2.received == []
         assert t2.stats.snapshot_crc_errors == 0  # every chunk matched its own CRC
+        n.cancel_scope.cancel()
+
+
+async def test_the_sender_reads_one_chunk_ahead_of_its_credits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With the window full, the sender has read (and checksummed) exactly one more chunk, so
+    an acknowledgement is answered with a send, not a disk read; never more than one."""
+    chunk, window = 4 * KiB, 2
+    data = pattern(10 * chunk)
+    stored, reader = make_snapshot({"f": data})
+    a, b = trio.testing.memory_stream_pair()
+    client, server = FramedStream(a), FramedStream(b)
+
+    async def connect() -> FramedStream:
+        return client
+
+    async with trio.open_nursery() as n:
+        n.start_soon(
+            functools.partial(
+                send_snapshot,
+                connect,
+                stored,
+                reader,
+                request_for(stored),
+                disk=INLINE_DISK,
+                options=StreamOptions(chunk_size=chunk, window=window, stall_timeout=1000),
+            )
+        )
+        assert isinstance(await server.receive(), SnapshotOffer)
+        await server.send(SnapshotAccept(file_index=0, offset=0, window=window))
+        got = [await server.receive() for _ in range(window)]
+        await trio.sleep(1)  # the sender waits for a credit
+        assert [r[1] for r in reader.reads] == [i * chunk for i in range(window + 1)]
+        first = got[0]
+        assert isinstance(first, SnapshotChunk) and first.crc32c == crc32c(first.data)
+        await server.send(SnapshotAck(file_index=0, offset=chunk))
+        nxt = await server.receive()
+        assert isinstance(nxt, SnapshotChunk) and nxt.offset == window * chunk
+        assert nxt.data == data[nxt.offset : nxt.offset + chunk]
+        assert nxt.crc32c == crc32c(nxt.data)
+        await trio.sleep(1)
+        assert len(reader.reads) == window + 2
         n.cancel_scope.cancel()

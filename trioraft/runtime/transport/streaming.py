@@ -18,9 +18,10 @@ connection of purpose ``"snapshot"``. The files are treated as one byte sequence
    has queued up into the snapshot builder (``write_at``, one worker-thread call for several
    chunks) and then acknowledges each chunk with the position it reached: receiving overlaps
    writing, and an acknowledgement still means "written". Memory on both sides is thus bounded
-   by ``window * chunk_size`` whatever the snapshot size. The receiver also keeps a running
-   CRC32C per file, extended with each chunk's already checked CRC (CRC combination, so the
-   bytes are checksummed once), and checks it against the offer when the file is complete.
+   by ``window * chunk_size`` (plus the one chunk the sender reads ahead while it waits for a
+   credit) whatever the snapshot size. The receiver also keeps a running CRC32C per file,
+   extended with each chunk's already checked CRC (CRC combination, so the bytes are
+   checksummed once), and checks it against the offer when the file is complete.
 4. After the last chunk the receiver commits the builder (fsyncs, atomic rename; it sends
    :class:`SnapshotKeepalive` while that runs), hands the stored snapshot and the request to its
    handler, and answers :class:`SnapshotDone`.
@@ -109,6 +110,13 @@ def _write_chunks(
     """Worker-thread side of :meth:`SnapshotReceiver._write_batch`."""
     for chunk in chunks:
         builder.write_at(files[chunk.file_index].name, chunk.offset, chunk.data)
+
+
+def _read_chunk(reader: SnapshotReaderLike, name: str, offset: int, size: int) -> tuple[bytes, int]:
+    """Worker-thread side of the sender's reads: a chunk and its CRC32C (the CRC library
+    releases the GIL for large buffers, so the event loop keeps running meanwhile)."""
+    data = reader.read_chunk(name, offset, size)
+    return data, crc32c(data)
 
 
 def crc32c(data: bytes, value: int = 0) -> int:
@@ -449,10 +457,11 @@ async def _session(
         nonlocal inflight, pump_done, failure, send_failure
         try:
             for fi, off, n in state.chunks_from(reply.file_index, reply.offset, opts.chunk_size):
-                await credit.acquire()
+                # The chunk is read (and checksummed, in the same worker-thread call) before
+                # its credit is awaited: the read overlaps the wait for the receiver's ack.
                 name = offer.files[fi].name
                 try:
-                    data = await disk(reader.read_chunk, name, off, n)
+                    data, crc = await disk(_read_chunk, reader, name, off, n)
                 except Exception as exc:
                     raise SnapshotTransferError(
                         f"reading {name!r} at {off} for the snapshot stream failed: {exc}"
@@ -461,6 +470,7 @@ async def _session(
                     raise SnapshotTransferError(
                         f"short read of {name!r} at {off}: {len(data)} of {n} bytes"
                     )
+                await credit.acquire()
                 if throttle is not None:
                     timer.pause()
                     try:
@@ -470,9 +480,7 @@ async def _session(
                 expected.append((fi, off + n, n))
                 inflight += n
                 stats.max_inflight_bytes = max(stats.max_inflight_bytes, inflight)
-                await conn.send(
-                    SnapshotChunk(file_index=fi, offset=off, data=data, crc32c=crc32c(data))
-                )
+                await conn.send(SnapshotChunk(file_index=fi, offset=off, data=data, crc32c=crc))
                 stats.bytes_sent += n
                 stats.chunks_sent += 1
             pump_done = True
