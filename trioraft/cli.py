@@ -224,7 +224,10 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
 
     seg_re = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
     try:
-        names = sorted(n for n in os.listdir(wal_dir) if seg_re.match(n))
+        listing = os.listdir(wal_dir)
+        names = sorted(n for n in listing if seg_re.match(n))
+        # zero-filled ahead of use; renamed into a segment only once it has its header
+        preparing = sorted(n for n in listing if n.endswith(".wal.prepare"))
     except OSError as exc:
         print(f"trioraft wal dump: {wal_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -254,7 +257,8 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
                 length, stored = frame_header.unpack_from(buf, off)
                 end = off + frame_header.size + length
                 if length == 0 and stored == 0 and not buf[off:].strip(b"\0"):
-                    # zeros after the last frame: space the WAL reserved ahead of its writes
+                    # zeros after the last frame: space the WAL reserved or zero-filled ahead
+                    # of its writes (a segment is pre-zeroed whole before it is used)
                     print(f"  @{off:<10} end ({len(buf) - off} reserved bytes)", file=out)
                     break
                 if length == 0:
@@ -325,6 +329,12 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
             crc = frame_crc(view[off : off + 4], view[off + 8 : end], crc)
             off = end
         prev_seg_crc = crc
+    for name in preparing:
+        size = os.path.getsize(os.path.join(wal_dir, name))
+        print(
+            f"{name} ({size} bytes): next segment being zero-filled, not part of the WAL yet",
+            file=out,
+        )
     span = "-" if first_index is None else f"{first_index}..{last_index}"
     print(
         f"summary: {entries} entries written ({span}), {hard_states} hard states, "

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import cbor2
 import pytest
 
+import trioraft.storage.wal as wal_module
 from trioraft.core.types import ConfState, Entry, HardState, SnapshotMeta
 from trioraft.storage.fs import SimulatedCrash, SimulatedFileSystem
 from trioraft.storage.recovery import Recovered, recover
@@ -231,6 +232,20 @@ def test_crash_matrix_every_call_pessimistic_and_two_seeds(
     print("crash cases (point, seed):", cases[:3], "...", len(cases))
     _run_all(cases, print)
     # every kind of step was interrupted somewhere
+    out = capsys.readouterr().out
+    for kind in ("append", "snapshot@", "install@", "release@"):
+        assert kind in out
+
+
+def test_crash_matrix_with_prezeroed_segments(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every segment zero-filled (inline on the simulated file system) and renamed into place:
+    # crash points inside each preparation, its header write, rename and directory fsync
+    monkeypatch.setattr(wal_module, "_default_prezero", lambda fs: True)
+    cases = _cases([None, 1])
+    print("crash cases (point, seed):", cases[:3], "...", len(cases))
+    _run_all(cases, print)
     out = capsys.readouterr().out
     for kind in ("append", "snapshot@", "install@", "release@"):
         assert kind in out

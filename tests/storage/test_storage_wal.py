@@ -489,7 +489,7 @@ def test_interrupted_creation_starts_over(tmp_path: object) -> None:
 
 def test_segments_are_reserved_ahead_of_appends_and_reopen_cleanly(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
-    with WAL.open(d)[0] as wal:
+    with WAL.open(d, prezero=False)[0] as wal:
         wal.save(ents(1, 50), HardState(1, 1, 0))
         path = wal.segment_paths()[-1]
         written = sum(len(f) for _, f in _frames_with_bytes(read_file(REAL_FS, path)))
@@ -575,7 +575,7 @@ def _frames_with_bytes(data: bytes) -> list[tuple[int, bytes]]:
 
 def test_large_writes_append_without_reserving(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
-    with WAL.open(d)[0] as wal:
+    with WAL.open(d, prezero=False)[0] as wal:
         wal.save(ents(1, 1, tag=b"x" * 10000), HardState(1, 1, 0))
         path = wal.segment_paths()[-1]
         data = read_file(REAL_FS, path)

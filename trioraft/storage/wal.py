@@ -3,6 +3,7 @@
 Layout (one directory, normally ``<data>/wal/``)::
 
     LOCK                                   flock'ed while a WAL object has the directory open
+    0000000000000002.wal.prepare           the next segment being zero-filled (not yet in use)
     0000000000000000-0000000000000001.wal  segment: <seq:016x>-<first index:016x>.wal
     0000000000000001-00000000000a1b2c.wal
     0000000000000001-00000000000a1b2c.wal.broken   original of a repaired torn tail (kept)
@@ -23,6 +24,22 @@ Theory of operation.
   state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later write
   (after a failed fsync the page cache can no longer be trusted). Space is reserved ahead of small
   writes (:meth:`WAL._reserve`), so a small synced append overwrites blocks the file already has.
+* Pre-zeroed segments (on by default on the real file system). An ``fdatasync`` after
+  overwriting blocks that were already written and synced has no block allocation, extent
+  conversion or size change to journal: on ext4 it is about 45% faster for a 266 KB append and a
+  third faster for a 300-byte one (blocks merely reserved with ``posix_fallocate`` gain nothing
+  for large writes: converting the unwritten extents costs as much). So a segment is zero-filled
+  and synced under the name ``<seq>.wal.prepare`` before use; starting it writes its header over
+  the zeros, syncs, renames the file to its segment name and fsyncs the directory. A segment
+  name therefore always holds a valid header, and zeros (a clean end) after its last frame. The
+  next segment is zero-filled by a thread of the WAL once the current one is half full, and
+  :meth:`WAL._cut` waits for it if needed (like etcd's file pipeline; PostgreSQL zero-fills its
+  WAL segments for the same reason); without a thread (``background=False``, the default off
+  the real file system) it is zero-filled when started. A new WAL's first segment is zero-filled
+  by :meth:`WAL.open` itself, up to :data:`FIRST_SEGMENT_ZEROED_BYTES` (a fresh node starts in a
+  few tens of milliseconds; the rest of that segment grows as before). A failed zero-fill (a
+  full disk) is logged and the segment started as a plain file; stale ``.prepare`` files are
+  removed on open.
   The encoding of a large batch is a few passes over the entries that run from the CPU cache
   while the batch is fresh, so everything touching the entries, and the writer's bookkeeping,
   happens before the fdatasync, not after its sleep (a failed fdatasync puts the bookkeeping
@@ -54,6 +71,7 @@ Theory of operation.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import os
@@ -110,11 +128,109 @@ _ALLOCATE_AHEAD: Final = 1 << 20
 #: only writes smaller than this reserve space ahead (see :meth:`WAL._reserve`)
 _RESERVE_FOR_WRITES_BELOW: Final = 4096
 _EMPTY_MARKER = SnapshotMeta(0, 0)
+_PREPARE_RE = re.compile(r"^[0-9a-f]{16}\.wal\.prepare$")
+#: zeros are written in pieces of this size (and a cancelled preparation stops between pieces)
+_ZERO_CHUNK: Final = 1 << 20
+_ZEROS = bytes(_ZERO_CHUNK)
+#: how much of a new WAL's first segment :meth:`WAL.open` zero-fills (it waits for that)
+FIRST_SEGMENT_ZEROED_BYTES: Final = 16 << 20
 
 
 def segment_name(seq: int, first_index: int) -> str:
     """File name of a segment."""
     return f"{seq:016x}-{first_index:016x}.wal"
+
+
+def prepare_name(seq: int) -> str:
+    """File name of segment ``seq`` while it is being zero-filled (not yet part of the WAL)."""
+    return f"{seq:016x}.wal.prepare"
+
+
+def _default_prezero(fs: FileSystem) -> bool:
+    """Pre-zero segments by default only on the real file system (elsewhere the zeros would
+    only cost memory, or the file system does not sync anyway)."""
+    return fs is REAL_FS
+
+
+def _zero_fill(fs: FileSystem, path: str, length: int, cancelled: threading.Event | None) -> int:
+    """Create ``path`` holding ``length`` zero bytes, written and fdatasync'ed; returns its open
+    descriptor (or -1 if ``cancelled`` was set on the way; the file is left for the caller to
+    remove). On failure the file is closed and removed and the error raised."""
+    fd = fs.open(path, "w")
+    try:
+        done = 0
+        while done < length:
+            if cancelled is not None and cancelled.is_set():
+                fs.close(fd)
+                return -1
+            n = min(_ZERO_CHUNK, length - done)
+            fs.write(fd, _ZEROS if n == _ZERO_CHUNK else _ZEROS[:n])
+            done += n
+        fs.fdatasync(fd)
+    except BaseException:
+        try:
+            fs.close(fd)
+            fs.remove(path)
+        except OSError:
+            pass
+        raise
+    return fd
+
+
+class _Prepared:
+    """The pre-zeroed file for segment ``seq``, zero-filled by a background thread.
+
+    The thread only writes ``<seq>.wal.prepare``, a name the WAL never reads; the WAL takes the
+    file over (:meth:`take`) when it starts segment ``seq``, or drops it (:meth:`discard`)."""
+
+    def __init__(self, fs: FileSystem, directory: str, seq: int, length: int) -> None:
+        self.fs = fs
+        self.seq = seq
+        self.path = os.path.join(directory, prepare_name(seq))
+        self.length = length
+        self.fd = -1
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, name=f"trioraft-wal-prepare-{seq}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.fd = _zero_fill(self.fs, self.path, self.length, self.cancelled)
+        except BaseException as exc:  # reported by take(); a thread has no one to raise to
+            self.error = exc
+
+    def take(self) -> int | None:
+        """Wait for the zero-fill; its descriptor, or ``None`` if it failed (logged)."""
+        self.thread.join()
+        if self.error is not None or self.fd < 0:
+            log.warning(
+                "WAL %s: preparing segment %d failed (%s); starting it without zeros",
+                os.path.dirname(self.path),
+                self.seq,
+                self.error,
+            )
+            return None
+        fd, self.fd = self.fd, -1
+        return fd
+
+    def discard(self) -> None:
+        """Stop the zero-fill, wait for the thread, close and remove the file."""
+        self.cancelled.set()
+        if self.thread.ident is not None:
+            self.thread.join()
+        fd, self.fd = self.fd, -1
+        try:
+            if fd >= 0:
+                self.fs.close(fd)
+            if self.error is None and self.fs.exists(self.path):
+                self.fs.remove(self.path)
+        except OSError as exc:
+            log.warning("WAL: dropping %s failed: %s", self.path, exc)
 
 
 @attrs.frozen
@@ -170,12 +286,20 @@ class WAL:
         directory: str,
         lock: FileLock,
         segment_bytes: int,
+        prezero: bool = False,
+        background: bool = False,
     ) -> None:
         """Internal: use :meth:`WAL.open`."""
         self._fs = fs
         self._dir = directory
         self._lock: FileLock | None = lock
         self._segment_bytes = segment_bytes
+        self._prezero = prezero
+        self._background = background and prezero
+        #: the next segment being zero-filled in the background (see :meth:`_roll_check`)
+        self._prepared: _Prepared | None = None
+        #: the offset at which :meth:`_append` next looks at rolling or preparing
+        self._next_check = segment_bytes
         self._mu = threading.Lock()
         self._segments: list[_Segment] = []
         self._fd: int | None = None
@@ -206,6 +330,8 @@ class WAL:
         fs: FileSystem = REAL_FS,
         at: SnapshotMeta | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        prezero: bool | None = None,
+        background: bool | None = None,
     ) -> tuple[WAL, WalContents]:
         """Open (creating if empty) the WAL in ``directory`` and read it back.
 
@@ -216,6 +342,12 @@ class WAL:
                 else the newest marker at or below its index. ``None`` reads from the empty
                 (index 0) marker, i.e. the whole log of a WAL that was never released.
             segment_bytes: size at which a new segment is started.
+            prezero: start every segment zero-filled to ``segment_bytes`` and synced, so appends
+                overwrite written blocks (a cheaper ``fdatasync``; see the module docstring).
+                ``None``: on for the real file system, off for any other.
+            background: zero-fill the next segment on a thread of the WAL while the current one
+                fills up (``None``: on for the real file system); otherwise segments are zero-filled
+                when started, inline. The first segment of a new WAL is always zero-filled inline.
 
         Returns:
             The open WAL (holding the directory lock until :meth:`close`) and its contents.
@@ -225,7 +357,9 @@ class WAL:
             StorageCorrupted: damage before the tail (names the file and offset), a missing
                 segment, or no marker at or below ``at``.
         """
-        wal, scan = cls._open_scan(directory, fs=fs, segment_bytes=segment_bytes)
+        wal, scan = cls._open_scan(
+            directory, fs=fs, segment_bytes=segment_bytes, prezero=prezero, background=background
+        )
         try:
             contents = wal._replay(scan, at)
         except BaseException:
@@ -234,7 +368,15 @@ class WAL:
         return wal, contents
 
     @classmethod
-    def _open_scan(cls, directory: str, *, fs: FileSystem, segment_bytes: int) -> tuple[WAL, _Scan]:
+    def _open_scan(
+        cls,
+        directory: str,
+        *,
+        fs: FileSystem,
+        segment_bytes: int,
+        prezero: bool | None = None,
+        background: bool | None = None,
+    ) -> tuple[WAL, _Scan]:
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
         directory = os.path.abspath(directory)
@@ -248,7 +390,14 @@ class WAL:
             ) from exc
         except OSError as exc:
             raise StorageFailed(f"cannot open WAL directory {directory}: {exc}") from exc
-        wal = cls(fs=fs, directory=directory, lock=lock, segment_bytes=segment_bytes)
+        wal = cls(
+            fs=fs,
+            directory=directory,
+            lock=lock,
+            segment_bytes=segment_bytes,
+            prezero=_default_prezero(fs) if prezero is None else prezero,
+            background=fs is REAL_FS if background is None else background,
+        )
         try:
             scan = wal._scan()
         except BaseException:
@@ -259,6 +408,7 @@ class WAL:
     def _scan(self) -> _Scan:
         fs = self._fs
         try:
+            self._remove_stale_prepares()
             segments = self._list_segments()
             scan = _Scan()
             prev_crc = 0
@@ -300,12 +450,21 @@ class WAL:
                 self._offset = scan.tail_offset
                 self._allocated = fs.fsize(self._fd)
                 self._crc = scan.tail_crc
+                self._segment_opened()
         except OSError as exc:
             raise StorageFailed(f"cannot read WAL in {self._dir}: {exc}") from exc
         for pos, _off, rec in scan.records:
             if isinstance(rec, SnapshotRecord):
                 self._markers.append((rec.meta, self._segments[pos].seq))
         return scan
+
+    def _remove_stale_prepares(self) -> None:
+        """Remove segment files whose preparation a crash or a close interrupted: they were
+        never part of the WAL (a segment gets its name only once prepared)."""
+        for name in self._fs.listdir(self._dir):
+            if _PREPARE_RE.match(name):
+                log.info("WAL %s: removing stale %s", self._dir, name)
+                self._fs.remove(os.path.join(self._dir, name))
 
     def _list_segments(self) -> list[_Segment]:
         found: list[_Segment] = []
@@ -370,35 +529,88 @@ class WAL:
 
     def _create_first(self) -> list[tuple[int, WalRecord]]:
         """Create segment 0: its header, then the empty snapshot marker (two writes, one
-        fdatasync, then the directory fsync). Returns the records with their offsets."""
-        fs = self._fs
+        fdatasync, then the directory fsync), zero-filled first when the WAL pre-zeroes (see
+        :meth:`_start_segment`). Returns the records with their offsets."""
         seg = _Segment(0, 1, os.path.join(self._dir, segment_name(0, 1)))
         records: list[WalRecord] = [
             SegmentHeader(seq=0, first_index=1, prev_crc=0, hard_state=HardState()),
             SnapshotRecord(_EMPTY_MARKER),
         ]
-        fd = fs.open(seg.path, "w")
+        frames: list[list[bytes]] = []
         out: list[tuple[int, WalRecord]] = []
         crc = 0
         offset = 0
+        for rec in records:
+            parts, crc, size = _frame(rec, crc)
+            frames.append(parts)
+            out.append((offset, rec))
+            offset += size
+        # A new WAL's first segment is zero-filled while the caller waits, so only a bounded
+        # part of it: a fresh node starts quickly, and the rest grows as an unzeroed segment.
+        zeroed = min(self._segment_bytes, FIRST_SEGMENT_ZEROED_BYTES)
+        prepared = self._prepare_inline(0, zeroed) if self._prezero else None
+        self._fd = self._start_segment(seg, frames, prepared)
+        self._segments = [seg]
+        self._offset = offset
+        self._allocated = offset if prepared is None else max(offset, zeroed)
+        self._crc = crc
+        self._segment_opened()
+        log.info("WAL %s: created%s", self._dir, " (pre-zeroed)" if prepared is not None else "")
+        return out
+
+    def _start_segment(self, seg: _Segment, frames: list[list[bytes]], prepared: int | None) -> int:
+        """Write the first frames of ``seg`` (one write each), fdatasync, and make its name
+        durable; returns the open descriptor, positioned after the frames.
+
+        ``prepared`` is the descriptor of ``prepare_name(seg.seq)``, already zero-filled and
+        synced: the frames overwrite its start and only then, synced, the file takes the
+        segment's name. So a segment name always holds a valid header, with zeros (a clean end)
+        after the frames. Without one, the segment is created as a plain file.
+
+        Raises:
+            OSError: from the file system (the descriptor is closed).
+        """
+        fs = self._fs
+        if prepared is None:
+            fd = fs.open(seg.path, "w")
+        else:
+            fd = prepared
         try:
-            for rec in records:
-                parts, crc, size = _frame(rec, crc)
+            if prepared is not None:
+                fs.seek(fd, 0)
+            for parts in frames:
                 fs.writev(fd, parts)
-                out.append((offset, rec))
-                offset += size
             fs.fdatasync(fd)
+            if prepared is not None:
+                fs.rename(os.path.join(self._dir, prepare_name(seg.seq)), seg.path)
             fs.fsync_dir(self._dir)
         except BaseException:
-            fs.close(fd)
+            with contextlib.suppress(OSError):
+                fs.close(fd)
             raise
-        self._segments = [seg]
-        self._fd = fd
-        self._offset = offset
-        self._allocated = offset
-        self._crc = crc
-        log.info("WAL %s: created", self._dir)
-        return out
+        return fd
+
+    def _prepare_inline(self, seq: int, length: int) -> int | None:
+        """Zero-fill segment ``seq`` now (see :meth:`_start_segment`); ``None`` if that failed
+        (logged: a full disk costs speed here, the appends themselves then fail loudly)."""
+        path = os.path.join(self._dir, prepare_name(seq))
+        try:
+            return _zero_fill(self._fs, path, length, None)
+        except OSError as exc:
+            log.warning(
+                "WAL %s: cannot zero-fill segment %d ahead of use (%s); starting it without zeros",
+                self._dir,
+                seq,
+                exc,
+            )
+            return None
+
+    def _segment_opened(self) -> None:
+        """A segment was opened for appending: decide when :meth:`_append` looks again."""
+        if self._background and self._prepared is None:
+            self._next_check = self._segment_bytes // 2
+        else:
+            self._next_check = self._segment_bytes
 
     def _replay(self, scan: _Scan, at: SnapshotMeta | None) -> WalContents:
         """Apply every record in order; keep the entries above the chosen marker."""
@@ -610,7 +822,10 @@ class WAL:
             self._closed = True
             fd, self._fd = self._fd, None
             lock, self._lock = self._lock, None
+            prep, self._prepared = self._prepared, None
             try:
+                if prep is not None:
+                    prep.discard()
                 if fd is not None:
                     self._fs.close(fd)
             except OSError as exc:
@@ -696,8 +911,8 @@ class WAL:
             length += len(p)
         if length > MAX_RECORD_BYTES:
             raise ValueError(f"a record of {length} bytes exceeds the WAL's record limit")
-        if self._offset >= self._segment_bytes:
-            self._cut()
+        if self._offset >= self._next_check:
+            self._roll_check()
         header, crc = frame_parts(payload, self._crc)
         size = FRAME_HEADER.size + length
         fd = self._fd
@@ -751,8 +966,25 @@ class WAL:
             return
         self._allocated = end
 
+    def _roll_check(self) -> None:
+        """The current segment is full (start the next one) or half full (start zero-filling
+        the next one in the background, so it is ready when this one is full)."""
+        if self._offset >= self._segment_bytes:
+            self._cut()
+            return
+        self._next_check = self._segment_bytes
+        prep = _Prepared(self._fs, self._dir, self._segments[-1].seq + 1, self._segment_bytes)
+        try:
+            prep.start()
+        except RuntimeError as exc:  # cannot start a thread: only costs speed
+            log.warning("WAL %s: cannot start preparing the next segment: %s", self._dir, exc)
+            return
+        self._prepared = prep
+
     def _cut(self) -> None:
-        """Start a new segment: header and current hard state synced, then the directory."""
+        """Start a new segment: header and current hard state synced, then the directory; into
+        the zero-filled file prepared for it when there is one (waiting for the background
+        thread to finish it), else as a plain file."""
         fs = self._fs
         prev = self._segments[-1]
         seq = prev.seq + 1
@@ -760,31 +992,34 @@ class WAL:
         seg = _Segment(seq, first, os.path.join(self._dir, segment_name(seq, first)))
         header = SegmentHeader(seq=seq, first_index=first, prev_crc=self._crc, hard_state=self._hs)
         parts, crc, size = _frame(header, 0)
+        prepared: int | None = None
+        prep, self._prepared = self._prepared, None
+        if prep is not None:
+            prepared = prep.take()
+        elif self._prezero and not self._background:
+            prepared = self._prepare_inline(seq, self._segment_bytes)
         try:
-            fd = fs.open(seg.path, "w")
+            fd = self._start_segment(seg, [parts], prepared)
         except OSError as exc:
-            self._fail(exc, f"creating segment {seg.path}")
-        try:
-            fs.writev(fd, parts)
-            fs.fdatasync(fd)
-            fs.fsync_dir(self._dir)
-        except OSError as exc:
-            try:
-                fs.close(fd)
-            finally:
-                self._fail(exc, f"starting segment {seg.path}")
+            self._fail(exc, f"starting segment {seg.path}")
         old = self._fd
         self._fd = fd
         self._segments.append(seg)
         self._offset = size
-        self._allocated = size
+        self._allocated = size if prepared is None else max(size, self._segment_bytes)
         self._crc = crc
+        self._segment_opened()
         if old is not None:
             try:
                 fs.close(old)
             except OSError as exc:  # the old segment is fully synced already
                 log.warning("WAL %s: closing %s failed: %s", self._dir, prev.path, exc)
-        log.debug("WAL %s: started segment %s", self._dir, seg.path)
+        log.debug(
+            "WAL %s: started segment %s%s",
+            self._dir,
+            seg.path,
+            " (pre-zeroed)" if prepared is not None else "",
+        )
 
     def _note_entries(self, first: int, count: int, terms: bytes) -> _EntriesUndo:
         """Record entries ``first..first+count-1`` (terms column ``terms``) as written; returns
