@@ -85,6 +85,17 @@ def _load_in_steps(
 # -- trioraft -----------------------------------------------------------------------------------
 
 
+def _largest_file(snapshot_dir: Path) -> Path | None:
+    """The largest file of a stored snapshot (the bench node's ``values.bin``): what the raw
+    copy sends. (It named ``state.bin``, the file of the earlier row-wise format, and so sent
+    generated data ever since the snapshot became column-wise.)"""
+    try:
+        files = [p for p in snapshot_dir.iterdir() if p.is_file()]
+    except OSError:
+        return None
+    return max(files, key=lambda p: p.stat().st_size, default=None)
+
+
 #: per-repetition figures reported as the median of the repetitions
 _MEDIAN_KEYS = (
     "load_s",
@@ -175,7 +186,7 @@ def run_trioraft_once(
     res["snapshot_index"] = snap["index"]
     res["snapshot_bytes"] = snap_bytes
     res["save_s"] = snap["seconds"]
-    state_file = Path(snap["path"]) / "state.bin"
+    state_file = _largest_file(Path(snap["path"]))
 
     progress.phase(f"raw: sequential write + fsync of {snap_bytes / MIB:,.1f} MiB")
     res["raw_write_s"] = raw_write_fsync(base / "raw-write.bin", snap_bytes)
@@ -225,8 +236,9 @@ def run_trioraft_once(
     progress.phase("raw: loopback TCP copy + write + fsync of the same bytes")
     # The same bytes: the leader's snapshot file itself (read with sendfile), or generated data
     # of the same size when it is gone.
-    src = state_file if state_file.exists() else None
-    copy_bytes = state_file.stat().st_size if src is not None else snap_bytes
+    src = state_file if state_file is not None and state_file.exists() else None
+    copy_bytes = src.stat().st_size if src is not None else snap_bytes
+    res["raw_copy_source"] = src.name if src is not None else "generated"
     copy_s = raw_loopback_copy(src, base / "raw-copy.bin", copy_bytes)
     res["raw_copy_s"] = copy_s * snap_bytes / copy_bytes  # same rate, scaled to the same bytes
 
