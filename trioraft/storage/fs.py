@@ -206,13 +206,15 @@ def read_file(fs: FileSystem, path: str, chunk: int = 8 << 20) -> bytes:
     """Read a whole file through ``fs``."""
     fd = fs.open(path, "r")
     try:
-        parts: list[bytes] = []
+        # one read of the size it has now (no join copy of a large file), then on to the end
+        size = fs.fsize(fd)
+        parts: list[bytes] = [fs.read(fd, size)] if size > 0 else []
         while True:
             data = fs.read(fd, chunk)
             if not data:
                 break
             parts.append(data)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
         fs.close(fd)
 

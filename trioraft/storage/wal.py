@@ -1168,7 +1168,14 @@ def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage |
 
 
 def _all_zero(buf: bytes, start: int, end: int) -> bool:
-    return not buf[start:end].strip(b"\0")
+    # A pre-zeroed segment ends in up to its whole length of zeros: compare them a piece at a
+    # time (memcmp speed, a bounded copy) rather than ``strip``, which walks them byte by byte.
+    while start < end:
+        stop = min(end, start + _ZERO_CHUNK)
+        if buf[start:stop] != (_ZEROS if stop - start == _ZERO_CHUNK else bytes(stop - start)):
+            return False
+        start = stop
+    return True
 
 
 def _classify(buf: bytes, off: int, end: int, stored: int) -> _Damage:
