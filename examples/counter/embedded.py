@@ -114,6 +114,10 @@ async def tour(root: Path, *, increments: int = 10) -> int:
     async with start_cluster(root, peers, counters) as nodes:
         leader = await nodes[1].wait_for_leader(timeout=10)
         print(f"node {leader} is the leader")
+        # A node learns the leader from its first message; until then a proposal made there
+        # fails with ProposalDropped("no-leader"). Wait until every node knows it.
+        for node in nodes.values():
+            await node.wait_for_leader(timeout=10)
 
         # Any node accepts proposals: followers forward them to the leader. propose() returns
         # what Counter.apply returned for this entry, once it is committed and applied here.
