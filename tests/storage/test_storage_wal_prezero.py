@@ -226,8 +226,10 @@ def test_close_stops_a_running_preparation_real_fs(tmp_path: object) -> None:
     wal, _ = WAL.open(d, segment_bytes=seg)  # real file system: pre-zeroed, background
     assert os.path.getsize(wal.segment_paths()[0]) == seg
     wal.save(ents(1, 1, tag=b"y" * (seg // 2)), HardState(1, 1, 0))
-    wal.save(ents(2, 2), HardState(1, 1, 1))  # past half: the next segment is being prepared
-    assert prepare_threads()
+    # Past half: the next segment is being prepared (on a fast disk it may be done already,
+    # so whether the thread is still running is not asserted; close must leave neither it nor
+    # its file behind either way).
+    wal.save(ents(2, 2), HardState(1, 1, 1))
     wal.close()
     assert prepare_threads() == []
     assert sorted(os.listdir(d)) == sorted(["LOCK", segment_name(0, 1)])

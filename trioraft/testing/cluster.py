@@ -455,9 +455,13 @@ async def open_tcp_cluster(
 ) -> AsyncIterator[dict[int, RaftNode]]:
     """Run ``n`` nodes in this process, talking real TCP (optionally TLS) on loopback, with
     real data directories under ``base_dir``. Yields ``{node_id: RaftNode}``; everything stops
-    on exit. Uses real time and worker threads for disk I/O (not for mock clocks)."""
+    on exit. Uses real time and worker threads for disk I/O (not for mock clocks). WAL segments
+    are 4 MiB unless ``wal_segment_bytes`` is given."""
     from trioraft.runtime.transport.tcp import TcpTransport
 
+    # Small WAL segments unless asked otherwise: each segment is zero-filled on disk before use,
+    # and tests need neither 64 MiB per node nor the time to write it (more rolls, too).
+    config.setdefault("wal_segment_bytes", 4 << 20)
     factory: Callable[[int], Any] = state_machine_factory or (lambda _: ListStateMachine())
     ports = free_tcp_ports(n, host)
     peers = {i: f"{host}:{ports[i - 1]}" for i in range(1, n + 1)}
