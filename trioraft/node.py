@@ -238,10 +238,15 @@ class RaftNode:
                 # nothing was handed to Raft: certainly no effect
                 raise Timeout(f"no proposal slot free within {limit} s; nothing was proposed")
         try:
-            # With nothing else to run, propose right here (no hand-off to the raft actor);
-            # with other tasks runnable, queue it so concurrent proposals batch into one Ready.
-            # (Looked at before the deadline timer may be woken below.)
-            idle = trio.lowlevel.current_statistics().tasks_runnable == 0
+            # A lone proposer (no other proposal in progress on this node, nothing else to
+            # run) proposes right here, without a hand-off to the raft actor; concurrent
+            # proposals queue, so they batch into one Ready. (Tasks woken together run in one
+            # batch that trio does not count as runnable, hence the slot count; looked at
+            # before the deadline timer may be woken below.)
+            idle = (
+                rt.proposal_slots.used == 1
+                and trio.lowlevel.current_statistics().tasks_runnable == 0
+            )
             future: Future[Any] = Future()
             rt.deadlines.add(deadline, future, expired)
             req = ProposeReq(bytes(data), future)

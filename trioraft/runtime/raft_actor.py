@@ -189,8 +189,9 @@ class RaftActor:
         self._stepping_now = False
         #: what :meth:`handle_now` caught, re-raised on the actor's own task
         self._failure: BaseException | None = None
-        #: items handled by :meth:`handle_now` so far
+        #: items handled by :meth:`handle_now` so far, and how many of them were proposals
         self.handled_now = 0
+        self.proposed_now = 0
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -272,6 +273,8 @@ class RaftActor:
         core = self.core
         self._stepping_now = True
         self.handled_now += 1
+        if type(item) is ProposeReq:
+            self.proposed_now += 1
         try:
             self._handle(item)
             if self._reads_queued:
