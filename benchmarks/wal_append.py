@@ -97,7 +97,12 @@ def _capture(work: str, batches: _Batches) -> list[bytes]:
 
 
 def _round(
-    work: str, batches: _Batches, bufs: Sequence[bytes], *, raw_only: bool = False
+    work: str,
+    batches: _Batches,
+    bufs: Sequence[bytes],
+    *,
+    raw_only: bool = False,
+    prezero: bool = False,
 ) -> tuple[float, float, float, float]:
     """One round: WAL saves and raw writes interleaved save by save (alternating which goes
     first), so both see the same background disk and CPU conditions. Each batch of entries is
@@ -107,7 +112,7 @@ def _round(
     (wal, raw) CPU times of this thread."""
     d = os.path.join(work, "wal")
     path = os.path.join(work, "raw.dat")
-    wal, _ = WAL.open(d)
+    wal, _ = WAL.open(d, prezero=prezero)
     fd2 = os.open(os.path.join(work, "raw2.dat"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     clock = time.perf_counter
@@ -146,11 +151,18 @@ def _round(
 
 
 def run(
-    *, quick: bool, work: str, entry_bytes: int, saves: int | None = None, rounds: int | None = None
+    *,
+    quick: bool,
+    work: str,
+    entry_bytes: int,
+    saves: int | None = None,
+    rounds: int | None = None,
+    prezero: bool = False,
 ) -> dict[str, Any]:
     """Run every batch size; returns the result dict (also the JSON document).
 
-    ``saves`` and ``rounds`` override the mode's counts (the smoke test uses tiny ones)."""
+    ``saves`` and ``rounds`` override the mode's counts (the smoke test uses tiny ones);
+    ``prezero`` opens the WAL with pre-zeroed segments (``Config.wal_prezero``)."""
     counts = {1: 300, 64: 200, 1024: 40} if quick else {1: 2000, 64: 1000, 1024: 200}
     if saves is not None:
         counts = dict.fromkeys(counts, saves)
@@ -160,6 +172,7 @@ def run(
         "benchmark": "wal_append",
         "quick": quick,
         "entry_bytes": entry_bytes,
+        "prezero": prezero,
         "rounds": rounds,
         "dir": work,
         "python": sys.version.split()[0],
@@ -177,7 +190,7 @@ def run(
         raw_cpu: list[float] = []
         noise: list[float] = []
         for _ in range(rounds):
-            w, r, wc, rc = _round(work, batches, bufs)
+            w, r, wc, rc = _round(work, batches, bufs, prezero=prezero)
             wal_times.append(w)
             raw_times.append(r)
             ratios.append(r / w)
@@ -211,7 +224,8 @@ def run(
 
 def _table(res: dict[str, Any]) -> str:
     lines = [
-        f"WAL append, {res['entry_bytes']} B entries, one fdatasync per save "
+        f"WAL append{' (pre-zeroed segments)' if res['prezero'] else ''}, "
+        f"{res['entry_bytes']} B entries, one fdatasync per save "
         f"(median of {res['rounds']} rounds, dir {res['dir']})",
         f"{'batch':>6} {'WAL entries/s':>14} {'WAL MiB/s':>10} {'raw entries/s':>14} "
         f"{'raw MiB/s':>10} {'WAL us/save':>12} {'raw us/save':>12} {'ratio':>6} "
@@ -238,10 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dir", help="where to write (default: a temp dir); use the disk you care about"
     )
     p.add_argument("--entry-bytes", type=int, default=256, help="payload bytes per entry (256)")
+    p.add_argument(
+        "--prezero", action="store_true", help="WAL with pre-zeroed segments (Config.wal_prezero)"
+    )
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="trioraft-wal-bench-", dir=args.dir)
     try:
-        res = run(quick=args.quick, work=work, entry_bytes=args.entry_bytes)
+        res = run(quick=args.quick, work=work, entry_bytes=args.entry_bytes, prezero=args.prezero)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(_table(res))

@@ -108,6 +108,11 @@ class Config:
         fsync: fsync the WAL and snapshots (on). Off trades crash safety for speed (benchmarks,
             tests); a node that lost unsynced data must not rejoin its cluster.
         wal_segment_bytes: WAL segment size (64 MiB).
+        wal_prezero: start every WAL segment zero-filled and synced (off). Appends then
+            overwrite written blocks and each fdatasync has no metadata to journal (on the
+            benchmark VM: 145 instead of 216 µs for a small synced write, 290 instead of 515 µs
+            for 266 KB), at the price of writing every WAL byte twice: a background thread
+            zero-fills the next segment, which competes with snapshot writes for the disk.
     """
 
     id: int
@@ -146,6 +151,7 @@ class Config:
 
     fsync: bool = True
     wal_segment_bytes: int = 64 * _MIB
+    wal_prezero: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.validate()
@@ -217,6 +223,7 @@ class Config:
         _positive_float("snapshot_stall_timeout", self.snapshot_stall_timeout)
         _bool("fsync", self.fsync)
         _int_at_least("wal_segment_bytes", self.wal_segment_bytes, 4096)
+        _bool("wal_prezero", self.wal_prezero)
 
     # -- derived values ----------------------------------------------------------------------
 

@@ -563,6 +563,7 @@ async def open_raft_node(
             fs=filesystem,
             retention=config.snapshot_retention,
             segment_bytes=config.wal_segment_bytes,
+            prezero=config.wal_prezero,
         )
     )
     runtime: NodeRuntime | None = None

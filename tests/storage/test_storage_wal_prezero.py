@@ -223,7 +223,7 @@ def test_background_preparation_is_used_kept_by_release_and_stopped_on_close() -
 def test_close_stops_a_running_preparation_real_fs(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
     seg = 8 << 20
-    wal, _ = WAL.open(d, segment_bytes=seg)  # real file system: pre-zeroed, background
+    wal, _ = WAL.open(d, segment_bytes=seg, prezero=True)  # real file system: background
     assert os.path.getsize(wal.segment_paths()[0]) == seg
     wal.save(ents(1, 1, tag=b"y" * (seg // 2)), HardState(1, 1, 0))
     # Past half: the next segment is being prepared (on a fast disk it may be done already,
@@ -233,7 +233,7 @@ def test_close_stops_a_running_preparation_real_fs(tmp_path: object) -> None:
     wal.close()
     assert prepare_threads() == []
     assert sorted(os.listdir(d)) == sorted(["LOCK", segment_name(0, 1)])
-    wal, c = WAL.open(d, segment_bytes=seg)
+    wal, c = WAL.open(d, segment_bytes=seg, prezero=True)
     assert [x.index for x in c.entries] == [1, 2]
     wal.close()
     assert prepare_threads() == []
@@ -242,7 +242,7 @@ def test_close_stops_a_running_preparation_real_fs(tmp_path: object) -> None:
 def test_real_fs_rolls_into_background_prepared_segments(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
     seg = 256 << 10
-    wal, _ = WAL.open(d, segment_bytes=seg)
+    wal, _ = WAL.open(d, segment_bytes=seg, prezero=True)
     for i in range(1, 200):
         wal.save(ents(i, i, tag=b"z" * 4000), HardState(1, 1, i - 1))
     paths = wal.segment_paths()
@@ -250,14 +250,14 @@ def test_real_fs_rolls_into_background_prepared_segments(tmp_path: object) -> No
     assert len(paths) > 2 and prepare_threads() == []
     # waiting for a started preparation means every segment was zero-filled ahead
     assert all(os.path.getsize(p) >= seg for p in paths)
-    wal, c = WAL.open(d, segment_bytes=seg)
+    wal, c = WAL.open(d, segment_bytes=seg, prezero=True)
     wal.close()
     assert [x.index for x in c.entries] == list(range(1, 200))
 
 
 def test_wal_dump_reports_the_zeros_as_a_clean_end(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
-    wal, _ = WAL.open(d, segment_bytes=1 << 20)
+    wal, _ = WAL.open(d, segment_bytes=1 << 20, prezero=True)
     wal.save(ents(1, 3), HardState(1, 1, 0))
     wal.close()
     out = io.StringIO()

@@ -60,6 +60,7 @@ def recover(
     fs: FileSystem = REAL_FS,
     retention: int = 2,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    prezero: bool = False,
 ) -> tuple[Recovered, WAL, SnapshotStore]:
     """Open a data directory (creating it if new) and recover its state.
 
@@ -68,6 +69,7 @@ def recover(
         fs: the file system.
         retention: passed to the :class:`SnapshotStore`.
         segment_bytes: passed to the :class:`WAL`.
+        prezero: passed to the :class:`WAL` (pre-zeroed segments).
 
     Returns:
         The recovered state, the open WAL (holding the directory lock) and the snapshot store.
@@ -79,7 +81,9 @@ def recover(
     """
     data_dir = os.path.abspath(data_dir)
     ensure_dir(fs, data_dir)
-    wal, scan = WAL._open_scan(os.path.join(data_dir, WAL_DIR), fs=fs, segment_bytes=segment_bytes)
+    wal, scan = WAL._open_scan(
+        os.path.join(data_dir, WAL_DIR), fs=fs, segment_bytes=segment_bytes, prezero=prezero
+    )
     try:
         store = SnapshotStore(os.path.join(data_dir, SNAP_DIR), fs=fs, retention=retention)
         hs = _final_hard_state(scan)
