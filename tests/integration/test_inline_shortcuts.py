@@ -63,13 +63,19 @@ async def test_handle_now_refuses_while_an_item_is_queued_or_handed_over(
             rt.raft._stepping_now = False
 
 
-async def test_a_failure_while_stepping_inline_stops_the_node(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    class Boom(Exception):
-        pass
+class _Boom(Exception):
+    pass
 
-    with pytest.RaisesGroup(Boom, allow_unwrapped=True, flatten_subgroups=True):
+
+class _Halt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("error", [_Boom, _Halt])
+async def test_a_failure_while_handling_inline_stops_the_node(
+    autojump_clock: trio.testing.MockClock, error: type[BaseException]
+) -> None:
+    with pytest.RaisesGroup(error, allow_unwrapped=True, flatten_subgroups=True):
         async with open_cluster(3) as cluster:
             leader = await cluster.wait_for_leader()
             follower = next(n for n in cluster.running if n.id != leader.id)
@@ -77,38 +83,19 @@ async def test_a_failure_while_stepping_inline_stops_the_node(
             await trio.testing.wait_all_tasks_blocked()
 
             def step(msg: object) -> None:
-                raise Boom("injected")
+                raise error("injected")
 
             rt.raft.core.step = step
             hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
-            # Taken by the shortcut, and the failure is not raised into the caller (the
-            # transport's reader): the actor raises it on its own task.
-            assert rt.raft.handle_now(hb)
-            await trio.sleep_forever()
-
-
-async def test_a_base_exception_while_handling_inline_stops_the_node_too(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    class Halt(BaseException):
-        pass
-
-    with pytest.RaisesGroup(Halt, allow_unwrapped=True, flatten_subgroups=True):
-        async with open_cluster(3) as cluster:
-            leader = await cluster.wait_for_leader()
-            follower = next(n for n in cluster.running if n.id != leader.id)
-            rt = _rt(cluster, follower.id)
-            await trio.testing.wait_all_tasks_blocked()
-
-            def step(msg: object) -> None:
-                raise Halt
-
-            rt.raft.core.step = step
-            hb = HeartbeatRequest(src=leader.id, dst=follower.id, term=leader.term)
-            # It propagates into the caller as such exceptions do, and the actor is told too,
-            # so the node stops even if the caller swallowed it.
-            with pytest.raises(Halt):
-                rt.raft.handle_now(hb)
+            if issubclass(error, Exception):
+                # Taken by the shortcut, and not raised into the caller (the transport's
+                # reader): the actor raises it on its own task.
+                assert rt.raft.handle_now(hb)
+            else:
+                # Such exceptions also propagate into the caller as they do anywhere; the
+                # actor is told too, so the node stops even if the caller swallowed it.
+                with pytest.raises(error):
+                    rt.raft.handle_now(hb)
             await trio.sleep_forever()
 
 

@@ -228,39 +228,37 @@ class FsmActor:
         return True
 
     def _apply_normal(self, entries: tuple[Entry, ...]) -> None:
-        sm = self._sm
-        proposals = self._proposals
         for e in entries:
-            if e.index <= self.applied:
-                continue
-            if e.index != self.applied + 1:
-                raise RuntimeError(
-                    f"node {self._id}: apply gap: applied {self.applied}, next entry {e.index}"
-                )
-            result = sm.apply(e.index, e.data) if e.data else None
-            self.applied = e.index
-            self.applied_term = e.term
-            proposals.applied(e.index, e.term, result)
+            if self._is_next(e):
+                self._apply_command(e)
+
+    def _is_next(self, e: Entry) -> bool:
+        """True if ``e`` is the next entry to apply, False if it is applied already; a gap is a
+        bug that fails the node."""
+        if e.index <= self.applied:
+            return False
+        if e.index != self.applied + 1:
+            raise RuntimeError(
+                f"node {self._id}: apply gap: applied {self.applied}, next entry {e.index}"
+            )
+        return True
+
+    def _apply_command(self, e: Entry) -> None:
+        # An empty command is a leader's no-op (or an empty proposal): nothing to apply.
+        result = self._sm.apply(e.index, e.data) if e.data else None
+        self.applied = e.index
+        self.applied_term = e.term
+        self._proposals.applied(e.index, e.term, result)
 
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         sm = self._sm
         proposals = self._proposals
         n = 0
         for e in entries:
-            if e.index <= self.applied:
+            if not self._is_next(e):
                 continue
-            if e.index != self.applied + 1:
-                raise RuntimeError(
-                    f"node {self._id}: apply gap: applied {self.applied}, next entry {e.index}"
-                )
             if e.kind == EntryKind.NORMAL:
-                if e.data:
-                    result = sm.apply(e.index, e.data)
-                else:
-                    result = None  # a leader's no-op (or an empty proposal)
-                self.applied = e.index
-                self.applied_term = e.term
-                proposals.applied(e.index, e.term, result)
+                self._apply_command(e)
             else:
                 cc = decode_conf_change(e.data)
                 self.applied = e.index
