@@ -126,35 +126,34 @@ async def test_apply_now_takes_only_ordinary_entries_with_nothing_queued(
 async def test_an_idle_proposal_is_handled_inline_but_concurrent_ones_still_batch(
     tmp_path: Path,
 ) -> None:
-    # One node on its own event loop and a real disk, so the raft actor also writes inline.
     with trio.fail_after(30):
-        async with open_tcp_cluster(1, str(tmp_path), snapshot_entries=0) as nodes:
-            node = nodes[1]
-            while not node.is_leader:
+        async with open_tcp_cluster(3, str(tmp_path), snapshot_entries=0) as nodes:
+            while not any(n.is_leader for n in nodes.values()):
                 await trio.sleep(0.01)
+            node = next(n for n in nodes.values() if n.is_leader)
             rt = node._rt
             await node.propose(b"warm-up")
             await trio.testing.wait_all_tasks_blocked()
-            before = rt.raft.handled_now
+            before = rt.raft.proposed_now
             await node.propose(b"alone")
-            assert rt.raft.handled_now > before
-            saves = rt.wal_actor.saves
+            assert rt.raft.proposed_now == before + 1
+            await trio.testing.wait_all_tasks_blocked()
+            sent = rt.transport.stats.messages_sent
             results: list[int] = []
 
             async def propose(i: int) -> None:
-                # Three in a row: after the first, the proposers are woken together by the
-                # apply that answers them and propose again from one scheduling batch (which
-                # trio does not count as runnable).
-                for k in range(3):
-                    results.append(await node.propose(b"p%d-%d" % (i, k)))
+                results.append(await node.propose(b"p%d" % i))
 
             async with trio.open_nursery() as nursery:
                 for i in range(50):
                     nursery.start_soon(propose, i)
-            assert len(results) == 150
-            # Concurrent proposals queue and share Readies and writes; each one handled on its
-            # own would write (and fsync) once per proposal.
-            assert rt.wal_actor.saves - saves <= 30, rt.wal_actor.saves - saves
+            assert len(results) == 50
+            # Proposals made while others are in progress queue up and leave in shared
+            # appends; each one handled on its own would send an append per proposal per
+            # follower (100).
+            assert rt.transport.stats.messages_sent - sent <= 30, (
+                rt.transport.stats.messages_sent - sent
+            )
 
 
 async def test_requests_still_queued_when_the_node_stops_are_failed(
