@@ -83,3 +83,9 @@ async def request(
         return await client.request(method, target, body)
     finally:
         await client.aclose()
+
+
+async def assert_still_serving(port: int) -> None:
+    """A fresh request still gets a 200: whatever came before did not hurt the server."""
+    status, _, _ = await request(port, "GET", "/still-alive")
+    assert status == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import trio
-from _example_http_client import Client, raw_exchange, request
+from _example_http_client import Client, assert_still_serving, raw_exchange, request
 
 from examples.common.http import HttpServerConfig, Request, Response, serve_http, text_response
 
@@ -110,8 +110,7 @@ async def test_malformed_requests_get_400_and_server_survives() -> None:
         huge_header = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 40000 + b"\r\n\r\n"
         out = await raw_exchange(port, huge_header)
         assert out.startswith(b"HTTP/1.1 431 ")
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 

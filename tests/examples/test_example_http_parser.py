@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-from _example_http_client import Client, raw_exchange, request
+from _example_http_client import Client, assert_still_serving, raw_exchange
 
 from examples.common.http import (
     HttpServerConfig,
@@ -272,8 +272,7 @@ async def test_a_bad_request_after_good_pipelined_ones_closes_only_that_connecti
         assert statuses(out) == [200, 400]
         assert b"connection: close" in out.split(b"HTTP/1.1 400")[1]
         assert b"/never" not in out
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 
@@ -317,8 +316,7 @@ async def test_client_closing_mid_body_or_mid_head_does_not_hurt_the_server() ->
                     out += chunk
             assert statuses(out) == [400]
             await stream.aclose()
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 
@@ -402,8 +400,7 @@ async def test_a_client_resetting_the_connection_does_not_hurt_the_server() -> N
             # SO_LINGER with a zero timeout: close() sends a reset instead of a FIN.
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await stream.aclose()
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 
@@ -417,8 +414,7 @@ async def test_an_upgrade_request_is_answered_without_switching_and_closed() -> 
         )
         assert statuses(out) == [200]
         assert b"connection: close" in out and b"/never" not in out
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 
@@ -427,8 +423,7 @@ async def test_unknown_method_gets_400_and_server_survives() -> None:
         port = await start(nursery)
         out = await raw_exchange(port, b"BREW /pot HTTP/1.1\r\nhost: x\r\n\r\n")
         assert statuses(out) == [400]
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 
@@ -440,8 +435,7 @@ async def test_an_unparsable_absolute_target_gets_400_after_the_earlier_answer()
             b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\nGET http://[::1/x HTTP/1.1\r\nhost: x\r\n\r\n",
         )
         assert statuses(out) == [200, 400], out
-        status, _, _ = await request(port, "GET", "/still-alive")
-        assert status == 200
+        await assert_still_serving(port)
         nursery.cancel_scope.cancel()
 
 
