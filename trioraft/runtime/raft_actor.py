@@ -77,8 +77,6 @@ _MAX_DRAIN = 4096
 _TICK = object()
 #: the inbox item that re-raises, on the actor's task, a failure of :meth:`RaftActor.handle_now`
 _FAILED = object()
-#: whether :meth:`RaftActor.handle_now` may handle items on the caller's task
-_STEP_INLINE = True
 
 
 class _Sender(Protocol):
@@ -265,7 +263,7 @@ class RaftActor:
         Returns:
             True if the item was handled (or its failure handed to the actor).
         """
-        if self._stepping_now or not _STEP_INLINE:
+        if self._stepping_now:
             return False
         stats = self._inbox.statistics()
         if stats.tasks_waiting_receive == 0 or stats.current_buffer_used:
