@@ -609,10 +609,18 @@ class SnapshotBuilder:
             state.writer = writer
             return writer
 
-    def write_at(self, name: str, offset: int, data: bytes) -> None:
+    def write_at(
+        self,
+        name: str,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        prefix_crc: int | None = None,
+    ) -> None:
         """Write ``data`` at ``offset`` of file ``name`` (created if missing) and cut the file
         at ``offset + len(data)``: a receiver resuming after a reconnect rewrites from the last
-        acknowledged offset.
+        acknowledged offset. ``data`` is not kept after the call. ``prefix_crc``, when given,
+        must be the CRC32C of the whole file after the write (bytes ``0 .. offset+len(data)``):
+        a receiver that keeps a running CRC spares the builder computing it again.
 
         Raises:
             ValueError: bad name, negative offset, an offset past the end of the file, or the
@@ -648,7 +656,10 @@ class SnapshotBuilder:
             st.written = end
             st.flushed = min(st.flushed, end)
             self._maybe_writeback(st)
-            if st.crc_len is not None and offset == st.crc_len:
+            if prefix_crc is not None:
+                st.crc = prefix_crc
+                st.crc_len = end
+            elif st.crc_len is not None and offset == st.crc_len:
                 st.crc = crc32c.crc32c(data, st.crc)
                 st.crc_len = end
             else:

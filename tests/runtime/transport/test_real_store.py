@@ -53,8 +53,10 @@ class StoreHandler(Handler):
         self.real_builders.append(b)
         write_at = b.write_at
 
-        def spy(name: str, offset: int, data: bytes) -> None:
-            write_at(name, offset, data)
+        def spy(
+            name: str, offset: int, data: bytes | memoryview, prefix_crc: int | None = None
+        ) -> None:
+            write_at(name, offset, data, prefix_crc)
             if self.after_write is not None:
                 self.after_write(name, offset + len(data))
 

@@ -548,6 +548,12 @@ class CorruptingStream(FramedStream):
             frame = attrs.evolve(frame, data=bad)
         await super().send(frame)
 
+    async def send_chunk(self, file_index: int, offset: int, crc32c: int, data: bytes) -> None:
+        frame = SnapshotChunk(file_index=file_index, offset=offset, data=data, crc32c=crc32c)
+        if self._should(frame):
+            data = bytes([data[0] ^ 1]) + data[1:]
+        await super().send_chunk(file_index, offset, crc32c, data)
+
 
 async def test_chunk_crc_mismatch_is_detected_and_the_stream_resumes(
     autojump_clock: trio.testing.MockClock,
@@ -781,7 +787,9 @@ class _CountingBuilder:
     def __init__(self) -> None:
         self.bytes = 0
 
-    def write_at(self, name: str, offset: int, data: bytes) -> None:
+    def write_at(
+        self, name: str, offset: int, data: bytes | memoryview, prefix_crc: int | None = None
+    ) -> None:
         self.bytes += len(data)
 
     def commit(self, user_meta: bytes = b"") -> Stored:
@@ -930,6 +938,12 @@ async def test_a_chunk_that_matches_its_own_crc_but_not_the_file_crc_is_caught(
                 bad = bytes([frame.data[0] ^ 0x40]) + frame.data[1:]
                 frame = attrs.evolve(frame, data=bad, crc32c=crc32c(bad))
             await super().send(frame)
+
+        async def send_chunk(self, file_index: int, offset: int, crc: int, data: bytes) -> None:
+            if file_index == 1 and offset == 0:
+                data = bytes([data[0] ^ 0x40]) + data[1:]
+                crc = crc32c(data)
+            await super().send_chunk(file_index, offset, crc, data)
 
     async with trio.open_nursery() as n:
         (_t1, t2), (_, h2) = await start(n, net)

@@ -89,7 +89,9 @@ class Builder:
         self.on_write: Callable[[Builder], None] | None = None
         self.fail_writes = False
 
-    def write_at(self, name: str, offset: int, data: bytes) -> None:
+    def write_at(
+        self, name: str, offset: int, data: bytes | memoryview, prefix_crc: int | None = None
+    ) -> None:
         assert not self.committed and not self.aborted
         if self.fail_writes:
             raise OSError(28, "No space left on device")
@@ -97,6 +99,8 @@ class Builder:
         assert offset <= len(buf), f"hole in {name}: write at {offset}, size {len(buf)}"
         del buf[offset:]
         buf += data
+        if prefix_crc is not None:  # the transport's running CRC must match the file
+            assert prefix_crc == crc32c.crc32c(bytes(buf)), f"prefix_crc of {name} @{offset}"
         self.writes.append((name, offset, len(data)))
         if self.on_write is not None:
             self.on_write(self)

@@ -187,7 +187,18 @@ class SnapshotBuilderLike(Protocol[S_co]):
     """Receives a snapshot's files (``trioraft.storage.snapshots.SnapshotBuilder``).
     Blocking; the transport calls it through its disk executor."""
 
-    def write_at(self, name: str, offset: int, data: bytes) -> None: ...
+    def write_at(
+        self,
+        name: str,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        prefix_crc: int | None = None,
+    ) -> None:
+        """Writes ``data`` at ``offset`` of ``name``, cutting the file after it. ``data`` may
+        view a buffer the transport reuses once the call returns (copy what must be kept);
+        ``prefix_crc``, when given, is the CRC32C of the file's bytes up to the end of
+        ``data`` (the transport keeps a running CRC of each file it receives)."""
+
     def commit(self, user_meta: bytes = ...) -> S_co: ...
     def abort(self) -> None: ...
 

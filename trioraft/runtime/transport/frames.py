@@ -36,6 +36,7 @@ from trioraft.core.types import ConfState, Entry, EntryKind
 from trioraft.runtime.transport.base import ClientRequest, ClientResponse
 
 __all__ = [
+    "CHUNK_HEAD_MAX",
     "PROTOCOL_VERSION",
     "PURPOSES",
     "CallRequest",
@@ -53,7 +54,9 @@ __all__ = [
     "SnapshotKeepalive",
     "SnapshotOffer",
     "decode_frame",
+    "encode_chunk_head",
     "encode_frame",
+    "parse_chunk_head",
 ]
 
 #: Bumped on any incompatible change of the frames below; peers must agree exactly.
@@ -456,3 +459,120 @@ def decode_frame(data: bytes | memoryview) -> Frame:
         return fast
     result: Frame = structure(raw, Frame)
     return result
+
+
+# -- snapshot chunks without copying their payload ------------------------------------------------
+#
+# Theory of operation: a SnapshotChunk is almost all payload (1 MiB by default), and the generic
+# path copies it several times (into the CBOR encoding, behind the length prefix, out of the
+# receive buffer, out of the CBOR decoding). The sender therefore encodes a chunk as a short
+# *head* followed by the payload bytes, with the payload as the last value of the CBOR map
+#
+#     {"type": "SnapshotChunk", "file_index": u, "offset": u, "crc32c": u, "data": <bytes>}
+#
+# which is an ordinary CBOR encoding of the frame (the generic decoder accepts it: map order does
+# not matter to the converter; a test pins this). The receiver parses such a head by hand and
+# reads the payload straight into a buffer of its own. Anything that is not exactly this layout
+# returns None from :func:`parse_chunk_head`, and the caller decodes the frame with the strict
+# generic decoder instead: as with the fast Raft path above, the hand parser changes the cost,
+# never the outcome.
+
+_CHUNK_HEAD_START: Final = b"\xa5\x64type\x6dSnapshotChunk\x6afile_index"
+_KEY_OFFSET: Final = b"\x66offset"
+_KEY_CRC: Final = b"\x66crc32c"
+_KEY_DATA: Final = b"\x64data"
+
+#: The longest head :func:`encode_chunk_head` produces (every integer in its 9-byte form).
+CHUNK_HEAD_MAX: Final = (
+    len(_CHUNK_HEAD_START) + len(_KEY_OFFSET) + len(_KEY_CRC) + len(_KEY_DATA) + 4 * 9
+)
+
+
+#: (key bytes, CBOR major type of the value) in the order of the head: 0 = unsigned, 2 = bytes
+_CHUNK_HEAD_FIELDS: Final = (
+    (_CHUNK_HEAD_START, 0),
+    (_KEY_OFFSET, 0),
+    (_KEY_CRC, 0),
+    (_KEY_DATA, 2),
+)
+
+
+def _cbor_head(major: int, value: int) -> bytes:
+    """The CBOR initial byte(s) of ``major`` type with argument ``value`` (shortest form)."""
+    if value < 0 or value >= 1 << 64:
+        raise ValueError(f"value {value} does not fit a CBOR unsigned argument")
+    m = major << 5
+    if value < 24:
+        return bytes((m | value,))
+    if value < 1 << 8:
+        return bytes((m | 24, value))
+    if value < 1 << 16:
+        return bytes((m | 25,)) + value.to_bytes(2, "big")
+    if value < 1 << 32:
+        return bytes((m | 26,)) + value.to_bytes(4, "big")
+    return bytes((m | 27,)) + value.to_bytes(8, "big")
+
+
+def encode_chunk_head(file_index: int, offset: int, crc32c: int, data_len: int) -> bytes:
+    """The encoding of ``SnapshotChunk(file_index, offset, data, crc32c)`` up to (not including)
+    the ``data_len`` payload bytes, which follow it to end the frame body.
+
+    Raises:
+        ValueError: a negative value or one of 2**64 or more.
+    """
+    return b"".join(
+        (
+            _CHUNK_HEAD_START,
+            _cbor_head(0, file_index),
+            _KEY_OFFSET,
+            _cbor_head(0, offset),
+            _KEY_CRC,
+            _cbor_head(0, crc32c),
+            _KEY_DATA,
+            _cbor_head(2, data_len),
+        )
+    )
+
+
+def _parse_arg(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, major: int
+) -> tuple[int, int]:
+    """(argument, next position) of the CBOR item head at ``pos``; (-1, pos) when it is not of
+    ``major`` type with a definite argument or does not fit before ``end``."""
+    if pos >= end:
+        return -1, pos
+    b = buf[pos]
+    if b >> 5 != major:
+        return -1, pos
+    info = b & 31
+    if info < 24:
+        return info, pos + 1
+    if info > 27:
+        return -1, pos
+    size = 1 << (info - 24)
+    if pos + 1 + size > end:
+        return -1, pos
+    return int.from_bytes(buf[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
+
+
+def parse_chunk_head(
+    buf: bytes | bytearray | memoryview, start: int, end: int
+) -> tuple[int, int, int, int, int] | None:
+    """Parses a chunk head written by :func:`encode_chunk_head` from ``buf[start:end]`` (the
+    start of a frame body, possibly only part of it).
+
+    Returns:
+        ``(file_index, offset, crc32c, data_len, head_len)``, or None when those bytes are not
+        such a head (the frame must then be decoded with :func:`decode_frame`).
+    """
+    values: list[int] = []
+    pos = start
+    for key, major in _CHUNK_HEAD_FIELDS:
+        if buf[pos : pos + len(key)] != key:
+            return None
+        value, pos = _parse_arg(buf, pos + len(key), end, major)
+        if value < 0:
+            return None
+        values.append(value)
+    file_index, offset, crc, data_len = values
+    return file_index, offset, crc, data_len, pos - start

@@ -9,21 +9,32 @@ maximum, bytes that are not a valid frame, or a stream that ends inside a frame 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
+import attrs
 import trio
 
 from trioraft.codec import DecodeError
 from trioraft.runtime.transport.base import TransportError
-from trioraft.runtime.transport.frames import Frame, decode_frame, encode_frame
+from trioraft.runtime.transport.frames import (
+    CHUNK_HEAD_MAX,
+    Frame,
+    decode_frame,
+    encode_chunk_head,
+    encode_frame,
+    parse_chunk_head,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "ConnectionClosed",
     "FrameError",
     "FramedStream",
+    "ReceivedChunk",
 ]
 
 #: Large enough for a 1 MiB snapshot chunk or a 1 MiB AppendRequest with room to spare.
@@ -31,6 +42,9 @@ DEFAULT_MAX_FRAME_SIZE: Final = 16 << 20
 
 _HEADER = struct.Struct(">I")
 _READ_SIZE: Final = 64 << 10
+#: Read size while waiting for a chunk's head: enough for the head and a little payload, so
+#: that most of the payload is read straight into its own buffer instead of through ``_buf``.
+_CHUNK_PEEK: Final = 4 << 10
 
 
 class FrameError(TransportError):
@@ -39,6 +53,24 @@ class FrameError(TransportError):
 
 class ConnectionClosed(TransportError):
     """The peer closed the connection cleanly, between two frames."""
+
+
+@attrs.frozen(eq=False)
+class ReceivedChunk:
+    """A ``SnapshotChunk`` frame received by :meth:`FramedStream.receive_chunk`.
+
+    Attributes:
+        file_index, offset, crc32c: as in the frame (the CRC is *not* checked yet).
+        data: the payload; a view of ``buffer`` (or of a ``bytes`` object).
+        buffer: the caller's buffer ``data`` was read into, None when the frame came through
+            the generic decoder (then ``data`` views the frame's own ``bytes``).
+    """
+
+    file_index: int
+    offset: int
+    crc32c: int
+    data: memoryview
+    buffer: bytearray | None = None
 
 
 class FramedStream:
@@ -59,6 +91,9 @@ class FramedStream:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._send_lock = trio.Lock()
+        #: why the byte stream can no longer be cut into frames (a read into a caller's buffer
+        #: was interrupted midway), or ""
+        self._desync = ""
 
     def pack(self, frame: Frame) -> bytes:
         """Encodes ``frame`` with its length prefix. Raises :class:`FrameError` when too large."""
@@ -97,12 +132,24 @@ class FramedStream:
         """
         # Header and body are sliced out of one buffer: when the previous read brought several
         # frames (the usual case under load) this returns without touching the socket.
+        length = await self._receive_length(_READ_SIZE)
+        return await self._receive_body(length)
+
+    async def _receive_length(self, read_size: int) -> int:
+        """Reads up to a frame's length prefix and checks it."""
+        if self._desync:
+            raise FrameError(self._desync)
         buf = self._buf
         if len(buf) < _HEADER.size:
-            await self._fill(_HEADER.size, start=True)
+            await self._fill(_HEADER.size, start=True, read_size=read_size)
         (length,) = _HEADER.unpack_from(buf)
         if length == 0 or length > self.max_frame_size:
             raise FrameError(f"frame length {length} outside 1..{self.max_frame_size}")
+        return int(length)
+
+    async def _receive_body(self, length: int) -> Frame:
+        """Reads and decodes the body of the frame whose length prefix starts ``_buf``."""
+        buf = self._buf
         end = _HEADER.size + length
         if len(buf) < end:
             await self._fill(end, start=False)
@@ -119,10 +166,118 @@ class FramedStream:
             del buf[:end]
         return frame
 
-    async def _fill(self, n: int, *, start: bool) -> None:
+    async def receive_chunk(
+        self, acquire: Callable[[int], bytearray], max_data: int
+    ) -> Frame | ReceivedChunk:
+        """Reads one frame like :meth:`receive`, except that a ``SnapshotChunk`` in the layout
+        :func:`~trioraft.runtime.transport.frames.encode_chunk_head` describes comes back as a
+        :class:`ReceivedChunk` whose payload was read into ``acquire(length)`` (a buffer of at
+        least that many bytes, owned by the caller) without further copies. Other frames, and
+        chunks in any other layout, come back decoded as by :meth:`receive`.
+
+        Args:
+            acquire: returns a buffer for a payload of the given length.
+            max_data: the largest payload accepted (checked before ``acquire`` is called).
+
+        Raises:
+            The errors of :meth:`receive`; :class:`FrameError` also for a payload larger than
+            ``max_data``. A failure or cancellation while the payload is being read leaves the
+            stream unusable: later receives raise :class:`FrameError`.
+        """
+        length = await self._receive_length(_CHUNK_PEEK)
+        buf = self._buf
+        end = _HEADER.size + length
+        peek = min(end, _HEADER.size + CHUNK_HEAD_MAX)
+        if len(buf) < peek:
+            await self._fill(peek, start=False, read_size=_CHUNK_PEEK)
+        head = parse_chunk_head(buf, _HEADER.size, min(end, len(buf)))
+        if head is None:
+            return await self._receive_body(length)
+        file_index, offset, crc, n, head_len = head
+        # The stream is cut into frames by their length prefixes, whatever the body says: a
+        # payload that does not end exactly with its frame is malformed.
+        if n != length - head_len:
+            self._desync = (
+                f"chunk payload of {n} bytes does not fill its frame ({length - head_len} bytes)"
+            )
+            raise FrameError(self._desync)
+        if n > max_data:
+            self._desync = f"chunk of {n} bytes exceeds the chunk size {max_data}"
+            raise FrameError(self._desync)
+        target = acquire(n)
+        start = _HEADER.size + head_len
+        have = min(len(buf) - start, n)
+        data = memoryview(target)[:n]
+        with memoryview(buf) as view:
+            data[:have] = view[start : start + have]
+        del buf[: start + have]
+        if have < n:
+            self._desync = "an earlier read of a chunk into its buffer did not finish"
+            await self._read_into(data[have:])
+            self._desync = ""
+        return ReceivedChunk(file_index, offset, crc, data, target)
+
+    async def _read_into(self, view: memoryview) -> None:
+        """Fills ``view`` from the stream (nothing may be buffered in ``_buf`` meanwhile)."""
+        stream = self.stream
+        if type(stream) is not trio.SocketStream:
+            while view:
+                data = await stream.receive_some(len(view))
+                if not data:
+                    raise FrameError(f"connection closed inside a frame ({len(view)} bytes short)")
+                view[: len(data)] = data
+                view = view[len(data) :]
+            return
+        # Plain TCP: read() straight into the target on the non-blocking socket, waiting for
+        # readability only when it runs dry (trio's receive_some would allocate and return a
+        # new ``bytes`` for every read, which then has to be copied).
+        sock = stream.socket
+        fd = sock.fileno()
+        while view:
+            try:
+                n = os.readv(fd, (view,))
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("the connection was closed") from exc
+                raise trio.BrokenResourceError(f"receiving failed: {exc!r}") from exc
+            if n == 0:
+                raise FrameError(f"connection closed inside a frame ({len(view)} bytes short)")
+            view = view[n:]
+
+    async def send_chunk(self, file_index: int, offset: int, crc32c: int, data: bytes) -> None:
+        """Sends ``SnapshotChunk(file_index, offset, data, crc32c)`` in the layout
+        :meth:`receive_chunk` reads without copying, and without copying ``data`` here either.
+
+        Raises:
+            FrameError: the frame would exceed ``max_frame_size`` (nothing written).
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`send`.
+        """
+        head = encode_chunk_head(file_index, offset, crc32c, len(data))
+        size = len(head) + len(data)
+        if size > self.max_frame_size:
+            raise FrameError(f"frame of {size} bytes exceeds the limit {self.max_frame_size}")
+        prefix = _HEADER.pack(size) + head
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            stream = self.stream
+            if type(stream) is trio.SocketStream:
+                await _send_parts(stream, [prefix, memoryview(data)])
+            else:
+                await stream.send_all(prefix + data)
+        finally:
+            lock.release()
+
+    async def _fill(self, n: int, *, start: bool, read_size: int = _READ_SIZE) -> None:
         buf = self._buf
         while len(buf) < n:
-            chunk = await self.stream.receive_some(max(_READ_SIZE, n - len(buf)))
+            chunk = await self.stream.receive_some(max(read_size, n - len(buf)))
             if not chunk:
                 if start and not buf:
                     raise ConnectionClosed("connection closed by peer")
@@ -133,3 +288,22 @@ class FramedStream:
         """Closes the stream (idempotent; never raises for an already broken stream)."""
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.aclose()
+
+
+async def _send_parts(stream: trio.SocketStream, parts: list[memoryview | bytes]) -> None:
+    """Writes ``parts`` in order with gathering writes (``sendmsg``) on ``stream``'s socket, so
+    a large payload goes out without first being joined to its header."""
+    sock = stream.socket
+    views = [memoryview(p) for p in parts]
+    try:
+        while views:
+            sent = await sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise trio.ClosedResourceError("the connection was closed") from exc
+        raise trio.BrokenResourceError(f"sending failed: {exc!r}") from exc

@@ -72,7 +72,12 @@ from trioraft.runtime.transport.frames import (
     SnapshotKeepalive,
     SnapshotOffer,
 )
-from trioraft.runtime.transport.framing import ConnectionClosed, FramedStream, FrameError
+from trioraft.runtime.transport.framing import (
+    ConnectionClosed,
+    FramedStream,
+    FrameError,
+    ReceivedChunk,
+)
 from trioraft.runtime.transport.util import Backoff, Throttle, TransportStats, crc32c_combine
 
 __all__ = [
@@ -105,11 +110,28 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 
 
 def _write_chunks(
-    builder: SnapshotBuilderLike[Any], files: tuple[FileDesc, ...], chunks: list[SnapshotChunk]
-) -> None:
-    """Worker-thread side of :meth:`SnapshotReceiver._write_batch`."""
+    builder: SnapshotBuilderLike[Any],
+    files: tuple[FileDesc, ...],
+    chunks: list[ReceivedChunk],
+    crc: int,
+) -> list[int]:
+    """Worker-thread side of :meth:`SnapshotReceiver._write_batch`: checks each chunk's CRC32C
+    and writes it, stopping before the first chunk whose CRC does not match. ``crc`` is the
+    running CRC32C of the first chunk's file up to that chunk. Returns the running CRC of its
+    file after each chunk written (fewer entries than chunks: the next one was bad).
+
+    Each chunk's CRC is checked here rather than on arrival, off the event loop thread, which
+    is what limits the receive rate; the builder is given the running CRC, so each byte is
+    checksummed exactly once."""
+    crcs: list[int] = []
     for chunk in chunks:
-        builder.write_at(files[chunk.file_index].name, chunk.offset, chunk.data)
+        data = chunk.data
+        if crc32c(data) != chunk.crc32c:
+            break
+        crc = crc32c_combine(crc if chunk.offset else 0, chunk.crc32c, len(data))
+        builder.write_at(files[chunk.file_index].name, chunk.offset, data, prefix_crc=crc)
+        crcs.append(crc)
+    return crcs
 
 
 def _read_chunk(reader: SnapshotReaderLike, name: str, offset: int, size: int) -> tuple[bytes, int]:
@@ -119,7 +141,7 @@ def _read_chunk(reader: SnapshotReaderLike, name: str, offset: int, size: int) -
     return data, crc32c(data)
 
 
-def crc32c(data: bytes, value: int = 0) -> int:
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """CRC32C of ``data``, continuing from ``value``."""
     result: int = _crc32c.crc32c(data, value)
     return result
@@ -219,6 +241,14 @@ class _StorageFailure(Exception):
 
 class _Corrupt(Exception):
     """A received file does not match the CRC32C the sender announced."""
+
+
+class _BadChunk(Exception):
+    """A received chunk failed its CRC32C check (the chunks before it were written)."""
+
+    def __init__(self, chunk: ReceivedChunk) -> None:
+        super().__init__(f"chunk at ({chunk.file_index}, {chunk.offset}) failed its CRC check")
+        self.chunk = chunk
 
 
 class _Hangup(Exception):
@@ -480,7 +510,7 @@ async def _session(
                 expected.append((fi, off + n, n))
                 inflight += n
                 stats.max_inflight_bytes = max(stats.max_inflight_bytes, inflight)
-                await conn.send(SnapshotChunk(file_index=fi, offset=off, data=data, crc32c=crc))
+                await conn.send_chunk(fi, off, crc, data)
                 stats.bytes_sent += n
                 stats.chunks_sent += 1
             pump_done = True
@@ -854,32 +884,32 @@ class SnapshotReceiver:
             state.crc = 0
 
     async def _write_batch(
-        self, conn: FramedStream, state: _Incoming, batch: list[SnapshotChunk]
+        self, conn: FramedStream, state: _Incoming, batch: list[ReceivedChunk]
     ) -> None:
-        """Writes consecutive chunks (``batch``, starting at ``state``'s position) in one worker
-        thread call, then records each in ``state`` and acknowledges it. Writing and recording
-        are shielded together, so ``state`` always describes what is on disk. Empty chunks
-        stand for empty files (created, not acknowledged: the sender never sent them).
+        """Checks and writes consecutive chunks (``batch``, starting at ``state``'s position) in
+        one worker thread call, then records each in ``state`` and acknowledges it. Writing and
+        recording are shielded together, so ``state`` always describes what is on disk. Empty
+        chunks stand for empty files (created, not acknowledged: the sender never sent them).
 
         Raises:
             _StorageFailure: a write failed.
             _Corrupt: a completed file does not match the CRC32C of the offer.
+            _BadChunk: a chunk's own CRC32C did not match (the ones before it are written,
+                recorded and acknowledged).
         """
         files = state.offer.files
         with trio.CancelScope(shield=True):
             try:
-                await self._disk(_write_chunks, state.builder, files, batch)
+                crcs = await self._disk(_write_chunks, state.builder, files, batch, state.crc)
             except Exception as exc:
                 first = batch[0]
                 raise _StorageFailure(
                     f"writing {files[first.file_index].name!r} at {first.offset}: {exc!r}"
                 ) from exc
             acks: list[bytes] = []
-            for chunk in batch:
+            for chunk, crc in zip(batch, crcs, strict=False):
                 n = len(chunk.data)
-                # The chunk's CRC was checked on arrival: the file's running CRC is extended
-                # with it instead of running over the bytes again.
-                state.crc = crc32c_combine(state.crc, chunk.crc32c, n)
+                state.crc = crc
                 state.offset = chunk.offset + n
                 self.stats.snapshot_bytes_received += n
                 if n:
@@ -895,6 +925,8 @@ class SnapshotReceiver:
                     state.crc = 0
         if acks:
             await conn.send_packed(acks)
+        if len(crcs) < len(batch):
+            raise _BadChunk(batch[len(crcs)])
 
     async def _receive(
         self, conn: FramedStream, state: _Incoming, handler: InboundHandler[Any], ctx: str
@@ -921,11 +953,13 @@ class SnapshotReceiver:
         """Receives chunks until every file is complete (returns) or the sender must
         reconnect (raises, or returns after telling it so when a chunk's CRC is wrong).
 
-        Receiving and writing overlap: this task reads and checks chunks and queues them; a
-        writer task writes whatever has queued up in one worker-thread call and then
-        acknowledges it. ``state`` only moves when bytes are written, so a resume always starts
-        from what is on disk; the queue never holds more than the window's chunks, as the
-        sender has no more unacknowledged.
+        Receiving and writing overlap: this task reads chunks, checks where they go and queues
+        them; a writer task checks the CRCs of whatever has queued up, writes it in one
+        worker-thread call and then acknowledges it. ``state`` only moves when bytes are
+        written, so a resume always starts from what is on disk. Payloads are read straight
+        into buffers that are reused once written; the queue never holds more than the
+        window's chunks, as the sender has no more unacknowledged, so neither the queue nor the
+        buffers grow with the snapshot.
         """
         offer = state.offer
         files = offer.files
@@ -938,9 +972,13 @@ class SnapshotReceiver:
         )
         # The receiving position runs ahead of ``state`` by the queued chunks.
         file_index, offset = state.file_index, state.offset
-        send_queue, receive_queue = trio.open_memory_channel[SnapshotChunk](window + len(files))
+        send_queue, receive_queue = trio.open_memory_channel[ReceivedChunk](window + len(files))
+        free: list[bytearray] = []  # payload buffers ready for reuse
+        chunk_size = offer.chunk_size
         failure: BaseException | None = None
-        bad_crc = False
+
+        def acquire(n: int) -> bytearray:
+            return free.pop() if free else bytearray(chunk_size)
 
         async def writer() -> None:
             nonlocal failure
@@ -955,7 +993,12 @@ class SnapshotReceiver:
                             break
                         batch.append(chunk)
                         size += len(chunk.data)
-                    await self._write_batch(conn, state, batch)
+                    try:
+                        await self._write_batch(conn, state, batch)
+                    finally:
+                        for c in batch:
+                            if c.buffer is not None and len(free) <= window:
+                                free.append(c.buffer)
             except Exception as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
@@ -965,54 +1008,55 @@ class SnapshotReceiver:
             try:
                 async with send_queue:
                     while file_index < len(files):
-                        frame = await conn.receive()
-                        if not isinstance(frame, SnapshotChunk):
+                        frame = await conn.receive_chunk(acquire, chunk_size)
+                        if type(frame) is ReceivedChunk:
+                            chunk = frame
+                        elif isinstance(frame, SnapshotChunk):  # another encoder's layout
+                            chunk = ReceivedChunk(
+                                frame.file_index, frame.offset, frame.crc32c, memoryview(frame.data)
+                            )
+                        else:
                             raise FrameError(f"expected SnapshotChunk, got {type(frame).__name__}")
                         f = files[file_index]
-                        n = len(frame.data)
+                        n = len(chunk.data)
                         if (
-                            (frame.file_index, frame.offset) != (file_index, offset)
+                            (chunk.file_index, chunk.offset) != (file_index, offset)
                             or n == 0
-                            or n > offer.chunk_size
-                            or frame.offset + n > f.size
+                            or n > chunk_size
+                            or chunk.offset + n > f.size
                         ):
                             raise FrameError(
-                                f"chunk ({frame.file_index}, {frame.offset}, {n} bytes) does"
+                                f"chunk ({chunk.file_index}, {chunk.offset}, {n} bytes) does"
                                 f" not fit at ({file_index}, {offset})"
                             )
-                        if crc32c(frame.data) != frame.crc32c:
-                            self.stats.snapshot_crc_errors += 1
-                            log.warning(
-                                "%s: chunk CRC mismatch in %r at offset %d; asking the sender"
-                                " to resume",
-                                ctx,
-                                f.name,
-                                frame.offset,
-                            )
-                            bad_crc = True
-                            break  # the chunks queued before it are still written
-                        await send_queue.send(frame)
+                        await send_queue.send(chunk)
                         offset += n
                         while file_index < len(files) and offset == files[file_index].size:
                             file_index += 1
                             offset = 0
                             if file_index < len(files) and files[file_index].size == 0:
                                 await send_queue.send(
-                                    SnapshotChunk(
-                                        file_index=file_index, offset=0, data=b"", crc32c=0
-                                    )
+                                    ReceivedChunk(file_index, 0, 0, memoryview(b""))
                                 )
             except BaseException as exc:
                 if failure is None:
                     failure = exc
                 nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        if bad_crc:
-            f = files[file_index]
-            await conn.send(SnapshotError(reason="crc", detail=f"{f.name}@{offset}", retry=True))
+        if isinstance(failure, _BadChunk):
+            bad = failure.chunk
+            name = files[bad.file_index].name
+            self.stats.snapshot_crc_errors += 1
+            log.warning(
+                "%s: chunk CRC mismatch in %r at offset %d; asking the sender to resume",
+                ctx,
+                name,
+                bad.offset,
+            )
+            await conn.send(SnapshotError(reason="crc", detail=f"{name}@{bad.offset}", retry=True))
             # Hang up: the chunks in flight behind the bad one would not fit any more.
             raise _Hangup
+        if failure is not None:
+            raise failure
 
     def _deliver(self, handler: InboundHandler[Any], state: _Incoming, ctx: str) -> None:
         state.delivered = state.offer.request
