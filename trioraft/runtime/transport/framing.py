@@ -45,6 +45,8 @@ _READ_SIZE: Final = 64 << 10
 #: Read size while waiting for a chunk's head: enough for the head and a little payload, so
 #: that most of the payload is read straight into its own buffer instead of through ``_buf``.
 _CHUNK_PEEK: Final = 4 << 10
+#: ``os.readv`` (POSIX) reads a chunk's payload from a TCP socket straight into its buffer.
+_HAVE_READV: Final = hasattr(os, "readv")
 
 
 class FrameError(TransportError):
@@ -220,7 +222,7 @@ class FramedStream:
     async def _read_into(self, view: memoryview) -> None:
         """Fills ``view`` from the stream (nothing may be buffered in ``_buf`` meanwhile)."""
         stream = self.stream
-        if type(stream) is not trio.SocketStream:
+        if type(stream) is not trio.SocketStream or not _HAVE_READV:
             while view:
                 data = await stream.receive_some(len(view))
                 if not data:
@@ -267,7 +269,7 @@ class FramedStream:
             await lock.acquire()
         try:
             stream = self.stream
-            if type(stream) is trio.SocketStream:
+            if type(stream) is trio.SocketStream and hasattr(stream.socket, "sendmsg"):
                 await _send_parts(stream, [prefix, memoryview(data)])
             else:
                 await stream.send_all(prefix + data)
