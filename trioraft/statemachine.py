@@ -12,8 +12,9 @@ Snapshot lifecycle, from the state machine's point of view:
 3. ``await restore(reader)`` replaces the whole state with a snapshot's content, at start-up
    (newest snapshot on disk) and when a leader streams a snapshot to this node.
 
-Writers and readers move data in chunks through a worker thread; memory use is bounded by the
-chunk size, whatever the snapshot size.
+Writers and readers move data in chunks through a worker thread; memory use is bounded by a
+few chunks, whatever the snapshot size. A writer hands each chunk to the thread and lets the
+saver go on producing the next one meanwhile (see :class:`SnapshotFileWriter`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
 from trioraft.core.types import ConfState
-from trioraft.runtime.disk import DiskExecutor
+from trioraft.runtime.disk import DiskExecutor, PendingCall, start_call
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -156,8 +157,27 @@ class _Stored(Protocol):
 
 
 class SnapshotFileWriter:
-    """One file being written into a snapshot. Writes are buffered and flushed to disk in
-    chunks from a worker thread. Obtain it with ``async with writer.open(name) as f``."""
+    """One file being written into a snapshot. Obtain it with ``async with writer.open(name)
+    as f``.
+
+    Writes are gathered into chunks of the writer's chunk size (1 MiB by default; a write at
+    least that large is a chunk by itself) and each chunk goes to the store in a worker thread
+    while the saver produces the next one: :meth:`write` returns once a chunk is handed over,
+    and waits only while the file's previous chunk is still being written. So producing and
+    writing overlap, and memory stays bounded: per open file at most one chunk in the worker
+    thread and one being gathered, each smaller than the chunk size plus the largest single
+    write. A chunk handed over is never changed afterwards (a ``bytes`` object, or a read-only
+    view of one, is handed over as it is; other buffers are copied, since the caller may reuse
+    them).
+
+    A failed background write is raised by the file's next :meth:`write` or :meth:`aclose`
+    (and by every later one): never lost. Closing also runs in the background (it flushes and
+    fsyncs the file); :meth:`SnapshotWriter.aclose_all`, which trioraft calls before it
+    commits the snapshot, waits for every file's writes and close and raises any failure.
+    With an executor that cannot start calls in the background (see
+    :func:`trioraft.runtime.disk.start_call`) every chunk is written before :meth:`write`
+    returns.
+    """
 
     def __init__(self, name: str, raw: _SyncFile, disk: DiskExecutor, chunk_bytes: int) -> None:
         self._name = name
@@ -167,6 +187,11 @@ class SnapshotFileWriter:
         self._buf = bytearray()
         self._size = 0
         self._closed = False
+        self._close_started = False
+        #: the write (or close) running in the background, until its outcome is collected
+        self._pending: PendingCall[Any] | None = None
+        #: the first failure of a background call (raised again by every later call)
+        self._failure: BaseException | None = None
 
     @property
     def name(self) -> str:
@@ -179,37 +204,93 @@ class SnapshotFileWriter:
         return self._size
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data`` to the file.
+        """Append ``data`` to the file (see the class docstring for when it waits).
 
         Raises:
             ValueError: the file is closed.
+            StorageFailed: (or another exception of the store) this file's write failed
+                earlier, in the background.
         """
         if self._closed:
             raise ValueError(f"snapshot file {self._name!r} is closed")
-        self._size += len(data)
-        if not self._buf and len(data) >= self._chunk:
-            await self._disk(self._raw.write, bytes(data))
+        if self._failure is not None:
+            raise self._failure
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        self._size += n
+        if not self._buf and n >= self._chunk:
+            await self._submit(self._raw.write, _frozen(data))
             return
         self._buf += data
         if len(self._buf) >= self._chunk:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if self._buf:
-            # The buffer itself is handed over (the store takes any bytes-like object) and a
-            # new one started: no copy of the gathered bytes.
+            # The buffer itself is handed over and a new one started: no copy.
             chunk, self._buf = self._buf, bytearray()
-            await self._disk(self._raw.write, chunk)
+            await self._submit(self._raw.write, chunk)
+
+    async def _submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` after the file's previous call: in the background if possible."""
+        await self._settle()
+        pending = start_call(self._disk, fn, *args)
+        if pending is None:
+            await self._disk(fn, *args)
+        else:
+            self._pending = pending
+
+    async def _settle(self) -> None:
+        """Wait for the call in the background, if any; raise the file's failure, if any."""
+        await self._drain()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _drain(self) -> None:
+        """Wait for the call in the background and keep its failure (a cancelled wait leaves
+        the call pending: nothing the file uses may be released before it ends)."""
+        pending = self._pending
+        if pending is not None:
+            try:
+                await pending.wait()
+            except Exception as exc:
+                if self._failure is None:
+                    self._failure = exc
+            self._pending = None
 
     async def aclose(self) -> None:
-        """Flush and close the file (idempotent). Durability comes with the snapshot's commit."""
-        if self._closed:
-            return
+        """Flush and close the file (idempotent); the close (a flush and an fsync in the
+        store) may finish in the background. Durability comes with the snapshot's commit.
+
+        Raises:
+            StorageFailed: (or another exception of the store) a write of this file failed.
+        """
         self._closed = True
-        try:
-            await self._flush()
-        finally:
-            await self._disk(self._raw.close)
+        if self._close_started:
+            return
+        if self._buf:
+            chunk, self._buf = self._buf, bytearray()
+            await self._submit(self._raw.write, chunk)
+        self._close_started = True
+        await self._submit(self._raw.close)
+
+    async def _finish(self) -> None:
+        """:meth:`aclose`, then wait until the file is closed.
+
+        Raises:
+            StorageFailed: (or another exception of the store) a write or the close failed.
+        """
+        await self.aclose()
+        await self._settle()
+
+
+def _frozen(data: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """``data`` in a form the caller cannot change any more (a copy unless it is immutable)."""
+    if isinstance(data, bytes):
+        return data
+    if (
+        isinstance(data, memoryview)
+        and data.readonly
+        and isinstance(data.obj, bytes)
+        and data.c_contiguous
+    ):
+        return data if data.ndim == 1 and data.itemsize == 1 else data.cast("B")
+    return bytes(data)
 
 
 class SnapshotWriter:
@@ -247,7 +328,7 @@ class SnapshotWriter:
         self._chunk = chunk_bytes
         self._allow_reserved = False
         self._names: list[str] = []
-        self._open: set[SnapshotFileWriter] = set()
+        self._created: list[SnapshotFileWriter] = []
         self.user_meta: bytes = b""
 
     async def _write_runtime_file(self, name: str, data: bytes) -> None:
@@ -291,7 +372,7 @@ class SnapshotWriter:
         raw = await self._disk(self._builder.open_file, name)
         self._names.append(name)
         f = SnapshotFileWriter(name, raw, self._disk, self._chunk)
-        self._open.add(f)
+        self._created.append(f)
         return f
 
     @asynccontextmanager
@@ -302,7 +383,6 @@ class SnapshotWriter:
             yield f
         finally:
             await f.aclose()
-            self._open.discard(f)
 
     async def write_file(
         self,
@@ -326,10 +406,21 @@ class SnapshotWriter:
             return f.size
 
     async def aclose_all(self) -> None:
-        """Close files the saver left open (internal: called before commit or abort)."""
-        for f in list(self._open):
-            await f.aclose()
-        self._open.clear()
+        """Close every file and wait until all their writes and closes are done (internal:
+        called before commit).
+
+        Raises:
+            StorageFailed: (or another exception of the store) a write or close failed.
+        """
+        for f in self._created:
+            await f._finish()
+
+    async def _drain_all(self) -> None:
+        """Wait for every write or close still running in the background, without flushing
+        or raising (internal: before the snapshot is aborted, so no thread still writes into
+        its temporary directory). Shield it from cancellation."""
+        for f in self._created:
+            await f._drain()
 
 
 # -- reader -----------------------------------------------------------------------------------

@@ -5,12 +5,18 @@ The storage layer is synchronous. In production every call goes to a worker thre
 on a simulated file system under ``MockClock(autojump_threshold=0)`` use :data:`INLINE_DISK`
 instead: threads would make the mock clock jump while a worker is busy, and an in-memory file
 system is fast enough to run inline.
+
+Besides awaiting a call, a caller may start one and collect it later (:func:`start_call`, an
+executor's optional ``start``): the snapshot writer overlaps a chunk's write with producing the
+next that way. The worker-thread executors start the thread at once; :class:`InlineDisk` runs
+the call at once, so under the mock clock the file system still sees the program's order.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack
+from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple, Unpack
 
 import outcome
 import trio
@@ -20,8 +26,10 @@ __all__ = [
     "AdaptiveDisk",
     "DiskExecutor",
     "InlineDisk",
+    "PendingCall",
     "SerialThreadDisk",
     "ThreadDisk",
+    "start_call",
 ]
 
 T = TypeVar("T")
@@ -32,6 +40,75 @@ class DiskExecutor(Protocol):
     """Runs a blocking function and returns its result (or raises its exception)."""
 
     async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T: ...
+
+
+class PendingCall(Generic[T]):
+    """A blocking call started with :func:`start_call`: it runs (in a worker thread, or
+    already ran inline) while its starter goes on; :meth:`wait` collects the outcome."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._result: outcome.Value[T] | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """The call has returned or raised (its outcome may not be collected yet)."""
+        return self._done.is_set()
+
+    def _finish(self, result: outcome.Outcome[T]) -> None:
+        if isinstance(result, outcome.Value):
+            self._result = result
+        elif isinstance(result, outcome.Error):
+            self._error = result.error
+        self._done.set()
+
+    async def wait(self) -> T:
+        """Wait for the call to end (a checkpoint even if it already has) and return its result
+        or raise its exception; may be called again, with the same outcome. Cancelling the wait
+        does not stop the call: wait again (say, shielded) before touching what it uses.
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result.value
+
+
+def _start_thread(
+    fn: Callable[[], T], limiter: trio.CapacityLimiter | None = None
+) -> PendingCall[T]:
+    """Start ``fn`` in a worker thread now (no checkpoint, unlike ``trio.to_thread``)."""
+    pending: PendingCall[T] = PendingCall()
+    token = trio.lowlevel.current_trio_token()
+    if limiter is not None:
+        limiter.acquire_on_behalf_of_nowait(pending)  # raises WouldBlock when all are in use
+
+    def finish(result: outcome.Outcome[T]) -> None:
+        if limiter is not None:
+            limiter.release_on_behalf_of(pending)
+        pending._finish(result)
+
+    def deliver(result: outcome.Outcome[T]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # nobody is left to collect it
+            token.run_sync_soon(finish, result)
+
+    trio.lowlevel.start_thread_soon(fn, deliver)
+    return pending
+
+
+def start_call(
+    disk: DiskExecutor, fn: Callable[[Unpack[Ts]], T], *args: *Ts
+) -> PendingCall[T] | None:
+    """Start ``fn(*args)`` through ``disk`` without waiting for it, if ``disk`` can (it has a
+    ``start`` method, like the executors here): the caller then overlaps its own work with the
+    call. Returns ``None`` when it cannot; the caller then awaits ``disk(fn, *args)`` instead.
+    """
+    start = getattr(disk, "start", None)
+    if start is None:
+        return None
+    pending: PendingCall[T] | None = start(fn, *args)
+    return pending
 
 
 class ThreadDisk:
@@ -47,6 +124,15 @@ class ThreadDisk:
 
     async def __call__(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def start(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> PendingCall[T] | None:
+        """Start the call in a worker thread now (see :func:`start_call`); ``None`` when the
+        limiter has no token free."""
+        limiter = self._limiter or trio.to_thread.current_default_thread_limiter()
+        try:
+            return _start_thread(lambda: fn(*args), limiter)
+        except trio.WouldBlock:
+            return None
 
 
 class SerialThreadDisk:
@@ -74,6 +160,10 @@ class SerialThreadDisk:
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
+    def start(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> PendingCall[T]:
+        """Start the call in a worker thread now (see :func:`start_call`)."""
+        return _start_thread(lambda: fn(*args))
+
 
 class InlineDisk:
     """Runs each call directly on the event loop, then yields once (a checkpoint) so callers
@@ -83,6 +173,14 @@ class InlineDisk:
         result = fn(*args)
         await trio.lowlevel.checkpoint()
         return result
+
+    def start(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> PendingCall[T]:
+        """Run the call right now, inline (see :func:`start_call`): the returned call is
+        done, and its outcome is collected by ``await pending.wait()`` (a checkpoint), so the
+        order of file-system operations is exactly the program's."""
+        pending: PendingCall[T] = PendingCall()
+        pending._finish(outcome.capture(fn, *args))
+        return pending
 
 
 #: Nodes of this Trio run whose WAL uses an :class:`AdaptiveDisk` (see there).

@@ -9,18 +9,20 @@ between two applies, so the capture is exactly at the applied index, and returns
 saver with the index, term, configuration and address book at that index. The saver then runs
 *here*, in the snapshotter's task, while the FSM actor goes on applying newer entries. It writes
 through a :class:`~trioraft.statemachine.SnapshotWriter` into a builder in the store's temp
-directory. On success:
+directory; each file's chunks are written in a worker thread while the saver produces the next,
+and every such write has ended before the builder is committed or aborted. On success:
 
 1. ``builder.commit()``: files fsynced, meta written and fsynced, directory renamed into place,
    parent fsynced (the store's contract);
 2. the WAL actor records the snapshot marker (durable) - contract 2;
 3. the raft actor records the snapshot in the in-memory log and compacts it, keeping
    ``catchup_entries`` entries below the snapshot for slow followers;
-4. retention deletes old snapshots (never pinned ones) and the WAL releases segments below the
+4. the waiters (``snapshot()`` callers) get the snapshot; then, in the actor's next round,
+   retention deletes old snapshots (never pinned ones) and the WAL releases segments below the
    oldest snapshot still kept, so an older snapshot stays usable if the newest is damaged.
 
-On an exception or cancellation the builder is aborted (its temp directory removed), the
-failure is logged, and the node keeps serving.
+On an exception or cancellation the writes still running are waited for, the builder is
+aborted (its temp directory removed), the failure is logged, and the node keeps serving.
 
 Streaming to a follower (leader side): for each ``SnapshotRequest`` the core emits, a task pins
 the snapshot (retention cannot delete it meanwhile - contract 5), streams it with the
@@ -292,7 +294,10 @@ class Snapshotter:
             self.last_index = stored.index
             self.last_term = stored.term
         self.saves += 1
-        await self._retention()
+        # Retention (deleting older snapshots, releasing WAL segments) is housekeeping: the
+        # actor's next round does it, after the waiters have their snapshot.
+        self._housekeeping = True
+        self._wake.set()
         return stored
 
     async def _write(self, reason: str, captured: Captured) -> Any:
@@ -311,10 +316,14 @@ class Snapshotter:
                 )
                 try:
                     await captured.saver(writer)
+                    await writer._write_runtime_file(MEMBERS_FILE, encode_members(captured.members))
+                    # Every file's writes and close (fsync) done; a failure is raised here.
+                    await writer.aclose_all()
                 finally:
+                    # The writer's background writes end before the builder is committed or
+                    # aborted (its temporary directory removed), whatever happened.
                     with trio.CancelScope(shield=True):
-                        await writer.aclose_all()
-                await writer._write_runtime_file(MEMBERS_FILE, encode_members(captured.members))
+                        await writer._drain_all()
                 stored = await self._disk(builder.commit, writer.user_meta)
             if scope.cancelled_caught:
                 raise SnapshotFailed("snapshot save cancelled")
