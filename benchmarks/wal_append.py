@@ -102,7 +102,7 @@ def _round(
     bufs: Sequence[bytes],
     *,
     raw_only: bool = False,
-    prezero: bool = False,
+    prezero: bool | None = None,
 ) -> tuple[float, float, float, float]:
     """One round: WAL saves and raw writes interleaved save by save (alternating which goes
     first), so both see the same background disk and CPU conditions. Each batch of entries is
@@ -157,12 +157,13 @@ def run(
     entry_bytes: int,
     saves: int | None = None,
     rounds: int | None = None,
-    prezero: bool = False,
+    prezero: bool | None = None,
 ) -> dict[str, Any]:
     """Run every batch size; returns the result dict (also the JSON document).
 
     ``saves`` and ``rounds`` override the mode's counts (the smoke test uses tiny ones);
-    ``prezero`` opens the WAL with pre-zeroed segments (``Config.wal_prezero``)."""
+    ``prezero`` turns the WAL's pre-zeroed segments on or off (``None``: the WAL's default, off;
+    ``Config.wal_prezero``)."""
     counts = {1: 300, 64: 200, 1024: 40} if quick else {1: 2000, 64: 1000, 1024: 200}
     if saves is not None:
         counts = dict.fromkeys(counts, saves)
@@ -172,7 +173,7 @@ def run(
         "benchmark": "wal_append",
         "quick": quick,
         "entry_bytes": entry_bytes,
-        "prezero": prezero,
+        "prezero": bool(prezero),
         "rounds": rounds,
         "dir": work,
         "python": sys.version.split()[0],
@@ -253,7 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--entry-bytes", type=int, default=256, help="payload bytes per entry (256)")
     p.add_argument(
-        "--prezero", action="store_true", help="WAL with pre-zeroed segments (Config.wal_prezero)"
+        "--prezero",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pre-zeroed WAL segments on or off (default: the WAL's default, off)",
     )
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="trioraft-wal-bench-", dir=args.dir)

@@ -108,11 +108,14 @@ class Config:
         fsync: fsync the WAL and snapshots (on). Off trades crash safety for speed (benchmarks,
             tests); a node that lost unsynced data must not rejoin its cluster.
         wal_segment_bytes: WAL segment size (64 MiB).
-        wal_prezero: start every WAL segment zero-filled and synced (off). Appends then
-            overwrite written blocks and each fdatasync has no metadata to journal (on the
-            benchmark VM: 145 instead of 216 µs for a small synced write, 290 instead of 515 µs
-            for 266 KB), at the price of writing every WAL byte twice: a background thread
-            zero-fills the next segment, which competes with snapshot writes for the disk.
+        wal_prezero: start WAL segments zero-filled and synced (off). Appends then overwrite
+            written blocks and each fdatasync has no metadata to journal (on the benchmark VM: 145
+            instead of 216 µs for a small synced write, 290 instead of 515 µs for 266 KB). The
+            price is more disk writes: a background thread zero-fills the next segment at up
+            to 16 MiB/s (``trioraft.storage.wal.PREPARE_BYTES_PER_S``), so a WAL written faster
+            than that gets segments zeroed only in part. Off by default: on the benchmark VM
+            those extra writes slowed the snapshot saves and installs that followed
+            (docs/storage.md).
     """
 
     id: int

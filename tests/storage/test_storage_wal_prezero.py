@@ -16,7 +16,7 @@ from storage_helpers import ents
 
 from trioraft import cli
 from trioraft.core.types import Entry, HardState, SnapshotMeta
-from trioraft.errors import StorageFailed
+from trioraft.errors import StorageCorrupted, StorageFailed
 from trioraft.storage.fs import FileSystem, SimulatedCrash, SimulatedFileSystem
 from trioraft.storage.records import FRAME_HEADER
 from trioraft.storage.wal import WAL, prepare_name, segment_name
@@ -242,13 +242,13 @@ def test_close_stops_a_running_preparation_real_fs(tmp_path: object) -> None:
 def test_real_fs_rolls_into_background_prepared_segments(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
     seg = 256 << 10
-    wal, _ = WAL.open(d, segment_bytes=seg, prezero=True)
+    wal, _ = WAL.open(d, segment_bytes=seg, prezero=True, prepare_rate=None)
     for i in range(1, 200):
         wal.save(ents(i, i, tag=b"z" * 4000), HardState(1, 1, i - 1))
     paths = wal.segment_paths()
     wal.close()
     assert len(paths) > 2 and prepare_threads() == []
-    # waiting for a started preparation means every segment was zero-filled ahead
+    # unthrottled, each preparation writes its segment in one piece before the cut takes it
     assert all(os.path.getsize(p) >= seg for p in paths)
     wal, c = WAL.open(d, segment_bytes=seg, prezero=True)
     wal.close()
@@ -333,3 +333,128 @@ def test_a_new_wal_zero_fills_only_a_bounded_part_of_its_first_segment(
     assert len(paths) > 2 and all(len(fs.read_bytes(p)) >= 8192 for p in paths[1:])
     _, e, _ = open_sync(fs, segment_bytes=8192)
     assert [x.index for x in e] == list(range(1, 60))
+
+
+BIG = 8 << 20  # several zero pieces after the frames
+
+
+class CountingFS(SimulatedFileSystem):
+    """Remembers the largest single read (the most a reader held of a file at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest_read = 0
+
+    def read(self, fd: int, n: int) -> bytes:
+        out = super().read(fd, n)
+        self.largest_read = max(self.largest_read, len(out))
+        return out
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        out = super().pread(fd, n, offset)
+        self.largest_read = max(self.largest_read, len(out))
+        return out
+
+
+def test_reopening_reads_the_frames_not_the_zeros() -> None:
+    fs = CountingFS()
+    wal, *_ = open_sync(fs, BIG)
+    wal.save(ents(1, 50, tag=b"x" * 100), HardState(1, 1, 0))
+    wal.close()
+    fs.largest_read = 0
+    wal, e, hs = open_sync(fs, BIG)
+    wal.close()
+    assert e == ents(1, 50, tag=b"x" * 100) and hs == HardState(1, 1, 0)
+    # an 8 MiB segment holding a few KiB was never read into memory whole
+    assert 0 < fs.largest_read <= 1 << 20
+
+
+@pytest.mark.parametrize("prezero", [True, False])
+def test_an_entry_ending_in_megabytes_of_zeros_survives_reopen(prezero: bool) -> None:
+    fs = SimulatedFileSystem()
+    wal, _ = WAL.open(D, fs=fs, segment_bytes=BIG, prezero=prezero, background=False)
+    zeros = Entry(1, 2, data=b"z" + bytes(3 << 20))  # its frame ends in three zero pieces
+    wal.save([*ents(1, 1), zeros], HardState(1, 1, 0))
+    wal.close()
+    wal, e, _ = open_sync(fs, BIG)
+    wal.close()
+    assert e == [*ents(1, 1), zeros]
+    assert not [n for n in fs.listdir(D) if n.endswith(".broken")]
+
+
+def test_damage_before_the_zero_pieces_gets_the_whole_file_verdict() -> None:
+    fs = SimulatedFileSystem()
+    wal, *_ = open_sync(fs, BIG)
+    for i in range(1, 6):
+        wal.save(ents(i, i, tag=b"payload" * 20), HardState(1, 0, i - 1))
+    path = wal.segment_paths()[-1]
+    wal.close()
+    clean = fs.read_bytes(path)
+    end = frames_end(clean)
+    # a torn last write: repaired, the original kept whole (zeros included) beside it
+    torn = bytearray(clean)
+    torn[end - 40 : end] = bytes(40)
+    fs.write_bytes(path, bytes(torn))
+    wal, e, _ = open_sync(fs, BIG)
+    wal.close()
+    assert [x.index for x in e] == [1, 2, 3, 4]
+    assert fs.read_bytes(path + ".broken") == bytes(torn)
+    # a flipped byte in an earlier frame: corruption, named with its offset
+    fs.remove(path + ".broken")
+    bad = bytearray(clean)
+    bad[40] ^= 0xFF
+    fs.write_bytes(path, bytes(bad))
+    with pytest.raises(StorageCorrupted, match=os.path.basename(path)):
+        open_sync(fs, BIG)
+
+
+class FirstZerosFS(SimulatedFileSystem):
+    """Signals once a preparation has written its first piece of zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_piece = threading.Event()
+
+    def write(self, fd: int, data: bytes) -> None:  # type: ignore[override]
+        super().write(fd, data)
+        if self._fd(fd).path.endswith(".prepare"):
+            self.first_piece.set()
+
+
+def test_a_cut_takes_the_next_segment_as_far_as_its_zero_fill_got() -> None:
+    fs = FirstZerosFS()
+    fs.tracing = True
+    seg = 4 << 20
+    # 64 KiB/s: after its first 1 MiB piece the thread waits about 16 s before the next
+    wal, _ = WAL.open(
+        D, fs=fs, segment_bytes=seg, prezero=True, background=True, prepare_rate=64 << 10
+    )
+    wal.save(ents(1, 1), HardState(1, 1, 0))  # the first append starts the preparation
+    assert fs.first_piece.wait(30)
+    i = 1
+    while len(wal.segment_paths()) < 2:
+        i += 1
+        wal.save(ents(i, i, tag=b"x" * (256 << 10)), HardState(1, 1, i - 1))
+    new = wal.segment_paths()[-1]
+    # the cut did not wait for the rest: it took the zeroed first piece, synced
+    assert renamed_from_prepare(fs, new)
+    assert len(fs.durable_bytes(new)) == 1 << 20
+    assert "trioraft-wal-prepare-1" not in [t.name for t in prepare_threads()]
+    last = i
+    while len(fs.read_bytes(new)) <= 1 << 20:  # appends run past the zeros, as into a plain file
+        last += 1
+        wal.save(ents(last, last, tag=b"y" * (128 << 10)), HardState(1, 1, last - 1))
+    wal.close()
+    assert prepare_threads() == []
+    _, e, hs = open_sync(fs, seg)
+    assert [x.index for x in e] == list(range(1, last + 1)) and hs == HardState(1, 1, last - 1)
+
+
+def test_prezero_is_off_by_default(tmp_path: object) -> None:
+    d = os.path.join(str(tmp_path), "wal")
+    wal, _ = WAL.open(d, segment_bytes=2 << 20)
+    assert os.path.getsize(wal.segment_paths()[0]) < 4096
+    wal.close()
+    wal, _ = WAL.open(os.path.join(str(tmp_path), "wal2"), segment_bytes=2 << 20, prezero=True)
+    assert os.path.getsize(wal.segment_paths()[0]) == 2 << 20
+    wal.close()

@@ -24,7 +24,7 @@ Theory of operation.
   state: the call raises :class:`~trioraft.errors.StorageFailed` and so does every later write
   (after a failed fsync the page cache can no longer be trusted). Space is reserved ahead of small
   writes (:meth:`WAL._reserve`), so a small synced append overwrites blocks the file already has.
-* Pre-zeroed segments (on by default on the real file system). An ``fdatasync`` after
+* Pre-zeroed segments (opt-in). An ``fdatasync`` after
   overwriting blocks that were already written and synced has no block allocation, extent
   conversion or size change to journal: on ext4 it is about 45% faster for a 266 KB append and a
   third faster for a 300-byte one (blocks merely reserved with ``posix_fallocate`` gain nothing
@@ -32,15 +32,20 @@ Theory of operation.
   and synced under the name ``<seq>.wal.prepare`` before use; starting it writes its header over
   the zeros, syncs, renames the file to its segment name and fsyncs the directory. A segment
   name therefore always holds a valid header, and zeros (a clean end) after its last frame. The
-  next segment is zero-filled by a thread of the WAL once the current one is half full, and
-  :meth:`WAL._cut` waits for it if needed (like etcd's file pipeline; PostgreSQL zero-fills its
-  WAL segments for the same reason); without a thread (``background=False``, the default off
-  the real file system) it is zero-filled when started. A new WAL's first segment is zero-filled
-  by :meth:`WAL.open` itself, up to :data:`FIRST_SEGMENT_ZEROED_BYTES` (the whole default 64 MiB
-  segment: opening a fresh WAL takes about 70 ms more on a VM disk, once per node's life; a
-  larger segment's rest grows as before). A failed zero-fill (a
-  full disk) is logged and the segment started as a plain file; stale ``.prepare`` files are
-  removed on open.
+  next segment is zero-filled by a thread of the WAL from the current segment's first append
+  on, at a bounded rate (:data:`PREPARE_BYTES_PER_S`): zeros are extra disk writes, and on a
+  disk with a write budget (a cloud VM's) every byte written costs later writers bandwidth, so
+  the zero-fill may only take a bounded share. A cut stops the thread and takes the file as far
+  as it got (synced); a WAL written faster than the rate appends past the zeros as into a plain
+  file (like etcd's file pipeline; PostgreSQL zero-fills its WAL segments for the same reason).
+  Without a thread (``background=False``, the default off the real file system) a segment is
+  zero-filled when started. A new WAL's first segment is zero-filled by :meth:`WAL.open`
+  itself, up to :data:`FIRST_SEGMENT_ZEROED_BYTES` (the whole default 64 MiB segment: opening a
+  fresh WAL takes about 70 ms more on a VM disk, once per node's life; a larger segment's rest
+  grows as before). A failed zero-fill (a full disk) is logged and the segment started as a
+  plain file; stale ``.prepare`` files are removed on open. Replay reads a segment only up to
+  its trailing whole megabytes of zeros (checked, not kept in memory), so opening a WAL does
+  not cost a segment's size in memory.
   The encoding of a large batch is a few passes over the entries that run from the CPU cache
   while the batch is fresh, so everything touching the entries, and the writer's bookkeeping,
   happens before the fdatasync, not after its sleep (a failed fdatasync puts the bookkeeping
@@ -78,6 +83,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
@@ -133,6 +139,11 @@ _PREPARE_RE = re.compile(r"^[0-9a-f]{16}\.wal\.prepare$")
 #: zeros are written in pieces of this size (and a cancelled preparation stops between pieces)
 _ZERO_CHUNK: Final = 1 << 20
 _ZEROS = bytes(_ZERO_CHUNK)
+#: a zero-fill syncs what it wrote each time it has written this much more
+_ZERO_SYNC_EVERY: Final = 4 << 20
+#: how fast the background thread zero-fills the next segment (bytes per second): a bounded
+#: share of the disk's bandwidth, so the doubled WAL writes never crowd out other writers
+PREPARE_BYTES_PER_S: Final = 16 << 20
 #: how much of a new WAL's first segment :meth:`WAL.open` zero-fills (it waits for that)
 FIRST_SEGMENT_ZEROED_BYTES: Final = 64 << 20
 
@@ -149,26 +160,43 @@ def prepare_name(seq: int) -> str:
 
 def _default_prezero(fs: FileSystem) -> bool:
     """Pre-zeroing is opt-in (``Config.wal_prezero``): it makes every fdatasync cheaper but
-    doubles the WAL's disk writes, and on the benchmark VM the background zero-fill slowed
-    concurrent snapshot saves about twofold (docs/storage.md)."""
+    writes more, and on the benchmark VM's disk those extra writes slowed snapshot saves and
+    installs that followed (docs/storage.md)."""
     return False
 
 
-def _zero_fill(fs: FileSystem, path: str, length: int, cancelled: threading.Event | None) -> int:
-    """Create ``path`` holding ``length`` zero bytes, written and fdatasync'ed; returns its open
-    descriptor (or -1 if ``cancelled`` was set on the way; the file is left for the caller to
-    remove). On failure the file is closed and removed and the error raised."""
+def _zero_fill(
+    fs: FileSystem,
+    path: str,
+    length: int,
+    stop: threading.Event | None = None,
+    rate: float | None = None,
+) -> tuple[int, int]:
+    """Create ``path`` and zero-fill it to ``length`` bytes, written and fdatasync'ed; returns
+    its open descriptor and how many bytes were zero-filled.
+
+    ``stop`` ends the work early: what was written so far is synced and returned (the caller
+    may use the file as far as it is zeroed). ``rate`` bounds the bytes written per second
+    (the background preparation spends only a bounded share of the disk's bandwidth). On
+    failure the file is closed and removed and the error raised."""
     fd = fs.open(path, "w")
     try:
-        done = 0
-        while done < length:
-            if cancelled is not None and cancelled.is_set():
-                fs.close(fd)
-                return -1
+        done = synced = 0
+        began = time.monotonic()
+        while done < length and not (stop is not None and stop.is_set()):
             n = min(_ZERO_CHUNK, length - done)
             fs.write(fd, _ZEROS if n == _ZERO_CHUNK else _ZEROS[:n])
             done += n
-        fs.fdatasync(fd)
+            if done - synced >= _ZERO_SYNC_EVERY:
+                # synced as it goes, so a segment taken early waits for little more than a piece
+                fs.fdatasync(fd)
+                synced = done
+            if rate is not None and stop is not None:
+                ahead = began + done / rate - time.monotonic()
+                if ahead > 0:
+                    stop.wait(ahead)
+        if done > synced:
+            fs.fdatasync(fd)
     except BaseException:
         try:
             fs.close(fd)
@@ -176,23 +204,28 @@ def _zero_fill(fs: FileSystem, path: str, length: int, cancelled: threading.Even
         except OSError:
             pass
         raise
-    return fd
+    return fd, done
 
 
 class _Prepared:
-    """The pre-zeroed file for segment ``seq``, zero-filled by a background thread.
+    """The file for segment ``seq``, zero-filled by a background thread at a bounded rate.
 
     The thread only writes ``<seq>.wal.prepare``, a name the WAL never reads; the WAL takes the
-    file over (:meth:`take`) when it starts segment ``seq``, or drops it (:meth:`discard`)."""
+    file over (:meth:`take`, as far as it is zeroed) when it starts segment ``seq``, or drops
+    it (:meth:`discard`)."""
 
-    def __init__(self, fs: FileSystem, directory: str, seq: int, length: int) -> None:
+    def __init__(
+        self, fs: FileSystem, directory: str, seq: int, length: int, rate: float | None
+    ) -> None:
         self.fs = fs
         self.seq = seq
         self.path = os.path.join(directory, prepare_name(seq))
         self.length = length
+        self.rate = rate
         self.fd = -1
+        self.zeroed = 0
         self.error: BaseException | None = None
-        self.cancelled = threading.Event()
+        self.stop = threading.Event()
         self.thread = threading.Thread(
             target=self._run, name=f"trioraft-wal-prepare-{seq}", daemon=True
         )
@@ -202,14 +235,17 @@ class _Prepared:
 
     def _run(self) -> None:
         try:
-            self.fd = _zero_fill(self.fs, self.path, self.length, self.cancelled)
+            self.fd, self.zeroed = _zero_fill(self.fs, self.path, self.length, self.stop, self.rate)
         except BaseException as exc:  # reported by take(); a thread has no one to raise to
             self.error = exc
 
-    def take(self) -> int | None:
-        """Wait for the zero-fill; its descriptor, or ``None`` if it failed (logged)."""
+    def take(self) -> tuple[int, int] | None:
+        """Stop the zero-fill (what is written gets synced) and hand over the file: its
+        descriptor and how far it is zeroed; ``None`` if it failed (logged) or holds no zeros
+        yet (removed)."""
+        self.stop.set()
         self.thread.join()
-        if self.error is not None or self.fd < 0:
+        if self.error is not None:
             log.warning(
                 "WAL %s: preparing segment %d failed (%s); starting it without zeros",
                 os.path.dirname(self.path),
@@ -217,12 +253,15 @@ class _Prepared:
                 self.error,
             )
             return None
+        if self.zeroed == 0:
+            self.discard()
+            return None
         fd, self.fd = self.fd, -1
-        return fd
+        return fd, self.zeroed
 
     def discard(self) -> None:
         """Stop the zero-fill, wait for the thread, close and remove the file."""
-        self.cancelled.set()
+        self.stop.set()
         if self.thread.ident is not None:
             self.thread.join()
         fd, self.fd = self.fd, -1
@@ -290,8 +329,10 @@ class WAL:
         segment_bytes: int,
         prezero: bool = False,
         background: bool = False,
+        prepare_rate: float | None = PREPARE_BYTES_PER_S,
     ) -> None:
         """Internal: use :meth:`WAL.open`."""
+        self._prepare_rate = prepare_rate
         self._fs = fs
         self._dir = directory
         self._lock: FileLock | None = lock
@@ -334,6 +375,7 @@ class WAL:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         prezero: bool | None = None,
         background: bool | None = None,
+        prepare_rate: float | None = PREPARE_BYTES_PER_S,
     ) -> tuple[WAL, WalContents]:
         """Open (creating if empty) the WAL in ``directory`` and read it back.
 
@@ -350,6 +392,9 @@ class WAL:
             background: zero-fill the next segment on a thread of the WAL while the current one
                 fills up (``None``: on for the real file system); otherwise segments are zero-filled
                 when started, inline. The first segment of a new WAL is always zero-filled inline.
+            prepare_rate: bytes per second the background zero-fill writes at most (``None``:
+                as fast as the disk takes them). A segment started before its file is wholly
+                zero-filled uses it as far as it got, and grows past that as a plain file.
 
         Returns:
             The open WAL (holding the directory lock until :meth:`close`) and its contents.
@@ -360,7 +405,12 @@ class WAL:
                 segment, or no marker at or below ``at``.
         """
         wal, scan = cls._open_scan(
-            directory, fs=fs, segment_bytes=segment_bytes, prezero=prezero, background=background
+            directory,
+            fs=fs,
+            segment_bytes=segment_bytes,
+            prezero=prezero,
+            background=background,
+            prepare_rate=prepare_rate,
         )
         try:
             contents = wal._replay(scan, at)
@@ -378,6 +428,7 @@ class WAL:
         segment_bytes: int,
         prezero: bool | None = None,
         background: bool | None = None,
+        prepare_rate: float | None = PREPARE_BYTES_PER_S,
     ) -> tuple[WAL, _Scan]:
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
@@ -399,6 +450,7 @@ class WAL:
             segment_bytes=segment_bytes,
             prezero=_default_prezero(fs) if prezero is None else prezero,
             background=fs is REAL_FS if background is None else background,
+            prepare_rate=prepare_rate,
         )
         try:
             scan = wal._scan()
@@ -418,8 +470,12 @@ class WAL:
             while i < len(segments):
                 seg = segments[i]
                 last = i == len(segments) - 1
-                data = read_file(fs, seg.path)
+                data, size = _read_segment(fs, seg.path)
                 records, end, crc, damage = _parse(data)
+                if damage is not None and len(data) < size:
+                    # The damage may lie in the part not read: judge it on the whole file.
+                    data = read_file(fs, seg.path)
+                    records, end, crc, damage = _parse(data)
                 if not records and last and (damage is None or damage.torn):
                     # nothing valid at all: an interrupted segment start; set it aside
                     self._set_aside(seg, data, damage or _Damage(0, "empty segment", True))
@@ -597,7 +653,7 @@ class WAL:
         (logged: a full disk costs speed here, the appends themselves then fail loudly)."""
         path = os.path.join(self._dir, prepare_name(seq))
         try:
-            return _zero_fill(self._fs, path, length, None)
+            return _zero_fill(self._fs, path, length)[0]
         except OSError as exc:
             log.warning(
                 "WAL %s: cannot zero-fill segment %d ahead of use (%s); starting it without zeros",
@@ -610,7 +666,9 @@ class WAL:
     def _segment_opened(self) -> None:
         """A segment was opened for appending: decide when :meth:`_append` looks again."""
         if self._background and self._prepared is None:
-            self._next_check = self._segment_bytes // 2
+            # the next segment is prepared from the first append on: at a bounded rate it
+            # needs the time it takes to fill this one
+            self._next_check = 0
         else:
             self._next_check = self._segment_bytes
 
@@ -969,13 +1027,19 @@ class WAL:
         self._allocated = end
 
     def _roll_check(self) -> None:
-        """The current segment is full (start the next one) or half full (start zero-filling
-        the next one in the background, so it is ready when this one is full)."""
+        """The current segment is full (start the next one), or has just been opened (start
+        zero-filling the next one in the background, so it is ready when this one is full)."""
         if self._offset >= self._segment_bytes:
             self._cut()
             return
         self._next_check = self._segment_bytes
-        prep = _Prepared(self._fs, self._dir, self._segments[-1].seq + 1, self._segment_bytes)
+        prep = _Prepared(
+            self._fs,
+            self._dir,
+            self._segments[-1].seq + 1,
+            self._segment_bytes,
+            self._prepare_rate,
+        )
         try:
             prep.start()
         except RuntimeError as exc:  # cannot start a thread: only costs speed
@@ -985,8 +1049,9 @@ class WAL:
 
     def _cut(self) -> None:
         """Start a new segment: header and current hard state synced, then the directory; into
-        the zero-filled file prepared for it when there is one (waiting for the background
-        thread to finish it), else as a plain file."""
+        the zero-filled file prepared for it when there is one (as far as the background
+        thread got: a writer faster than the zero-fill rate appends past the zeros), else as a
+        plain file."""
         fs = self._fs
         prev = self._segments[-1]
         seq = prev.seq + 1
@@ -995,11 +1060,15 @@ class WAL:
         header = SegmentHeader(seq=seq, first_index=first, prev_crc=self._crc, hard_state=self._hs)
         parts, crc, size = _frame(header, 0)
         prepared: int | None = None
+        zeroed = 0
         prep, self._prepared = self._prepared, None
         if prep is not None:
-            prepared = prep.take()
+            taken = prep.take()
+            if taken is not None:
+                prepared, zeroed = taken
         elif self._prezero and not self._background:
             prepared = self._prepare_inline(seq, self._segment_bytes)
+            zeroed = self._segment_bytes
         try:
             fd = self._start_segment(seg, [parts], prepared)
         except OSError as exc:
@@ -1008,7 +1077,7 @@ class WAL:
         self._fd = fd
         self._segments.append(seg)
         self._offset = size
-        self._allocated = size if prepared is None else max(size, self._segment_bytes)
+        self._allocated = max(size, zeroed)
         self._crc = crc
         self._segment_opened()
         if old is not None:
@@ -1120,6 +1189,33 @@ def _check_header(
         if isinstance(rec, SegmentHeader):
             return f"unexpected segment header at offset {off}"
     return None
+
+
+def _read_segment(fs: FileSystem, path: str) -> tuple[bytes, int]:
+    """A segment's bytes up to where only whole zero pieces (aligned :data:`_ZERO_CHUNK`
+    pieces) follow, and the file's size.
+
+    A pre-zeroed segment is mostly zeros after its last frame: replay must know they are zeros
+    (a clean end) but need not hold them, which for a 64 MiB segment of a few records would
+    cost 64 MiB of memory at every start. The zero pieces are checked from the end backwards,
+    one piece in memory at a time. The prefix returned is what :func:`_parse` reads; if it
+    finds damage there, the caller parses the whole file instead (a frame may run into the
+    pieces left out, say one whose entry data ends in a megabyte of zeros), so the verdict on a
+    segment is always the one the whole file gives.
+    """
+    fd = fs.open(path, "r")
+    try:
+        size = fs.fsize(fd)
+        end = size
+        while end > 0:
+            start = (end - 1) // _ZERO_CHUNK * _ZERO_CHUNK
+            if not _all_zero(fs.pread(fd, end - start, start), 0, end - start):
+                break
+            end = start
+        fs.seek(fd, 0)
+        return (fs.read(fd, end) if end else b""), size
+    finally:
+        fs.close(fd)
 
 
 def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage | None]:
