@@ -14,14 +14,18 @@ connection of purpose ``"snapshot"``. The files are treated as one byte sequence
    the same source supersedes (aborts) the partial one; an already committed one is answered
    with :class:`SnapshotDone` at once.
 3. The sender keeps at most ``window`` chunks unacknowledged (credits). Each chunk carries a
-   CRC32C; the receiver checks it and queues the chunk for its writer task, which writes what
-   has queued up into the snapshot builder (``write_at``, one worker-thread call for several
-   chunks) and then acknowledges each chunk with the position it reached: receiving overlaps
-   writing, and an acknowledgement still means "written". Memory on both sides is thus bounded
-   by ``window * chunk_size`` (plus the one chunk the sender reads ahead while it waits for a
-   credit) whatever the snapshot size. The receiver also keeps a running CRC32C per file,
-   extended with each chunk's already checked CRC (CRC combination, so the bytes are
-   checksummed once), and checks it against the offer when the file is complete.
+   CRC32C. The receiver reads each chunk's payload straight into a reusable buffer (see
+   :meth:`FramedStream.receive_chunk`), checks where it goes and queues it for its writer task,
+   which checks the CRCs of what has queued up and writes it into the snapshot builder
+   (``write_at``), both in one worker-thread call, and then acknowledges each chunk with the
+   position it reached: receiving overlaps checking and writing, and an acknowledgement still
+   means "written". Memory on both sides is thus bounded by ``window * chunk_size`` (plus the
+   one chunk the sender reads ahead while it waits for a credit) whatever the snapshot size.
+   The receiver also keeps a running CRC32C per file, extended with each chunk's checked CRC
+   (CRC combination, so the bytes are checksummed once; the builder is handed the running
+   value instead of computing its own), and checks it against the offer when the file is
+   complete. A chunk failing its own CRC ends the connection after the chunks before it are
+   written and acknowledged; the sender resumes from there.
 4. After the last chunk the receiver commits the builder (fsyncs, atomic rename; it sends
    :class:`SnapshotKeepalive` while that runs), hands the stored snapshot and the request to its
    handler, and answers :class:`SnapshotDone`.
