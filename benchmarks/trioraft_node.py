@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import mmap
 import os
 import resource
 import struct
@@ -80,16 +81,24 @@ class BenchMachine:
     restore reads every file whole and builds its key index with C-level passes, but makes no
     Python object per value (measured for 256 MiB of 1 KiB values: about 0.25 s instead of
     0.65 s, most of what is left being the page faults of the memory the values are read
-    into). The loaded values stay in memory as long as any of them is live; the next snapshot
-    holds only the live ones.
+    into). With ``--map-values`` (``map_values_from``) the values file is mapped from the
+    snapshot store instead of read, so a restore costs about the key index alone (64 MiB:
+    0.035 s instead of 0.05-0.07 s); the values then live in the page cache, not in the
+    process's anonymous memory, and do not count in its RSS until read. The loaded values stay
+    in memory as long as any of them is live; the next snapshot holds only the live ones.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, map_values_from: str | None = None) -> None:
         self.data: dict[bytes, bytes] = {}
         #: keys loaded by the last restore (and not put since) -> their record numbers
         self._base: dict[bytes, int] = {}
         #: the loaded values back to back, the offset of each (and the end), each one's length
-        self._blob = b""
+        self._blob: bytes | mmap.mmap = b""
+        #: a snapshot store directory (``<data-dir>/snap``) whose ``values.bin`` files a restore
+        #: maps into memory instead of reading (``--map-values``); None: always read
+        self.map_values_from = map_values_from
+        #: whether the last restore mapped its values file
+        self.values_mapped = False
         self._offsets = array("q", [0])
         self._lengths = array("I")
         self.value_bytes = 0
@@ -136,7 +145,11 @@ class BenchMachine:
         yield from self.data.items()
 
     def _set_base(
-        self, base: dict[bytes, int], blob: bytes, offsets: array[int], lengths: array[int]
+        self,
+        base: dict[bytes, int],
+        blob: bytes | mmap.mmap,
+        offsets: array[int],
+        lengths: array[int],
     ) -> None:
         self._base = base
         self._blob = blob
@@ -220,19 +233,25 @@ class BenchMachine:
         self.hwm_before_restore_kib = status_kib("VmHWM")
         self.rss_before_restore_kib = status_kib("VmRSS")
         base: dict[bytes, int] = {}
-        blob = b""
+        blob: bytes | mmap.mmap = b""
         offsets = array("q", [0])
         vlens = array("I")
+        self.values_mapped = False
         if INDEX_FILE in reader.files:
             # The values file, by far the largest, is read in a worker thread (the disk
             # executor's) while this task builds the key index; failures of either are raised
             # once both are done, as themselves.
             errors: list[Exception] = []
-            blobs: list[bytes] = []
+            blobs: list[bytes | mmap.mmap] = []
 
             async def read_values() -> None:
                 try:
-                    blobs.append(await _read_all(reader, VALUES_FILE))
+                    mapped = self._map_values(reader)
+                    if mapped is not None:
+                        self.values_mapped = True
+                        blobs.append(mapped)
+                    else:
+                        blobs.append(await _read_all(reader, VALUES_FILE))
                 except Exception as exc:
                     errors.append(exc)
 
@@ -257,6 +276,29 @@ class BenchMachine:
         self.restore_end_cpu = time.process_time()
         self.restore_end_faults = _minor_faults()
         self._reached(reader.index)
+
+    def _map_values(self, reader: SnapshotReader) -> mmap.mmap | None:
+        """``values.bin`` of the snapshot being restored, mapped read-only, when
+        :attr:`map_values_from` is set and the file is there with the expected size; else None
+        (the caller reads it). The store's directory layout (``<index:020d>-<term:020d>/``) is
+        documented; a committed snapshot's files are never modified, only removed (which leaves
+        a mapping valid on POSIX)."""
+        if self.map_values_from is None:
+            return None
+        size = reader.size(VALUES_FILE)
+        if size == 0:
+            return None  # an empty file cannot be mapped
+        path = os.path.join(self.map_values_from, f"{reader.index:020d}-{reader.term:020d}")
+        try:
+            fd = os.open(os.path.join(path, VALUES_FILE), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size != size:
+                return None
+            return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
 
 
 async def _key_index(reader: SnapshotReader) -> tuple[dict[bytes, int], array[int]]:
@@ -592,7 +634,7 @@ async def main_async(args: argparse.Namespace) -> None:
         peers={p: a for p, a in peers.items() if p != args.id},
         **config.transport_options(),
     )
-    fsm = BenchMachine()
+    fsm = BenchMachine(os.path.join(args.data_dir, "snap") if args.map_values else None)
     snaplog = _SnapshotLog()
     logging.getLogger("trioraft").addHandler(snaplog)
     async with open_raft_node(config, fsm, data_dir=args.data_dir, transport=transport) as node:
@@ -634,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot-window", type=int, default=None, help="default: library's")
     p.add_argument(
         "--backoff-max", type=float, default=None, help="transport reconnect cap (library's)"
+    )
+    p.add_argument(
+        "--map-values",
+        action="store_true",
+        help="restores map values.bin from the snapshot store instead of reading it",
     )
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)

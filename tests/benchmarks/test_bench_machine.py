@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,10 @@ class FakeReader:
         self.step = step
         self.files = tuple(files)
         self.index = 5
+        self.term = 2
+
+    def size(self, name: str) -> int:
+        return len(self.blobs[name])
 
     async def iter_file(self, name: str, chunk_bytes: int | None = None) -> AsyncIterator[bytes]:
         blob = self.blobs[name]
@@ -163,3 +168,30 @@ async def test_a_truncated_state_file_is_refused(which: str) -> None:
     files[which] = files[which][:-3]
     with pytest.raises(ValueError, match=r"truncated|do not hold|the index says"):
         await BenchMachine().restore(FakeReader(files, 5))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layout", ["present", "missing", "wrong-size"])
+async def test_a_restore_maps_the_values_file_when_it_is_in_the_store(
+    tmp_path: Path, layout: str
+) -> None:
+    """With ``map_values_from`` a restore maps ``values.bin`` from the store's snapshot
+    directory (read-only) and gives the same state; a missing file or one of another size is
+    read through the reader instead."""
+    source = _machine(3)
+    files = await _saved(source)
+    reader = FakeReader(files, 1 << 20)
+    snap = tmp_path / f"{reader.index:020d}-{reader.term:020d}"
+    snap.mkdir()
+    if layout != "missing":
+        on_disk = files[VALUES_FILE] + (b"x" if layout == "wrong-size" else b"")
+        (snap / VALUES_FILE).write_bytes(on_disk)
+    restored = BenchMachine(str(tmp_path))
+    await restored.restore(reader)  # type: ignore[arg-type]
+    assert restored.values_mapped is (layout == "present")
+    assert _state(restored) == _state(source)
+    if layout == "present":
+        (snap / VALUES_FILE).unlink()  # retention removing the snapshot keeps the mapping valid
+        assert _state(restored) == _state(source)
+        again = BenchMachine()  # and a snapshot of the mapped state restores the same state
+        await again.restore(FakeReader(await _saved(restored), 7))  # type: ignore[arg-type]
+        assert _state(again) == _state(source)
