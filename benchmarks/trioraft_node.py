@@ -54,6 +54,7 @@ KEYS_FILE = "keys.bin"
 VALUES_FILE = "values.bin"
 STATE_FILES = (INDEX_FILE, KEYS_FILE, VALUES_FILE)
 _CHUNK = 1 << 20
+_KEY_BLOCK = 4096  #: keys cut per struct call when they all have one width
 
 
 def encode_puts(pairs: list[tuple[bytes, bytes]]) -> bytes:
@@ -316,10 +317,24 @@ async def _key_index(reader: SnapshotReader) -> tuple[dict[bytes, int], array[in
         klens.byteswap()
         vlens.byteswap()
     kblob = await _read_all(reader, KEYS_FILE)
-    ko = list(accumulate(klens, initial=0))
-    if ko[-1] != len(kblob):
-        raise ValueError(f"{KEYS_FILE}: {len(kblob)} bytes, the index says {ko[-1]}")
-    base = dict(zip([kblob[a:b] for a, b in pairwise(ko)], range(n), strict=True))
+    width = klens[0] if n else 0
+    if n and width and klens.count(width) == n:
+        # Keys of one width (the benchmark's): cut by struct in blocks of _KEY_BLOCK keys,
+        # without the offsets list and one slice call per key (about 1/3 less time).
+        if n * width != len(kblob):
+            raise ValueError(f"{KEYS_FILE}: {len(kblob)} bytes, the index says {n * width}")
+        block = struct.Struct(f"{width}s" * _KEY_BLOCK)
+        keys: list[bytes] = []
+        whole = n - n % _KEY_BLOCK
+        for off in range(0, whole * width, block.size):
+            keys.extend(block.unpack_from(kblob, off))
+        keys.extend(kblob[i : i + width] for i in range(whole * width, n * width, width))
+        base = dict(zip(keys, range(n), strict=True))
+    else:
+        ko = list(accumulate(klens, initial=0))
+        if ko[-1] != len(kblob):
+            raise ValueError(f"{KEYS_FILE}: {len(kblob)} bytes, the index says {ko[-1]}")
+        base = dict(zip([kblob[a:b] for a, b in pairwise(ko)], range(n), strict=True))
     if len(base) != n:
         raise ValueError(f"{KEYS_FILE}: {n - len(base)} duplicate keys")
     return base, vlens

@@ -195,3 +195,21 @@ async def test_a_restore_maps_the_values_file_when_it_is_in_the_store(
         again = BenchMachine()  # and a snapshot of the mapped state restores the same state
         await again.restore(FakeReader(await _saved(restored), 7))  # type: ignore[arg-type]
         assert _state(again) == _state(source)
+
+
+@pytest.mark.parametrize("count", [1, 4096, 2 * 4096 + 5])
+async def test_keys_of_one_width_restore_through_the_block_cut(count: int) -> None:
+    """Keys all of one width are cut in blocks of 4096 (plus a remainder); the state comes
+    back the same, and a keys file of the wrong length is refused."""
+    source = BenchMachine()
+    pairs = [(b"k%06d" % i, b"v%d" % (i * 7)) for i in range(count)]
+    source.apply(1, encode_puts(pairs))
+    files = await _saved(source)
+    restored = BenchMachine()
+    await restored.restore(FakeReader(files, 1 << 20))  # type: ignore[arg-type]
+    assert _state(restored) == dict(pairs)
+    for key, value in pairs[:: max(1, count // 50)]:
+        assert restored.get(key) == value
+    files[KEYS_FILE] = files[KEYS_FILE][:-1]
+    with pytest.raises(ValueError, match="the index says"):
+        await BenchMachine().restore(FakeReader(files, 1 << 20))  # type: ignore[arg-type]
