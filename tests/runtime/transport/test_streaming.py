@@ -1008,3 +1008,42 @@ async def test_the_sender_reads_one_chunk_ahead_of_its_credits(
         await trio.sleep(1)
         assert len(reader.reads) == window + 2
         n.cancel_scope.cancel()
+
+
+async def test_chunks_in_the_converters_layout_are_still_received(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sender that encodes chunks with the generic converter (key order file_index, offset,
+    data, crc32c: e.g. an older version) streams byte-exact too, through the receiver's
+    generic decoding path (odd chunk size, several files, one empty)."""
+    files = {"a": pattern(100 * KiB + 7), "e": b"", "b": pattern(33 * KiB, seed=4)}
+    stored, reader = make_snapshot(files)
+    net = MemoryNetwork(seed=41)
+    sent: list[int] = []
+
+    class GenericChunks(FramedStream):
+        async def send_chunk(self, file_index: int, offset: int, crc: int, data: bytes) -> None:
+            sent.append(len(data))
+            await self.send(
+                SnapshotChunk(file_index=file_index, offset=offset, data=data, crc32c=crc)
+            )
+
+    async with trio.open_nursery() as n:
+        (_t1, _t2), (_, h2) = await start(n, net)
+
+        async def connect() -> FramedStream:
+            inner = await net._connect(1, 2, "snapshot")
+            return GenericChunks(inner.stream, max_frame_size=inner.max_frame_size)
+
+        await send_snapshot(
+            connect,
+            stored,
+            reader,
+            request_for(stored),
+            disk=INLINE_DISK,
+            options=StreamOptions(chunk_size=10 * KiB + 3),
+            peer=2,
+        )
+        n.cancel_scope.cancel()
+    assert sum(sent) == sum(map(len, files.values())) and len(sent) > 10
+    assert_received(h2, files, stored)
