@@ -75,6 +75,15 @@ class ReceivedChunk:
     buffer: bytearray | None = None
 
 
+async def _acquire(lock: trio.Lock) -> None:
+    """Take ``lock``: uncontended (the usual case, one sender per connection) without the
+    extra scheduling round trip of ``async with``; the send that follows is the checkpoint."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 class FramedStream:
     """Sends and receives frames on one stream.
 
@@ -113,12 +122,7 @@ class FramedStream:
         """Writes already :meth:`pack` ed frames with as few stream writes as possible."""
         data = packed[0] if len(packed) == 1 else b"".join(packed)
         lock = self._send_lock
-        # Uncontended (the usual case: one sender per connection), take the lock without the
-        # extra scheduling round trip of ``async with``; send_all is the checkpoint.
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        await _acquire(lock)
         try:
             await self.stream.send_all(data)
         finally:
@@ -263,10 +267,7 @@ class FramedStream:
             raise FrameError(f"frame of {size} bytes exceeds the limit {self.max_frame_size}")
         prefix = _HEADER.pack(size) + head
         lock = self._send_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        await _acquire(lock)
         try:
             stream = self.stream
             if type(stream) is trio.SocketStream and hasattr(stream.socket, "sendmsg"):
