@@ -215,20 +215,25 @@ class SnapshotFileWriter:
             raise ValueError(f"snapshot file {self._name!r} is closed")
         if self._failure is not None:
             raise self._failure
-        n = data.nbytes if isinstance(data, memoryview) else len(data)
-        self._size += n
+        n = len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
+        # The previous chunk's write is waited for before anything of ``data`` is taken, so
+        # a failure or a cancellation raised by the wait leaves the file as it was.
         if not self._buf and n >= self._chunk:
-            await self._submit(self._raw.write, _frozen(data))
+            chunk = _frozen(data)
+            await self._settle()
+            self._size += n
+            await self._start(self._raw.write, chunk)
             return
         self._buf += data
+        self._size += n
         if len(self._buf) >= self._chunk:
+            await self._settle()
             # The buffer itself is handed over and a new one started: no copy.
-            chunk, self._buf = self._buf, bytearray()
-            await self._submit(self._raw.write, chunk)
+            gathered, self._buf = self._buf, bytearray()
+            await self._start(self._raw.write, gathered)
 
-    async def _submit(self, fn: Callable[..., object], *args: object) -> None:
-        """Run ``fn(*args)`` after the file's previous call: in the background if possible."""
-        await self._settle()
+    async def _start(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` (the previous call has ended): in the background if possible."""
         pending = start_call(self._disk, fn, *args)
         if pending is None:
             await self._disk(fn, *args)
@@ -263,11 +268,18 @@ class SnapshotFileWriter:
         self._closed = True
         if self._close_started:
             return
-        if self._buf:
-            chunk, self._buf = self._buf, bytearray()
-            await self._submit(self._raw.write, chunk)
+        await self._settle()
         self._close_started = True
-        await self._submit(self._raw.close)
+        if self._buf:
+            gathered, self._buf = self._buf, bytearray()
+            await self._start(self._write_and_close, gathered)
+        else:
+            await self._start(self._raw.close)
+
+    def _write_and_close(self, data: bytearray) -> None:
+        """The last write and the close in one worker-thread call (in a thread)."""
+        self._raw.write(data)
+        self._raw.close()
 
     async def _finish(self) -> None:
         """:meth:`aclose`, then wait until the file is closed.

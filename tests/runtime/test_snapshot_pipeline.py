@@ -135,6 +135,44 @@ async def test_a_failed_background_write_is_raised_not_lost(last_chunk_fails: bo
     assert raw.running == 0
 
 
+async def test_a_write_cancelled_while_waiting_for_the_previous_one_takes_nothing() -> None:
+    raw = GatedFile()
+    w = writer_for(OneFileBuilder(raw), ThreadDisk(), chunk=4)
+    f = await w.create("data")
+    await f.write(b"aaaa")
+    await wait_thread(raw.started)
+    with trio.move_on_after(0.01) as scope:
+        await f.write(b"bbbb")  # waits for the held write: cancelled there
+    assert scope.cancelled_caught
+    assert f.size == 4
+    await f.write(b"cc")  # gathered
+    with trio.move_on_after(0.01) as scope:
+        await f.write(b"dd")  # full chunk: waits, cancelled; the bytes stay gathered
+    assert scope.cancelled_caught
+    assert f.size == 8
+    raw.gate.release()
+    await f.write(b"eeee")  # gathered behind "ccdd": one write of both
+    await wait_thread(raw.started)
+    raw.gate.release()
+    await w.aclose_all()
+    assert raw.writes == 2
+    assert bytes(raw.data) == b"aaaaccddeeee"
+    assert raw.closed
+
+
+async def test_sizes_count_bytes_for_wide_views_and_arrays() -> None:
+    raw = GatedFile()
+    for _ in range(4):
+        raw.gate.release()
+    w = writer_for(OneFileBuilder(raw), INLINE_DISK, chunk=1 << 20)
+    numbers = array("I", [1, 2, 3])
+    async with w.open("data") as f:
+        await f.write(memoryview(numbers))
+        await f.write(numbers)  # type: ignore[arg-type]  # any buffer works
+        assert f.size == 24
+    assert bytes(raw.data) == numbers.tobytes() * 2
+
+
 def _pieces(rng: random.Random, total: int) -> list[bytes | bytearray | memoryview]:
     """Pieces of random sizes (empty ones, tiny ones, ones larger than several chunks) of the
     kinds savers hand over: bytes, bytearrays, views of either, views with a wider format."""
