@@ -24,6 +24,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
+import trio
+
 from trioraft.core.types import ConfState
 from trioraft.runtime.disk import DiskExecutor, PendingCall, start_call
 
@@ -235,10 +237,20 @@ class SnapshotFileWriter:
     async def _start(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` (the previous call has ended): in the background if possible."""
         pending = start_call(self._disk, fn, *args)
-        if pending is None:
-            await self._disk(fn, *args)
-        else:
+        if pending is not None:
             self._pending = pending
+            return
+        # The executor cannot start it in the background: run it now. The bytes are taken
+        # already, so the call runs to its end even if the caller is cancelled meanwhile (the
+        # cancellation is raised at the caller's next checkpoint), and its failure is the
+        # file's, raised again by every later call like a background one.
+        try:
+            with trio.CancelScope(shield=True):
+                await self._disk(fn, *args)
+        except Exception as exc:
+            if self._failure is None:
+                self._failure = exc
+            raise
 
     async def _settle(self) -> None:
         """Wait for the call in the background, if any; raise the file's failure, if any."""

@@ -476,3 +476,75 @@ async def test_inline_disk_start_runs_the_call_at_once() -> None:
 
 async def test_executors_without_start_are_awaited_instead() -> None:
     assert start_call(AdaptiveDisk(), threading.get_ident) is None
+
+
+class PlainFile:
+    """A fake store file; its first ``fail_writes`` writes fail."""
+
+    def __init__(self, fail_writes: int = 0) -> None:
+        self.data = bytearray()
+        self.closed = False
+        self.fail_writes = fail_writes
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise StorageFailed("write failed (injected)")
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def take_only_token(limiter: trio.CapacityLimiter) -> object:
+    """Hold the limiter's only token (as other disk work would): ThreadDisk.start gives up
+    and the writer waits for the call instead."""
+    holder = object()
+    limiter.acquire_on_behalf_of_nowait(holder)
+    return holder
+
+
+async def test_a_write_cancelled_while_waiting_for_a_disk_thread_still_happens() -> None:
+    raw = PlainFile()
+    limiter = trio.CapacityLimiter(1)
+    w = writer_for(OneFileBuilder(raw), ThreadDisk(limiter), 4)
+    f = await w.create("data")
+    await f.write(b"aa")
+    holder = take_only_token(limiter)
+    async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = trio.current_time() + 0.05
+        nursery.start_soon(f.write, b"bb")  # a full chunk: taken, then waits for a thread
+
+        async def release_later() -> None:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.2)  # after the cancellation
+            limiter.release_on_behalf_of(holder)
+
+        nursery.start_soon(release_later)
+    await f.write(b"cccc")
+    await w.aclose_all()
+    assert bytes(raw.data) == b"aabbcccc" and f.size == 8 and raw.closed
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_failure_of_a_write_that_was_waited_for_is_raised_again(busy: bool) -> None:
+    raw = PlainFile(fail_writes=1)
+    limiter = trio.CapacityLimiter(1)
+    # AdaptiveDisk cannot start calls in the background at all
+    disk: DiskExecutor = ThreadDisk(limiter) if busy else AdaptiveDisk()
+    w = writer_for(OneFileBuilder(raw), disk, 4)
+    f = await w.create("data")
+    await f.write(b"ab")
+    async with trio.open_nursery() as nursery:
+        if busy:
+            holder = take_only_token(limiter)
+
+            async def release_later() -> None:
+                await trio.sleep(0.1)
+                limiter.release_on_behalf_of(holder)
+
+            nursery.start_soon(release_later)
+        with pytest.raises(StorageFailed):
+            await f.aclose()
+    with pytest.raises(StorageFailed):
+        await w.aclose_all()  # never reported done: the snapshot must not be committed
