@@ -108,14 +108,13 @@ class Config:
         fsync: fsync the WAL and snapshots (on). Off trades crash safety for speed (benchmarks,
             tests); a node that lost unsynced data must not rejoin its cluster.
         wal_segment_bytes: WAL segment size (64 MiB).
-        wal_prezero: start WAL segments zero-filled and synced (off). Appends then overwrite
-            written blocks and each fdatasync has no metadata to journal (on the benchmark VM: 145
-            instead of 216 µs for a small synced write, 290 instead of 515 µs for 266 KB). The
-            price is more disk writes: a background thread zero-fills the next segment at up
-            to 16 MiB/s (``trioraft.storage.wal.PREPARE_BYTES_PER_S``), so a WAL written faster
-            than that gets segments zeroed only in part. Off by default: on the benchmark VM
-            those extra writes slowed the snapshot saves and installs that followed
-            (docs/storage.md).
+        wal_prezero: start WAL segments zero-filled and synced (``None``, the default: on
+            for the real file system, off for a simulated one). Appends then overwrite
+            written blocks and each fdatasync has no metadata to journal (on the benchmark VM:
+            145 instead of 216 µs for a small synced write, 290 instead of 515 µs for 266 KB).
+            The price is more disk writes: a background thread zero-fills the next segment at
+            up to 16 MiB/s (``trioraft.storage.wal.PREPARE_BYTES_PER_S``), so a WAL written
+            faster than that gets segments zeroed only in part (docs/storage.md).
     """
 
     id: int
@@ -154,7 +153,7 @@ class Config:
 
     fsync: bool = True
     wal_segment_bytes: int = 64 * _MIB
-    wal_prezero: bool = False
+    wal_prezero: bool | None = None
 
     def __attrs_post_init__(self) -> None:
         self.validate()
@@ -226,7 +225,8 @@ class Config:
         _positive_float("snapshot_stall_timeout", self.snapshot_stall_timeout)
         _bool("fsync", self.fsync)
         _int_at_least("wal_segment_bytes", self.wal_segment_bytes, 4096)
-        _bool("wal_prezero", self.wal_prezero)
+        if self.wal_prezero is not None:
+            _bool("wal_prezero", self.wal_prezero)
 
     # -- derived values ----------------------------------------------------------------------
 

@@ -450,11 +450,31 @@ def test_a_cut_takes_the_next_segment_as_far_as_its_zero_fill_got() -> None:
     assert [x.index for x in e] == list(range(1, last + 1)) and hs == HardState(1, 1, last - 1)
 
 
-def test_prezero_is_off_by_default(tmp_path: object) -> None:
+def test_prezero_is_on_by_default_only_for_the_real_file_system(tmp_path: object) -> None:
     d = os.path.join(str(tmp_path), "wal")
     wal, _ = WAL.open(d, segment_bytes=2 << 20)
+    assert os.path.getsize(wal.segment_paths()[0]) == 2 << 20
+    wal.close()
+    wal, _ = WAL.open(os.path.join(str(tmp_path), "wal2"), segment_bytes=2 << 20, prezero=False)
     assert os.path.getsize(wal.segment_paths()[0]) < 4096
     wal.close()
-    wal, _ = WAL.open(os.path.join(str(tmp_path), "wal2"), segment_bytes=2 << 20, prezero=True)
-    assert os.path.getsize(wal.segment_paths()[0]) == 2 << 20
+    fs = SimulatedFileSystem()
+    wal, _ = WAL.open(D, fs=fs, segment_bytes=2 << 20)
+    assert len(fs.read_bytes(wal.segment_paths()[0])) < 4096
+    wal.close()
+
+
+def test_a_segment_whose_zero_fill_failed_claims_no_zeros() -> None:
+    fs = SimulatedFileSystem()
+    wal, _ = WAL.open(D, fs=fs, segment_bytes=SEG, prezero=True, background=False)
+    fs.inject_fault("write", errno.ENOSPC, match=prepare_name(1), count=1)
+    i = 0
+    while len(wal.segment_paths()) < 2:
+        i += 1
+        wal.save(ents(i, i, tag=b"x" * 200), HardState(1, 1, i - 1))
+    # the plain segment reserves space ahead of its small appends like any plain segment
+    # (claiming its whole length as zeroed would skip that and promise zeros it lacks)
+    assert wal._allocated <= fs.fsize(wal._fd)  # type: ignore[arg-type]
+    wal.save(ents(i + 1, i + 1), HardState(1, 1, i))
+    assert fs.fsize(wal._fd) == SEG  # type: ignore[arg-type]
     wal.close()

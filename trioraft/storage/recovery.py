@@ -60,7 +60,7 @@ def recover(
     fs: FileSystem = REAL_FS,
     retention: int = 2,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-    prezero: bool = False,
+    prezero: bool | None = None,
 ) -> tuple[Recovered, WAL, SnapshotStore]:
     """Open a data directory (creating it if new) and recover its state.
 
@@ -69,7 +69,8 @@ def recover(
         fs: the file system.
         retention: passed to the :class:`SnapshotStore`.
         segment_bytes: passed to the :class:`WAL`.
-        prezero: passed to the :class:`WAL` (pre-zeroed segments).
+        prezero: passed to the :class:`WAL` (pre-zeroed segments; ``None``: on for the real
+            file system).
 
     Returns:
         The recovered state, the open WAL (holding the directory lock) and the snapshot store.
