@@ -271,13 +271,6 @@ async def raw_snapshot_connection(port: int, offer: SnapshotOffer) -> FramedStre
     return conn
 
 
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
-
-
 async def test_a_malformed_chunk_closes_only_that_connection_and_the_stream_resumes(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

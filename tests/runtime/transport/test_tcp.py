@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import ssl
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import cbor2
@@ -70,13 +69,6 @@ async def make_cluster(
         await c.start(i, TcpTransport(i, "test-cluster", **kw))
     c.link_all()
     return c
-
-
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
 
 
 async def test_messages_between_three_nodes(nursery: trio.Nursery) -> None:
