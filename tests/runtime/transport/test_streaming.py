@@ -1047,3 +1047,36 @@ async def test_chunks_in_the_converters_layout_are_still_received(
         n.cancel_scope.cancel()
     assert sum(sent) == sum(map(len, files.values())) and len(sent) > 10
     assert_received(h2, files, stored)
+
+
+async def test_many_small_files_cost_the_receiver_their_size_not_a_chunk_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each small payload is read into a buffer of its own size: 200 files of 1 KiB with 1 MiB
+    chunks must not make the receiver allocate a chunk-sized buffer per file."""
+    files = {f"f{i:03d}": pattern(KiB, seed=i) for i in range(200)}
+    stored, reader = make_snapshot(files)
+    net = MemoryNetwork(seed=43)
+    async with trio.open_nursery() as n:
+        (_t1, _t2), (_, h2) = await start(n, net)
+
+        async def connect() -> FramedStream:
+            return await net._connect(1, 2, "snapshot")
+
+        tracemalloc.start()
+        try:
+            await send_snapshot(
+                connect,
+                stored,
+                reader,
+                request_for(stored),
+                disk=INLINE_DISK,
+                options=StreamOptions(chunk_size=MiB, window=16),
+                peer=2,
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        n.cancel_scope.cancel()
+    assert_received(h2, files, stored)
+    assert peak < MiB, f"peak {peak} bytes while receiving 200 KiB of files"

@@ -982,6 +982,10 @@ class SnapshotReceiver:
         failure: BaseException | None = None
 
         def acquire(n: int) -> bytearray:
+            # A small payload (a small file, a file's last chunk) gets a buffer of its own
+            # size: a peer sending many of them then costs what it sends, not a chunk each.
+            if n < chunk_size // 4:
+                return bytearray(n)
             return free.pop() if free else bytearray(chunk_size)
 
         async def writer() -> None:
@@ -1001,8 +1005,9 @@ class SnapshotReceiver:
                         await self._write_batch(conn, state, batch)
                     finally:
                         for c in batch:
-                            if c.buffer is not None and len(free) <= window:
-                                free.append(c.buffer)
+                            buf = c.buffer
+                            if buf is not None and len(buf) == chunk_size and len(free) <= window:
+                                free.append(buf)
             except Exception as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
