@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trioraft.core.types import ConfState
 from trioraft.errors import StorageFailed
@@ -512,15 +513,15 @@ async def test_a_write_cancelled_while_waiting_for_a_disk_thread_still_happens()
     await f.write(b"aa")
     holder = take_only_token(limiter)
     async with trio.open_nursery() as nursery:
-        nursery.cancel_scope.deadline = trio.current_time() + 0.05
         nursery.start_soon(f.write, b"bb")  # a full chunk: taken, then waits for a thread
 
-        async def release_later() -> None:
-            with trio.CancelScope(shield=True):
-                await trio.sleep(0.2)  # after the cancellation
+        async def cancel_then_release() -> None:
+            await trio.testing.wait_all_tasks_blocked()  # the write waits for the token
+            nursery.cancel_scope.cancel()
             limiter.release_on_behalf_of(holder)
 
-        nursery.start_soon(release_later)
+        nursery.start_soon(cancel_then_release)
+    assert nursery.cancel_scope.cancel_called
     await f.write(b"cccc")
     await w.aclose_all()
     assert bytes(raw.data) == b"aabbcccc" and f.size == 8 and raw.closed
@@ -540,7 +541,7 @@ async def test_a_failure_of_a_write_that_was_waited_for_is_raised_again(busy: bo
             holder = take_only_token(limiter)
 
             async def release_later() -> None:
-                await trio.sleep(0.1)
+                await trio.testing.wait_all_tasks_blocked()  # the close waits for the token
                 limiter.release_on_behalf_of(holder)
 
             nursery.start_soon(release_later)
