@@ -605,12 +605,13 @@ class WAL:
             offset += size
         # A new WAL's first segment is zero-filled while the caller waits (once per WAL), up
         # to a bound: the rest of a very large first segment grows as an unzeroed segment.
-        zeroed = min(self._segment_bytes, FIRST_SEGMENT_ZEROED_BYTES)
-        prepared = self._prepare_inline(0, zeroed) if self._prezero else None
+        length = min(self._segment_bytes, FIRST_SEGMENT_ZEROED_BYTES)
+        taken = self._prepare_inline(0, length) if self._prezero else None
+        prepared, zeroed = (None, 0) if taken is None else taken
         self._fd = self._start_segment(seg, frames, prepared)
         self._segments = [seg]
         self._offset = offset
-        self._allocated = offset if prepared is None else max(offset, zeroed)
+        self._allocated = max(offset, zeroed)
         self._crc = crc
         self._segment_opened()
         log.info("WAL %s: created%s", self._dir, " (pre-zeroed)" if prepared is not None else "")
@@ -648,12 +649,13 @@ class WAL:
             raise
         return fd
 
-    def _prepare_inline(self, seq: int, length: int) -> int | None:
-        """Zero-fill segment ``seq`` now (see :meth:`_start_segment`); ``None`` if that failed
-        (logged: a full disk costs speed here, the appends themselves then fail loudly)."""
+    def _prepare_inline(self, seq: int, length: int) -> tuple[int, int] | None:
+        """Zero-fill segment ``seq`` now (see :meth:`_start_segment`): its descriptor and how
+        far it is zeroed, like :meth:`_Prepared.take`; ``None`` if that failed (logged: a full
+        disk costs speed here, the appends themselves then fail loudly)."""
         path = os.path.join(self._dir, prepare_name(seq))
         try:
-            return _zero_fill(self._fs, path, length)[0]
+            return _zero_fill(self._fs, path, length)
         except OSError as exc:
             log.warning(
                 "WAL %s: cannot zero-fill segment %d ahead of use (%s); starting it without zeros",
@@ -1059,16 +1061,13 @@ class WAL:
         seg = _Segment(seq, first, os.path.join(self._dir, segment_name(seq, first)))
         header = SegmentHeader(seq=seq, first_index=first, prev_crc=self._crc, hard_state=self._hs)
         parts, crc, size = _frame(header, 0)
-        prepared: int | None = None
-        zeroed = 0
+        taken: tuple[int, int] | None = None
         prep, self._prepared = self._prepared, None
         if prep is not None:
             taken = prep.take()
-            if taken is not None:
-                prepared, zeroed = taken
         elif self._prezero and not self._background:
-            prepared = self._prepare_inline(seq, self._segment_bytes)
-            zeroed = 0 if prepared is None else self._segment_bytes
+            taken = self._prepare_inline(seq, self._segment_bytes)
+        prepared, zeroed = (None, 0) if taken is None else taken
         try:
             fd = self._start_segment(seg, [parts], prepared)
         except OSError as exc:
