@@ -27,7 +27,7 @@ from trioraft.runtime.disk import (
     ThreadDisk,
     start_call,
 )
-from trioraft.runtime.items import Captured
+from trioraft.runtime.items import Captured, ReleaseJob
 from trioraft.runtime.snapshotter import SnapshotFailed, Snapshotter, SnapshotterConfig
 from trioraft.statemachine import SnapshotWriter
 from trioraft.storage.snapshots import SnapshotStore
@@ -549,3 +549,37 @@ async def test_a_failure_of_a_write_that_was_waited_for_is_raised_again(busy: bo
             await f.aclose()
     with pytest.raises(StorageFailed):
         await w.aclose_all()  # never reported done: the snapshot must not be committed
+
+
+async def test_a_restarted_snapshotter_applies_retention_left_over_from_before_the_stop(
+    tmp_path: Any,
+) -> None:
+    # Retention runs in the round after a save; a node stopped before that round left three
+    # snapshots where two are kept. The next start must delete the oldest and release the WAL.
+    store = SnapshotStore(str(tmp_path / "snap"), retention=2)
+    for index in (3, 6, 9):
+        builder = store.begin(index, 1, CONF)
+        with builder.open_file("data") as f:
+            f.write(b"x")
+        builder.commit()
+    wal_send, wal_receive = trio.open_memory_channel[Any](10)
+    snapshotter = Snapshotter(
+        1,
+        SnapshotterConfig(chunk_bytes=4096),
+        store,
+        ThreadDisk(),
+        trio.open_memory_channel[Any](10)[0],
+        wal_send,
+        trio.open_memory_channel[Any](10)[0],
+        transport=None,  # type: ignore[arg-type]  # no streaming here
+        applied_index=lambda: 9,
+        last=store.get(9),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(snapshotter.run)
+        with trio.fail_after(10):  # real threads: a bound, not a stand-in for the event
+            release = await wal_receive.receive()
+        nursery.cancel_scope.cancel()
+    assert isinstance(release, ReleaseJob)
+    assert release.index == 6
+    assert sorted(s.index for s in store.list()) == [6, 9]

@@ -145,7 +145,10 @@ class Snapshotter:
         self._applied = applied_index
         self._wake = trio.Event()
         self._manual: list[Future[Any]] = []
-        self._housekeeping = False
+        # The first round applies retention: a node stopped after a save but before the round
+        # that follows it (retention runs after the save's waiters are answered) would otherwise
+        # keep the extra snapshot and its WAL segments until its next save.
+        self._housekeeping = True
         self._save_scope: trio.CancelScope | None = None
         self._streams: dict[int, _Stream] = {}
         self._nursery: trio.Nursery | None = None
@@ -207,6 +210,7 @@ class Snapshotter:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            self._wake.set()
             try:
                 while True:
                     with trio.move_on_at(next_timer):
