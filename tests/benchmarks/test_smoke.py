@@ -70,6 +70,13 @@ def test_snapshot_throughput_tiny(tmp_path: Path) -> None:
     assert doc["state_mib"] == 2
     for key in ("save_mib_s", "raw_write_mib_s", "install_mib_s", "raw_copy_mib_s", "recover_s"):
         assert doc[key] > 0
+    # the raw write brackets the save; its baseline is the mean time of the two halves
+    before, after = (
+        doc["details"]["raw_write_before_mib_s"],
+        doc["details"]["raw_write_after_mib_s"],
+    )
+    assert before > 0 and after > 0
+    assert min(before, after) * 0.99 <= doc["raw_write_mib_s"] <= max(before, after) * 1.01
     assert doc["pysyncobj_catchup_s"] is None and doc["vs_pysyncobj"] is None
     assert doc["etcd_catchup_s"] is None and doc["vs_etcd"] is None
     assert doc["details"]["trioraft"]["follower_snapshots_installed"] >= 1
