@@ -82,22 +82,23 @@ class BenchMachine:
     restore reads every file whole and builds its key index with C-level passes, but makes no
     Python object per value (measured for 256 MiB of 1 KiB values: about 0.25 s instead of
     0.65 s, most of what is left being the page faults of the memory the values are read
-    into). With ``--map-values`` (``map_values_from``) the values file is mapped from the
-    snapshot store instead of read, so a restore costs about the key index alone (64 MiB:
-    0.035 s instead of 0.05-0.07 s); the values then live in the page cache, not in the
-    process's anonymous memory, and do not count in its RSS until read. The loaded values stay
-    in memory as long as any of them is live; the next snapshot holds only the live ones.
+    into). By default (``map_values``) the values file is not read but mapped read-only from
+    the snapshot store through :meth:`SnapshotReader.map_file`, so a restore costs about the
+    key index alone; the values then live in the page cache, not in the process's anonymous
+    memory, and count in its RSS only once read (``--read-values`` reads them instead). The
+    loaded values stay in memory as long as any of them is live; the next snapshot holds only
+    the live ones.
     """
 
-    def __init__(self, map_values_from: str | None = None) -> None:
+    def __init__(self, map_values: bool = True) -> None:
         self.data: dict[bytes, bytes] = {}
         #: keys loaded by the last restore (and not put since) -> their record numbers
         self._base: dict[bytes, int] = {}
         #: the loaded values back to back, the offset of each (and the end), each one's length
         self._blob: bytes | mmap.mmap = b""
-        #: a snapshot store directory (``<data-dir>/snap``) whose ``values.bin`` files a restore
-        #: maps into memory instead of reading (``--map-values``); None: always read
-        self.map_values_from = map_values_from
+        #: whether a restore maps ``values.bin`` (``SnapshotReader.map_file``) instead of
+        #: reading it into memory (``--read-values``: False)
+        self.map_values = map_values
         #: whether the last restore mapped its values file
         self.values_mapped = False
         self._offsets = array("q", [0])
@@ -247,10 +248,10 @@ class BenchMachine:
 
             async def read_values() -> None:
                 try:
-                    mapped = self._map_values(reader)
-                    if mapped is not None:
-                        self.values_mapped = True
-                        blobs.append(mapped)
+                    if self.map_values:
+                        values = await reader.map_file(VALUES_FILE)
+                        self.values_mapped = isinstance(values, mmap.mmap)
+                        blobs.append(values)
                     else:
                         blobs.append(await _read_all(reader, VALUES_FILE))
                 except Exception as exc:
@@ -277,29 +278,6 @@ class BenchMachine:
         self.restore_end_cpu = time.process_time()
         self.restore_end_faults = _minor_faults()
         self._reached(reader.index)
-
-    def _map_values(self, reader: SnapshotReader) -> mmap.mmap | None:
-        """``values.bin`` of the snapshot being restored, mapped read-only, when
-        :attr:`map_values_from` is set and the file is there with the expected size; else None
-        (the caller reads it). The store's directory layout (``<index:020d>-<term:020d>/``) is
-        documented; a committed snapshot's files are never modified, only removed (which leaves
-        a mapping valid on POSIX)."""
-        if self.map_values_from is None:
-            return None
-        size = reader.size(VALUES_FILE)
-        if size == 0:
-            return None  # an empty file cannot be mapped
-        path = os.path.join(self.map_values_from, f"{reader.index:020d}-{reader.term:020d}")
-        try:
-            fd = os.open(os.path.join(path, VALUES_FILE), os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            if os.fstat(fd).st_size != size:
-                return None
-            return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
 
 
 async def _key_index(reader: SnapshotReader) -> tuple[dict[bytes, int], array[int]]:
@@ -649,7 +627,7 @@ async def main_async(args: argparse.Namespace) -> None:
         peers={p: a for p, a in peers.items() if p != args.id},
         **config.transport_options(),
     )
-    fsm = BenchMachine(os.path.join(args.data_dir, "snap") if args.map_values else None)
+    fsm = BenchMachine(map_values=not args.read_values)
     snaplog = _SnapshotLog()
     logging.getLogger("trioraft").addHandler(snaplog)
     async with open_raft_node(config, fsm, data_dir=args.data_dir, transport=transport) as node:
@@ -693,10 +671,11 @@ def main(argv: list[str] | None = None) -> int:
         "--backoff-max", type=float, default=None, help="transport reconnect cap (library's)"
     )
     p.add_argument(
-        "--map-values",
+        "--read-values",
         action="store_true",
-        help="restores map values.bin from the snapshot store instead of reading it",
+        help="restores read values.bin into memory instead of mapping it from the snapshot",
     )
+    p.add_argument("--map-values", action="store_true", help="(the default now; ignored)")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(

@@ -20,6 +20,8 @@ saver go on producing the next one meanwhile (see :class:`SnapshotFileWriter`).
 from __future__ import annotations
 
 import inspect
+import mmap
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 from trioraft.core.types import ConfState
+from trioraft.errors import StorageCorrupted
 from trioraft.runtime.disk import DiskExecutor, PendingCall, start_call
 
 __all__ = [
@@ -477,6 +480,26 @@ class SnapshotFileReader:
         return data
 
 
+def _map_read_only(path: str, size: int) -> mmap.mmap:
+    """Worker-thread side of :meth:`SnapshotReader.map_file`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise StorageCorrupted(path, "file is missing") from None
+    except OSError as exc:
+        raise StorageCorrupted(path, f"cannot open: {exc}") from exc
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            raise StorageCorrupted(path, f"size {actual}, the snapshot records {size}")
+        try:
+            return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise StorageCorrupted(path, f"cannot map: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
 class SnapshotReader:
     """Read access to one stored snapshot (handed to ``StateMachine.restore``)."""
 
@@ -565,6 +588,47 @@ class SnapshotReader:
             parts.append(data)
             offset += len(data)
         return b"".join(parts)
+
+    def file_path(self, name: str) -> str | None:
+        """The path of file ``name`` in the snapshot store, for an application that loads it
+        by its own means (maps it, opens it as a database read-only) instead of copying it
+        through :meth:`read_file`; ``None`` when the store is not on the real file system
+        (simulated disks in tests) or the reader has no files on disk: read it then.
+
+        The file must not be modified: it is the committed snapshot. It stays at this path
+        at least until ``restore`` returns; afterwards retention may remove it once newer
+        snapshots exist (descriptors and mappings opened before stay valid on POSIX, and the
+        disk space is freed when the last one is closed).
+
+        Raises:
+            KeyError: no such file.
+        """
+        self._size_of(name, False)
+        os_path: Callable[[str], str | None] | None = getattr(self._backend, "os_path", None)
+        return None if os_path is None else os_path(name)
+
+    async def map_file(self, name: str) -> mmap.mmap | bytes:
+        """The whole file as a read-only buffer without copying it into the process's memory:
+        a read-only ``mmap.mmap`` of the file in the store, whose pages are read from the page
+        cache when first touched (they count in the process's RSS only once touched, as
+        reclaimable file pages). Slicing either kind of result gives ``bytes``. When the file
+        has no path (:meth:`file_path` is ``None``) it is read whole instead and returned as
+        ``bytes``, as is an empty file (which cannot be mapped). The mapping may outlive the
+        snapshot's removal by retention; close it (``.close()``) when the state it backs is
+        replaced, or leave it to the garbage collector.
+
+        The bytes were checked against their CRC32C when the snapshot was written or received
+        and at start-up; a map, like a read, does not check them again.
+
+        Raises:
+            KeyError: no such file.
+            StorageCorrupted: the file is missing or its size is not the recorded one.
+        """
+        size = self._size_of(name, False)
+        path = self.file_path(name)
+        if path is None or size == 0:
+            return await self.read_file(name)
+        return await self._disk(_map_read_only, path, size)
 
     async def iter_file(self, name: str, chunk_bytes: int | None = None) -> AsyncIterator[bytes]:
         """Yield the file's content in chunks of at most ``chunk_bytes`` (default 1 MiB).

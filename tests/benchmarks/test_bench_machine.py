@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.trioraft_node import INDEX_FILE, KEYS_FILE, VALUES_FILE, BenchMachine, encode_puts
+from trioraft.core.types import ConfState
+from trioraft.runtime.disk import INLINE_DISK
+from trioraft.statemachine import SnapshotReader
+from trioraft.storage.snapshots import SnapshotStore
 
 
 class FakeWriter:
@@ -54,6 +58,10 @@ class FakeReader:
         blob = self.blobs[name]
         for i in range(0, len(blob), self.step):
             yield blob[i : i + self.step]
+
+    async def map_file(self, name: str) -> bytes:
+        # as SnapshotReader.map_file does for a store without paths: the whole file
+        return self.blobs[name]
 
     @asynccontextmanager
     async def open(self, name: str) -> AsyncIterator[FakeReader._File]:
@@ -112,7 +120,7 @@ def _seed() -> int:
 @pytest.mark.parametrize("step", [1, 2, 5, 6, 7, 64, 1000, 1 << 20])
 async def test_restore_rebuilds_the_state_for_any_read_size(step: int) -> None:
     source = _machine(_seed())
-    restored = BenchMachine()
+    restored = BenchMachine(map_values=False)  # every file read, in pieces of ``step``
     await restored.restore(FakeReader(await _saved(source), step))  # type: ignore[arg-type]
     assert _state(restored) == _state(source)
     assert restored.value_bytes == source.value_bytes
@@ -170,31 +178,35 @@ async def test_a_truncated_state_file_is_refused(which: str) -> None:
         await BenchMachine().restore(FakeReader(files, 5))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("layout", ["present", "missing", "wrong-size"])
-async def test_a_restore_maps_the_values_file_when_it_is_in_the_store(
-    tmp_path: Path, layout: str
+@pytest.mark.parametrize("map_values", [True, False])
+async def test_a_restore_maps_the_values_file_from_a_real_store(
+    tmp_path: Path, map_values: bool
 ) -> None:
-    """With ``map_values_from`` a restore maps ``values.bin`` from the store's snapshot
-    directory (read-only) and gives the same state; a missing file or one of another size is
-    read through the reader instead."""
+    """By default a restore maps ``values.bin`` from the snapshot store (read-only, through
+    ``SnapshotReader.map_file``) and gives the same state as reading it; the mapping stays
+    valid after retention removes the file, and a snapshot of the mapped state restores the
+    same state."""
     source = _machine(3)
     files = await _saved(source)
-    reader = FakeReader(files, 1 << 20)
-    snap = tmp_path / f"{reader.index:020d}-{reader.term:020d}"
-    snap.mkdir()
-    if layout != "missing":
-        on_disk = files[VALUES_FILE] + (b"x" if layout == "wrong-size" else b"")
-        (snap / VALUES_FILE).write_bytes(on_disk)
-    restored = BenchMachine(str(tmp_path))
-    await restored.restore(reader)  # type: ignore[arg-type]
-    assert restored.values_mapped is (layout == "present")
+    store = SnapshotStore(str(tmp_path / "snap"))
+    builder = store.begin(9, 2, ConfState(voters=(1,)))
+    for name, data in files.items():
+        f = builder.open_file(name)
+        f.write(data)
+        f.close()
+    stored = builder.commit()
+    reader = SnapshotReader(stored, store.open_reader(9), INLINE_DISK)
+    restored = BenchMachine(map_values=map_values)
+    await restored.restore(reader)
+    assert restored.values_mapped is map_values
+    assert _state(restored) == _state(source) and restored.applied == 9
+    path = reader.file_path(VALUES_FILE)
+    assert path is not None
+    os.remove(path)  # retention removing the snapshot keeps a mapping valid
     assert _state(restored) == _state(source)
-    if layout == "present":
-        (snap / VALUES_FILE).unlink()  # retention removing the snapshot keeps the mapping valid
-        assert _state(restored) == _state(source)
-        again = BenchMachine()  # and a snapshot of the mapped state restores the same state
-        await again.restore(FakeReader(await _saved(restored), 7))  # type: ignore[arg-type]
-        assert _state(again) == _state(source)
+    again = BenchMachine()
+    await again.restore(FakeReader(await _saved(restored), 7))  # type: ignore[arg-type]
+    assert _state(again) == _state(source)
 
 
 @pytest.mark.parametrize("count", [1, 4096, 2 * 4096 + 5])

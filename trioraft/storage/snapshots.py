@@ -43,6 +43,7 @@ from trioraft.storage.fs import (
     REAL_FS,
     Buffer,
     FileSystem,
+    RealFileSystem,
     ensure_dir,
     read_file,
     write_file_durably,
@@ -980,6 +981,22 @@ class SnapshotReader:
             raise StorageCorrupted(path, f"read failed: {exc}", offset) from exc
         finally:
             self._fs.close(fd)
+
+    def os_path(self, name: str) -> str | None:
+        """The path of file ``name`` on the operating system's file system, for a caller that
+        opens, maps or sends the file by its own means; ``None`` when the store is not on the
+        real file system (a simulated one in tests: use :meth:`read_chunk`). A committed
+        snapshot's files are never written again, only removed by retention (which leaves
+        descriptors and mappings already open valid on POSIX); pin the snapshot
+        (:meth:`SnapshotStore.pin`) to keep the path itself valid.
+
+        Raises:
+            KeyError: no such file in the snapshot.
+        """
+        self.meta.file(name)
+        if not isinstance(self._fs, RealFileSystem):
+            return None
+        return os.path.join(self.meta.path, name)
 
     def verify(self) -> None:
         """Check every file's size and CRC32C.
