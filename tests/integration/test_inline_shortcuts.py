@@ -196,3 +196,39 @@ async def test_a_proposal_is_queued_while_another_is_in_progress(
         await trio.testing.wait_all_tasks_blocked()
         await leader.propose(b"alone")
         assert rt.raft.proposed_now == before + 1
+
+
+async def test_entries_applied_inline_reach_the_core_without_an_applied_report(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # An Applied report through the inbox would wake the raft actor once more per batch and,
+    # until it ran, make handle_now refuse the next message or proposal.
+    from trioraft.runtime.items import Applied
+
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.propose(b"warm-up")
+        await cluster.wait_applied(leader.commit_index)
+        await trio.testing.wait_all_tasks_blocked()
+        rts = [_rt(cluster, n.id) for n in cluster.running]
+        reports: list[object] = []
+        for rt in rts:
+            handle = rt.raft._handle
+
+            def spy(item: object, handle=handle) -> None:  # type: ignore[no-untyped-def]
+                if isinstance(item, Applied):
+                    reports.append(item)
+                handle(item)
+
+            rt.raft._handle = spy
+        applied_now = [rt.fsm.applied_now for rt in rts]
+        for i in range(5):
+            await leader.propose(b"v%d" % i)
+            await trio.testing.wait_all_tasks_blocked()
+        # Followers learn the last commit with the next append or heartbeat.
+        await cluster.wait_applied(leader.commit_index)
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(rt.fsm.applied_now > n for rt, n in zip(rts, applied_now, strict=True))
+        assert reports == []
+        for rt in rts:
+            assert rt.raft.core.status().applied == rt.fsm.applied

@@ -206,10 +206,18 @@ class FsmActor:
             else:
                 await call_hook(self._sm, item.name, *item.args)
 
-    def apply_now(self, entries: tuple[Entry, ...]) -> bool:
+    def apply_now(self, entries: tuple[Entry, ...], *, report: bool = True) -> bool:
         """Apply ``entries`` on the caller's task if this actor is idle (parked waiting for
         work, nothing queued) and the batch is at most one slice of ordinary entries (no
         membership change, whose hook is async). Otherwise do nothing.
+
+        Args:
+            entries: committed entries, in order.
+            report: post :class:`Applied` to the raft actor's inbox as the actor does. The raft
+                actor itself passes False and tells its core directly: a report through the
+                inbox would wake it once more per batch and, until it ran, make it refuse
+                :meth:`RaftActor.handle_now <trioraft.runtime.raft_actor.RaftActor.handle_now>`
+                for the next message or proposal.
 
         Returns:
             True if the entries were applied (the caller must not queue them).
@@ -223,7 +231,7 @@ class FsmActor:
             if e.kind is not EntryKind.NORMAL:
                 return False
         self._apply_normal(entries)
-        self._report()
+        self._report(raft=report)
         self.applied_now += len(entries)
         return True
 
@@ -282,8 +290,9 @@ class FsmActor:
                 await trio.lowlevel.checkpoint()
         self._report()
 
-    def _report(self) -> None:
-        self._raft_inbox.send_nowait(Applied(self.applied))
+    def _report(self, *, raft: bool = True) -> None:
+        if raft:
+            self._raft_inbox.send_nowait(Applied(self.applied))
         self._waiters.advance(self.applied)
         self._on_applied(self.applied)
 

@@ -21,6 +21,7 @@ Start-up (all before any actor runs):
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -255,7 +256,7 @@ class NodeRuntime:
             persist_now=(
                 self.wal_actor.persist_now if isinstance(self._wal_disk, AdaptiveDisk) else None
             ),
-            apply_now=self.fsm.apply_now,
+            apply_now=functools.partial(self.fsm.apply_now, report=False),
         )
         log.info(
             "node %d: starting at term %d, commit %d, applied %d, log [%d, %d]",

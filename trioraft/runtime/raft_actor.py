@@ -132,8 +132,10 @@ class RaftActor:
         reissue_ticks: ticks after which unanswered read-index requests are issued again.
         persist_now: the WAL actor's synchronous shortcut (``WalActor.persist_now``), tried
             for a write when no job is in flight; None to always queue jobs.
-        apply_now: the FSM actor's synchronous shortcut (``FsmActor.apply_now``), tried for
-            committed entries; None to always queue them.
+        apply_now: the FSM actor's synchronous shortcut (``FsmActor.apply_now`` with
+            ``report=False``), tried for committed entries; None to always queue them. For
+            entries applied that way this actor tells the core itself (``on_applied``) rather
+            than waiting for an :class:`Applied` report in its inbox.
     """
 
     def __init__(
@@ -507,16 +509,19 @@ class RaftActor:
                         messages=rd.persisted_messages,
                     )
                 )
-        if (
-            committed
-            and not applied
-            and not (self._apply_now is not None and self._apply_now(committed))
-        ):
-            self._fsm.send_nowait(ApplyBatch(committed))
+        if committed and not applied:
+            if self._apply_now is not None and self._apply_now(committed):
+                applied = True
+            else:
+                self._fsm.send_nowait(ApplyBatch(committed))
         for rs in rd.read_states:
             self._reads.resolved(rs.context, rs.index)
         if rd.hard_state is not None or rd.soft_state is not None:
             self._watch.update(self.core.leader, self.core.term, self.core.role)
+        if applied:
+            # Applied on this task: what an Applied report would do once this actor woke up
+            # for it, without the wake-up (and without handle_now refusing meanwhile).
+            self.core.on_applied(committed[-1].index)
 
     def _send(self, m: Message) -> None:
         if isinstance(m, SnapshotRequest):
