@@ -29,6 +29,7 @@ from trioraft.core.ready import ProgressInfo, Role
 from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType, ConfState
 from trioraft.errors import AmbiguousOutcome, NodeStopped, NotLeader, Timeout
 from trioraft.runtime.disk import DiskExecutor, ThreadDisk
+from trioraft.runtime.idle import tasks_runnable
 from trioraft.runtime.items import (
     CampaignReq,
     ConfChangeReq,
@@ -243,10 +244,7 @@ class RaftNode:
             # proposals queue, so they batch into one Ready. (Tasks woken together run in one
             # batch that trio does not count as runnable, hence the slot count; looked at
             # before the deadline timer may be woken below.)
-            idle = (
-                rt.proposal_slots.used == 1
-                and trio.lowlevel.current_statistics().tasks_runnable == 0
-            )
+            idle = rt.proposal_slots.used == 1 and tasks_runnable() == 0
             future: Future[Any] = Future()
             rt.deadlines.add(deadline, future, expired)
             req = ProposeReq(bytes(data), future)

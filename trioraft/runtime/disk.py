@@ -21,6 +21,8 @@ from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple, Unpack
 import outcome
 import trio
 
+from trioraft.runtime.idle import tasks_runnable
+
 __all__ = [
     "INLINE_DISK",
     "AdaptiveDisk",
@@ -248,7 +250,7 @@ class AdaptiveDisk:
         # the checkpoint in __call__ lets run first in most cases): a heuristic.
         if _ADAPTIVE_NODES.get() > 1:
             return False
-        return trio.lowlevel.current_statistics().tasks_runnable == 0
+        return tasks_runnable() == 0
 
 
 #: The shared inline executor.

@@ -33,6 +33,7 @@ from trioraft.codec import decode, decode_conf_change, encode
 from trioraft.core.types import ConfChange, ConfChangeType, ConfState, Entry, EntryKind
 from trioraft.errors import ProposalDropped, StorageCorrupted
 from trioraft.runtime.disk import DiskExecutor
+from trioraft.runtime.idle import receiver_parked
 from trioraft.runtime.items import (
     Applied,
     ApplyBatch,
@@ -121,6 +122,7 @@ class FsmActor:
         self._store = store
         self._disk = disk
         self._items = items
+        self._parked = receiver_parked(items)
         #: entries applied through :meth:`apply_now` so far
         self.applied_now = 0
         self._raft_inbox = raft_inbox
@@ -224,8 +226,7 @@ class FsmActor:
         """
         if len(entries) > _APPLY_SLICE:
             return False
-        stats = self._items.statistics()
-        if stats.tasks_waiting_receive == 0 or stats.current_buffer_used:
+        if not self._parked():
             return False
         for e in entries:
             if e.kind is not EntryKind.NORMAL:

@@ -46,6 +46,7 @@ from trioraft.core.ready import Ready, Role, SoftState
 from trioraft.core.storage import MemoryStorage, SnapshotOutOfDate
 from trioraft.core.types import Entry, HardState
 from trioraft.errors import NotLeader, ProposalDropped
+from trioraft.runtime.idle import receiver_parked
 from trioraft.runtime.items import (
     Applied,
     ApplyBatch,
@@ -163,6 +164,7 @@ class RaftActor:
         self._id = core.id
         self._transport = transport
         self._inbox = inbox
+        self._inbox_parked = receiver_parked(inbox)
         self._inbox_send = inbox_send
         self._wal = wal
         self._fsm = fsm
@@ -265,10 +267,7 @@ class RaftActor:
         Returns:
             True if the item was handled (or its failure handed to the actor).
         """
-        if self._stepping_now:
-            return False
-        stats = self._inbox.statistics()
-        if stats.tasks_waiting_receive == 0 or stats.current_buffer_used:
+        if self._stepping_now or not self._inbox_parked():
             return False
         core = self.core
         self._stepping_now = True

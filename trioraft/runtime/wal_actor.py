@@ -32,6 +32,7 @@ import trio
 
 from trioraft.core.types import Entry, HardState, SnapshotMeta
 from trioraft.runtime.disk import AdaptiveDisk, DiskExecutor
+from trioraft.runtime.idle import receiver_parked
 from trioraft.runtime.items import MarkerJob, Persisted, PersistJob, ReleaseJob
 
 __all__ = ["WalActor", "WalLike", "merge_entries"]
@@ -94,6 +95,7 @@ class WalActor:
         self._wal = wal
         self._disk = disk
         self._jobs = jobs
+        self._parked = receiver_parked(jobs)
         self._raft_inbox = raft_inbox
         self._max_batch = max_batch_jobs
         # Index of the newest snapshot marker written: a local snapshot older than a snapshot
@@ -157,8 +159,7 @@ class WalActor:
         # Idle means parked in receive() with nothing buffered: an item sent to a parked
         # receiver is handed over directly (the buffer stays empty) and the receiver stops
         # waiting, so this also refuses while an item is handed over but not yet processed.
-        stats = self._jobs.statistics()
-        if stats.tasks_waiting_receive == 0 or stats.current_buffer_used:
+        if not self._parked():
             return False
         if job.snapshot is not None:
             return False

@@ -234,7 +234,11 @@ _BYTES = bytes
 
 
 def _enc_entries(entries: tuple[Entry, ...]) -> list[dict[str, object]]:
-    return [{"term": e.term, "index": e.index, "kind": e.kind, "data": e.data} for e in entries]
+    # The kind as a plain int (same bytes): cbor2 finds no encoder for the IntEnum type itself
+    # and falls back to a slow search through isinstance checks for every entry.
+    return [
+        {"term": e.term, "index": e.index, "kind": int(e.kind), "data": e.data} for e in entries
+    ]
 
 
 def _enc_append_request(m: Any) -> dict[str, object]:
