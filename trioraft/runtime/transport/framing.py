@@ -47,6 +47,8 @@ _READ_SIZE: Final = 64 << 10
 _CHUNK_PEEK: Final = 4 << 10
 #: ``os.readv`` (POSIX) reads a chunk's payload from a TCP socket straight into its buffer.
 _HAVE_READV: Final = hasattr(os, "readv")
+#: ``os.sendfile`` (Linux, BSD, macOS) sends a chunk's payload from its file to a TCP socket.
+_HAVE_SENDFILE: Final = hasattr(os, "sendfile")
 
 
 class FrameError(TransportError):
@@ -277,6 +279,54 @@ class FramedStream:
         finally:
             lock.release()
 
+    @property
+    def can_send_file(self) -> bool:
+        """Whether :meth:`send_chunk_from_file` works on this stream (plain TCP where the
+        platform has ``os.sendfile``; not TLS, not in-memory streams)."""
+        return _HAVE_SENDFILE and type(self.stream) is trio.SocketStream
+
+    async def send_chunk_from_file(
+        self, file_index: int, offset: int, crc32c: int, fd: int, file_offset: int, size: int
+    ) -> None:
+        """Sends ``SnapshotChunk(file_index, offset, data, crc32c)`` like :meth:`send_chunk`,
+        with ``data`` the ``size`` bytes of the file open as ``fd`` at ``file_offset``: the
+        kernel copies them from the page cache to the socket (``os.sendfile``), so they never
+        enter this process. The caller computed ``crc32c`` over the same bytes, of a file that
+        does not change; the receiver checks it. Only where :attr:`can_send_file`.
+
+        The bytes are read by the kernel in this (the event loop's) thread: the caller makes
+        sure they are in the page cache, e.g. by having just read them for the CRC.
+
+        Raises:
+            FrameError: the frame would exceed ``max_frame_size`` (nothing written).
+            TypeError: not :attr:`can_send_file`.
+            trio.BrokenResourceError: the connection broke, or the file ended before ``size``
+                bytes (the frame is then incomplete: the connection must be closed).
+            trio.ClosedResourceError: as :meth:`send`.
+        """
+        if not self.can_send_file:
+            raise TypeError("send_chunk_from_file needs a plain TCP stream and os.sendfile")
+        head = encode_chunk_head(file_index, offset, crc32c, size)
+        total = len(head) + size
+        if total > self.max_frame_size:
+            raise FrameError(f"frame of {total} bytes exceeds the limit {self.max_frame_size}")
+        stream = self.stream
+        assert isinstance(stream, trio.SocketStream)
+        lock = self._send_lock
+        await _acquire(lock)
+        try:
+            await _send_parts(stream, [_HEADER.pack(total) + head])
+            left = await _send_file(stream, fd, file_offset, size)
+            if left:
+                # The frame cannot be completed and the peer would wait for the rest of it:
+                # the connection is closed, so that both ends see it end.
+                await self.aclose()
+                raise trio.BrokenResourceError(
+                    f"the file ended {left} bytes short of the chunk being sent"
+                )
+        finally:
+            lock.release()
+
     async def _fill(self, n: int, *, start: bool, read_size: int = _READ_SIZE) -> None:
         buf = self._buf
         while len(buf) < n:
@@ -310,3 +360,26 @@ async def _send_parts(stream: trio.SocketStream, parts: list[memoryview | bytes]
         if exc.errno == errno.EBADF:
             raise trio.ClosedResourceError("the connection was closed") from exc
         raise trio.BrokenResourceError(f"sending failed: {exc!r}") from exc
+
+
+async def _send_file(stream: trio.SocketStream, fd: int, offset: int, size: int) -> int:
+    """Writes ``size`` bytes of file ``fd`` from ``offset`` to ``stream``'s socket with
+    ``os.sendfile`` on the non-blocking socket, waiting for writability when it is full.
+    Returns how many bytes are left unsent because the file ended (0: all sent)."""
+    sock = stream.socket
+    out = sock.fileno()
+    end = offset + size
+    while offset < end:
+        try:
+            sent = os.sendfile(out, fd, offset, end - offset)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EBADF and sock.fileno() == -1:
+                raise trio.ClosedResourceError("the connection was closed") from exc
+            raise trio.BrokenResourceError(f"sending from a file failed: {exc!r}") from exc
+        if sent == 0:
+            return end - offset
+        offset += sent
+    return 0

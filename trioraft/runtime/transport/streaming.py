@@ -16,11 +16,18 @@ connection of purpose ``"snapshot"``. The files are treated as one byte sequence
 3. The sender keeps at most ``window`` chunks unacknowledged (credits). Each chunk carries a
    CRC32C. The receiver reads each chunk's payload straight into a reusable buffer (see
    :meth:`FramedStream.receive_chunk`), checks where it goes and queues it for its writer task,
-   which checks the CRCs of what has queued up and writes it into the snapshot builder
-   (``write_at``), both in one worker-thread call, and then acknowledges each chunk with the
-   position it reached: receiving overlaps checking and writing, and an acknowledgement still
-   means "written". Memory on both sides is thus bounded by ``window * chunk_size`` (plus the
-   one chunk the sender reads ahead while it waits for a credit) whatever the snapshot size.
+   which checks the CRCs of what has queued up (at most half the window, so that the sender
+   keeps credit while it is written) and writes it into the snapshot builder (``write_at``),
+   both in one worker-thread call, and then acknowledges each chunk with the position it
+   reached: receiving overlaps checking and writing, and an acknowledgement still means
+   "written". On plain TCP, when the reader gives file paths (the real snapshot store), the
+   sender never reads a payload into memory: a worker thread computes the chunk's CRC32C over a
+   read-only mapping of its range (which also brings the pages into the page cache) and the
+   kernel sends the bytes from the file (``sendfile``); otherwise each chunk is read and sent.
+   The file is a committed snapshot, never modified, so the bytes sent are the bytes
+   checksummed; should they differ, the receiver's checks catch it as for any damage.
+   Memory on both sides is thus bounded by ``window * chunk_size`` (plus the one chunk the
+   sender reads ahead while it waits for a credit) whatever the snapshot size.
    The receiver also keeps a running CRC32C per file, extended with each chunk's checked CRC
    (CRC combination, so the bytes are checksummed once; the builder is handed the running
    value instead of computing its own), and checks it against the offer when the file is
@@ -43,6 +50,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import mmap
+import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -101,7 +110,8 @@ T = TypeVar("T")
 #: Room left in a frame for the chunk's envelope (field names, offsets, CRC).
 CHUNK_FRAME_OVERHEAD = 256
 
-#: The receiver's writer hands at most about this many queued bytes to one worker-thread call.
+#: The receiver's writer hands at most about this many queued bytes to one worker-thread call,
+#: and at most half the window's chunks (see :meth:`SnapshotReceiver._receive_files`).
 _WRITE_BATCH_BYTES = 8 << 20
 
 # Connection-level failures after which the sender reconnects and resumes.
@@ -143,6 +153,50 @@ def _read_chunk(reader: SnapshotReaderLike, name: str, offset: int, size: int) -
     releases the GIL for large buffers, so the event loop keeps running meanwhile)."""
     data = reader.read_chunk(name, offset, size)
     return data, crc32c(data)
+
+
+def _crc_of_file_range(fd: int, offset: int, size: int) -> int:
+    """Worker-thread side of the sender's sendfile path: the CRC32C of ``size`` bytes of file
+    ``fd`` at ``offset``, computed over a read-only mapping of just that range (unmapped on
+    return, so the pages stay in the page cache, warm for the ``sendfile`` that follows, but
+    never accumulate in the process's RSS). Raises ``ValueError`` when the file is shorter."""
+    have = os.fstat(fd).st_size
+    if have < offset + size:
+        raise ValueError(f"the file has {have} bytes, the chunk needs {offset + size}")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with (
+        mmap.mmap(fd, offset + size - start, access=mmap.ACCESS_READ, offset=start) as mapped,
+        memoryview(mapped) as view,
+        view[offset - start :] as part,
+    ):
+        return crc32c(part)
+
+
+class _OpenFiles:
+    """The sender's descriptors of the snapshot's files for the sendfile path: each opened
+    (read-only) on first use, all closed when the connection's session ends. An open
+    descriptor keeps a file readable even if retention removed it meanwhile."""
+
+    def __init__(self, path_of: Callable[[str], str | None]) -> None:
+        self._path_of = path_of
+        self._fds: dict[str, int] = {}
+
+    def fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            path = self._path_of(name)
+            if path is None:
+                raise FileNotFoundError(f"snapshot file {name!r} has no path")
+            # opened here, not in a worker thread, so that a cancellation cannot lose it
+            # (opening an existing file is a metadata lookup, not a data read)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fds[name] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -487,6 +541,13 @@ async def _session(
     send_failure: BaseException | None = None
     done = False
 
+    # Plain TCP and a reader with real file paths: payloads go from the page cache to the
+    # socket with sendfile and only their CRC is computed here (over a mapping of the range,
+    # in a worker thread, which also brings the pages into the cache before the event loop's
+    # sendfile needs them). Otherwise each chunk is read into memory and sent from there.
+    path_of: Callable[[str], str | None] | None = getattr(reader, "os_path", None)
+    open_files = _OpenFiles(path_of) if path_of is not None and conn.can_send_file else None
+
     async def pump(nursery: trio.Nursery) -> None:
         nonlocal inflight, pump_done, failure, send_failure
         try:
@@ -494,13 +555,19 @@ async def _session(
                 # The chunk is read (and checksummed, in the same worker-thread call) before
                 # its credit is awaited: the read overlaps the wait for the receiver's ack.
                 name = offer.files[fi].name
+                data = b""
+                fd = -1
                 try:
-                    data, crc = await disk(_read_chunk, reader, name, off, n)
+                    if open_files is not None:
+                        fd = open_files.fd(name)
+                        crc = await disk(_crc_of_file_range, fd, off, n)
+                    else:
+                        data, crc = await disk(_read_chunk, reader, name, off, n)
                 except Exception as exc:
                     raise SnapshotTransferError(
                         f"reading {name!r} at {off} for the snapshot stream failed: {exc}"
                     ) from exc
-                if len(data) != n:
+                if open_files is None and len(data) != n:
                     raise SnapshotTransferError(
                         f"short read of {name!r} at {off}: {len(data)} of {n} bytes"
                     )
@@ -514,7 +581,10 @@ async def _session(
                 expected.append((fi, off + n, n))
                 inflight += n
                 stats.max_inflight_bytes = max(stats.max_inflight_bytes, inflight)
-                await conn.send_chunk(fi, off, crc, data)
+                if open_files is not None:
+                    await conn.send_chunk_from_file(fi, off, crc, fd, off, n)
+                else:
+                    await conn.send_chunk(fi, off, crc, data)
                 stats.bytes_sent += n
                 stats.chunks_sent += 1
             pump_done = True
@@ -526,38 +596,42 @@ async def _session(
             failure = exc
             nursery.cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, nursery)
-        try:
-            while True:
-                frame = await conn.receive()
-                if isinstance(frame, SnapshotAck):
-                    if not expected or expected[0][:2] != (frame.file_index, frame.offset):
-                        raise FrameError(
-                            f"unexpected ack ({frame.file_index}, {frame.offset});"
-                            f" expected {expected[0][:2] if expected else 'none'}"
-                        )
-                    _, _, n = expected.popleft()
-                    inflight -= n
-                    credit.release()
-                    pos = state.global_pos(frame.file_index, frame.offset)
-                    assert pos is not None  # it matched a chunk we sent
-                    progress(pos)
-                elif isinstance(frame, SnapshotKeepalive):
-                    if pump_done and not expected:
-                        timer.progress()  # the receiver is committing
-                elif isinstance(frame, SnapshotDone):
-                    if not pump_done or expected:
-                        raise FrameError("SnapshotDone before every chunk was acknowledged")
-                    done = True
-                    break
-                elif isinstance(frame, SnapshotError):
-                    _raise_remote(frame)
-                else:
-                    raise FrameError(f"unexpected {type(frame).__name__} in a snapshot stream")
-        except Exception as exc:
-            failure = failure or exc
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, nursery)
+            try:
+                while True:
+                    frame = await conn.receive()
+                    if isinstance(frame, SnapshotAck):
+                        if not expected or expected[0][:2] != (frame.file_index, frame.offset):
+                            raise FrameError(
+                                f"unexpected ack ({frame.file_index}, {frame.offset});"
+                                f" expected {expected[0][:2] if expected else 'none'}"
+                            )
+                        _, _, n = expected.popleft()
+                        inflight -= n
+                        credit.release()
+                        pos = state.global_pos(frame.file_index, frame.offset)
+                        assert pos is not None  # it matched a chunk we sent
+                        progress(pos)
+                    elif isinstance(frame, SnapshotKeepalive):
+                        if pump_done and not expected:
+                            timer.progress()  # the receiver is committing
+                    elif isinstance(frame, SnapshotDone):
+                        if not pump_done or expected:
+                            raise FrameError("SnapshotDone before every chunk was acknowledged")
+                        done = True
+                        break
+                    elif isinstance(frame, SnapshotError):
+                        _raise_remote(frame)
+                    else:
+                        raise FrameError(f"unexpected {type(frame).__name__} in a snapshot stream")
+            except Exception as exc:
+                failure = failure or exc
+            nursery.cancel_scope.cancel()
+    finally:
+        if open_files is not None:
+            open_files.close()
     if failure is not None:
         raise failure
     if send_failure is not None and not done:  # pragma: no cover - the reader fails first
@@ -937,7 +1011,10 @@ class SnapshotReceiver:
     ) -> None:
         try:
             await self._receive_files(conn, state, ctx)
+            received_at = trio.current_time()
             failure = await self._commit(conn, state, handler, ctx)
+            if failure is None:
+                log.debug("%s: commit took %.3fs", ctx, trio.current_time() - received_at)
             if failure is not None:
                 raise _StorageFailure(f"commit: {failure!r}") from failure
         except _StorageFailure as exc:
@@ -979,6 +1056,10 @@ class SnapshotReceiver:
         send_queue, receive_queue = trio.open_memory_channel[ReceivedChunk](window + len(files))
         free: list[bytearray] = []  # payload buffers ready for reuse
         chunk_size = offer.chunk_size
+        # A batch is acknowledged only once all of it is written: taking the whole window at
+        # once would leave the sender with no credit, and the connection idle, while it is
+        # written. With at most half of it, the other half keeps arriving meanwhile.
+        batch_chunks = max(1, window // 2)
         failure: BaseException | None = None
 
         def acquire(n: int) -> bytearray:
@@ -994,7 +1075,7 @@ class SnapshotReceiver:
                 async for chunk in receive_queue:
                     batch = [chunk]
                     size = len(chunk.data)
-                    while size < _WRITE_BATCH_BYTES:
+                    while size < _WRITE_BATCH_BYTES and len(batch) < batch_chunks:
                         try:
                             chunk = receive_queue.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
