@@ -16,6 +16,7 @@ accepting side; ``purpose`` fixes what follows:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -443,12 +444,139 @@ def _fast_decode(raw: object) -> Frame | None:
     return None if msg is None else RaftFrame(msg=msg)
 
 
+# -- the replication round trip's two messages, written straight to CBOR -------------------------
+#
+# An AppendRequest goes to every follower per proposal and an AppendResponse comes back from each,
+# so their encoding is on every proposal's critical path. These functions write the bytes that
+# ``cbor2.dumps`` makes of the dicts above (same keys, same order, shortest integer forms; a test
+# compares them over the integer size boundaries) without building the dicts. Anything outside
+# what they handle (a negative or huge integer) raises ValueError and takes the dict path.
+
+_TINY: Final = tuple(bytes((i,)) for i in range(24))
+_PACK_U8: Final = struct.Struct(">BB").pack
+_PACK_U16: Final = struct.Struct(">BH").pack
+_PACK_U32: Final = struct.Struct(">BI").pack
+_PACK_U64: Final = struct.Struct(">BQ").pack
+
+
+def _uint(v: int, major: int = 0) -> bytes:
+    """The CBOR head of an unsigned integer (major 0) or a byte string's length (major 2)."""
+    m = major << 5
+    if 0 <= v < 24:
+        return _TINY[m | v] if m == 0 else bytes((m | v,))
+    if v < 0:
+        raise ValueError("negative")
+    if v < 0x100:
+        return _PACK_U8(m | 24, v)
+    if v < 0x10000:
+        return _PACK_U16(m | 25, v)
+    if v < 0x100000000:
+        return _PACK_U32(m | 26, v)
+    if v < 0x10000000000000000:
+        return _PACK_U64(m | 27, v)
+    raise ValueError("too large")
+
+
+def _key(name: str) -> bytes:
+    return cbor2.dumps(name)
+
+
+_FRAME_HEAD: Final = b"\xa2" + _key("msg")  # {"msg": ..., "type": "RaftFrame"}
+_FRAME_TAIL: Final = _key("type") + _key("RaftFrame")
+_AREQ_SRC: Final = _FRAME_HEAD + b"\xa8" + _key("src")
+_AREQ_TAIL: Final = _key("type") + _key("AppendRequest") + _FRAME_TAIL
+_ARESP_SRC: Final = _FRAME_HEAD + b"\xa8" + _key("src")
+_ARESP_TAIL: Final = _key("type") + _key("AppendResponse") + _FRAME_TAIL
+_K_DST: Final = _key("dst")
+_K_TERM: Final = _key("term")
+_K_INDEX: Final = _key("index")
+_K_PREV_INDEX: Final = _key("prev_index")
+_K_PREV_TERM: Final = _key("prev_term")
+_K_ENTRIES: Final = _key("entries")
+_K_COMMIT: Final = _key("commit")
+_K_REJECT: Final = _key("reject")
+_K_HINT_INDEX: Final = _key("hint_index")
+_K_HINT_TERM: Final = _key("hint_term")
+_ENTRY_TERM: Final = b"\xa4" + _K_TERM
+_K_KIND: Final = _key("kind")
+_K_DATA: Final = _key("data")
+_BOOL: Final = (b"\xf4", b"\xf5")
+
+
+def _bytes_append_request(m: Any) -> bytes:
+    entries = m.entries
+    parts = [
+        _AREQ_SRC,
+        _uint(m.src),
+        _K_DST,
+        _uint(m.dst),
+        _K_TERM,
+        _uint(m.term),
+        _K_PREV_INDEX,
+        _uint(m.prev_index),
+        _K_PREV_TERM,
+        _uint(m.prev_term),
+        _K_ENTRIES,
+        _uint(len(entries), 4),
+    ]
+    for e in entries:
+        data = e.data
+        parts += (
+            _ENTRY_TERM,
+            _uint(e.term),
+            _K_INDEX,
+            _uint(e.index),
+            _K_KIND,
+            _uint(int(e.kind)),
+            _K_DATA,
+            _uint(len(data), 2),
+            data,
+        )
+    parts += (_K_COMMIT, _uint(m.commit), _AREQ_TAIL)
+    return b"".join(parts)
+
+
+def _bytes_append_response(m: Any) -> bytes:
+    return b"".join(
+        (
+            _ARESP_SRC,
+            _uint(m.src),
+            _K_DST,
+            _uint(m.dst),
+            _K_TERM,
+            _uint(m.term),
+            _K_INDEX,
+            _uint(m.index),
+            _K_REJECT,
+            _BOOL[bool(m.reject)],
+            _K_HINT_INDEX,
+            _uint(m.hint_index),
+            _K_HINT_TERM,
+            _uint(m.hint_term),
+            _ARESP_TAIL,
+        )
+    )
+
+
+_DIRECT_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    AppendRequest: _bytes_append_request,
+    AppendResponse: _bytes_append_response,
+}
+
+
 def encode_frame(frame: Frame) -> bytes:
     """Encodes one frame (without the length prefix)."""
     if type(frame) is RaftFrame:
-        enc = _FAST_ENCODERS.get(type(frame.msg))
+        msg = frame.msg
+        direct = _DIRECT_ENCODERS.get(type(msg))
+        if direct is not None:
+            try:
+                return direct(msg)
+            except ValueError:
+                pass  # not representable by the direct path: the dict path decides
+        enc = _FAST_ENCODERS.get(type(msg))
         if enc is not None:
-            return cbor2.dumps({"msg": enc(frame.msg), "type": "RaftFrame"})
+            return cbor2.dumps({"msg": enc(msg), "type": "RaftFrame"})
     return encode(frame, unstructure_as=Frame)
 
 
