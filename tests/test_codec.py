@@ -77,6 +77,10 @@ def test_conf_change_round_trip() -> None:
         cbor2.dumps({"type": "TimeoutNow", "src": 1, "dst": 2, "term": 1.0}),
         cbor2.dumps({"type": "TimeoutNow", "src": "1", "dst": 2, "term": 1}),
         cbor2.dumps({"type": "VoteResponse", "src": 1, "dst": 2, "term": 3, "granted": 1}),
+        # Extra keys that are not strings: describing them used to raise TypeError instead.
+        cbor2.dumps({"type": "TimeoutNow", "src": 1, "dst": 2, "term": 3, 7: 1}),
+        cbor2.dumps({"type": "TimeoutNow", "src": 1, "dst": 2, "term": 3, 7: 1, "x": 2}),
+        cbor2.dumps({"type": "TimeoutNow", "src": 1, "dst": 2, "term": 3, cbor2.CBORTag(6, 1): 1}),
         cbor2.dumps(
             {
                 "type": "AppendRequest",

@@ -101,7 +101,7 @@ def structure(raw: Any, cls: Any) -> Any:
         ValueError,
     ) as exc:
         name = getattr(cls, "__name__", "message")
-        detail = "; ".join(_leaf_errors(exc)) or str(exc)
+        detail = "; ".join(_leaf_errors(exc)) or _text(exc)
         raise DecodeError(f"invalid {name}: {detail}") from exc
 
 
@@ -111,7 +111,17 @@ def _leaf_errors(exc: BaseException) -> list[str]:
         for sub in exc.exceptions:
             out.extend(_leaf_errors(sub))
         return out
-    return [f"{type(exc).__name__}: {exc}"]
+    return [f"{type(exc).__name__}: {_text(exc)}"]
+
+
+def _text(exc: BaseException) -> str:
+    # Some errors cannot describe themselves for every input (cattrs sorts and joins the
+    # extra keys it found, which fails for a map keyed by ints or tags): a malformed input
+    # must still end as a DecodeError, not as whatever the description raised.
+    try:
+        return str(exc)
+    except Exception:
+        return "(no description)"
 
 
 def encode_message(msg: Message) -> bytes:

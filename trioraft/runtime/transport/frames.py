@@ -564,6 +564,105 @@ _DIRECT_ENCODERS: dict[type, Callable[[Any], bytes]] = {
 }
 
 
+class _Miss(Exception):
+    """Not the exact layout the direct decoder reads: the generic path decides."""
+
+
+def _head(data: bytes, pos: int, major: int) -> tuple[int, int]:
+    """(argument, next position) of the definite-length CBOR item head of ``major`` type at
+    ``pos``; raises _Miss for anything else (IndexError when cut short)."""
+    b = data[pos]
+    if b >> 5 != major:
+        raise _Miss
+    info = b & 31
+    if info < 24:
+        return info, pos + 1
+    if info > 27:
+        raise _Miss
+    end = pos + 1 + (1 << (info - 24))
+    if end > len(data):
+        raise _Miss
+    return int.from_bytes(data[pos + 1 : end], "big"), end
+
+
+def _expect(data: bytes, pos: int, key: bytes) -> int:
+    if not data.startswith(key, pos):
+        raise _Miss
+    return pos + len(key)
+
+
+def _direct_decode(data: bytes) -> Message | None:
+    """The AppendRequest or AppendResponse in ``data`` if it is laid out exactly as the direct
+    encoders write them (keys in that order, none missing or extra, unsigned integers,
+    definite lengths, nothing after the frame), else None. Every value such a layout can hold
+    is one the converter accepts too (the fields' types are checked by the layout itself), so
+    this decides nothing the generic path would decide differently."""
+    pos = _expect(data, 0, _AREQ_SRC)  # the same prefix for both
+    src, pos = _head(data, pos, 0)
+    pos = _expect(data, pos, _K_DST)
+    dst, pos = _head(data, pos, 0)
+    pos = _expect(data, pos, _K_TERM)
+    term, pos = _head(data, pos, 0)
+    if data.startswith(_K_INDEX, pos):
+        index, pos = _head(data, pos + len(_K_INDEX), 0)
+        pos = _expect(data, pos, _K_REJECT)
+        flag = data[pos]
+        if flag != 0xF4 and flag != 0xF5:
+            raise _Miss
+        pos = _expect(data, pos + 1, _K_HINT_INDEX)
+        hint_index, pos = _head(data, pos, 0)
+        pos = _expect(data, pos, _K_HINT_TERM)
+        hint_term, pos = _head(data, pos, 0)
+        if _expect(data, pos, _ARESP_TAIL) != len(data):
+            raise _Miss
+        return AppendResponse(
+            src=src,
+            dst=dst,
+            term=term,
+            index=index,
+            reject=flag == 0xF5,
+            hint_index=hint_index,
+            hint_term=hint_term,
+        )
+    pos = _expect(data, pos, _K_PREV_INDEX)
+    prev_index, pos = _head(data, pos, 0)
+    pos = _expect(data, pos, _K_PREV_TERM)
+    prev_term, pos = _head(data, pos, 0)
+    pos = _expect(data, pos, _K_ENTRIES)
+    count, pos = _head(data, pos, 4)
+    entries = []
+    kinds = _ENTRY_KINDS
+    for _ in range(count):
+        pos = _expect(data, pos, _ENTRY_TERM)
+        e_term, pos = _head(data, pos, 0)
+        pos = _expect(data, pos, _K_INDEX)
+        e_index, pos = _head(data, pos, 0)
+        pos = _expect(data, pos, _K_KIND)
+        kind, pos = _head(data, pos, 0)
+        if kind not in kinds:
+            raise _Miss
+        pos = _expect(data, pos, _K_DATA)
+        size, pos = _head(data, pos, 2)
+        end = pos + size
+        if end > len(data):
+            raise _Miss
+        entries.append(Entry(e_term, e_index, kinds[kind], data[pos:end]))
+        pos = end
+    pos = _expect(data, pos, _K_COMMIT)
+    commit, pos = _head(data, pos, 0)
+    if _expect(data, pos, _AREQ_TAIL) != len(data):
+        raise _Miss
+    return AppendRequest(
+        src=src,
+        dst=dst,
+        term=term,
+        prev_index=prev_index,
+        prev_term=prev_term,
+        entries=tuple(entries),
+        commit=commit,
+    )
+
+
 def encode_frame(frame: Frame) -> bytes:
     """Encodes one frame (without the length prefix)."""
     if type(frame) is RaftFrame:
@@ -582,6 +681,14 @@ def encode_frame(frame: Frame) -> bytes:
 
 def decode_frame(data: bytes | memoryview) -> Frame:
     """Decodes one frame strictly. Raises :class:`trioraft.codec.DecodeError`."""
+    if data[:1] == b"\xa2":  # a two-key map, as every RaftFrame
+        raw_bytes = bytes(data)
+        try:
+            msg = _direct_decode(raw_bytes)
+        except (_Miss, IndexError):
+            msg = None
+        if msg is not None:
+            return RaftFrame(msg=msg)
     try:
         raw = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises a variety of errors on garbage
