@@ -1178,6 +1178,10 @@ class RaftCore:
 
     def _maybe_send_append(self, to: NodeId, send_if_empty: bool) -> bool:
         pr = self._trk.progress[to]
+        if not send_if_empty and pr.next == self._log.last_index() + 1:
+            # Nothing new for this follower (the callers loop until this returns False, so
+            # every loop ends here): skip the term lookup and the empty slice.
+            return False
         if pr.is_paused():
             return False
         prev_index = pr.next - 1

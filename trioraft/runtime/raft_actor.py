@@ -378,6 +378,14 @@ class RaftActor:
             return
         self._ack_jobs(list(item.jobs))
 
+    def _acked_now(self, job: PersistJob) -> None:
+        # A job acknowledged on this task (``acked``: never counted in flight), as _persisted
+        # would take it.
+        if self._restoring is not None:
+            self._deferred.append(job)
+        else:
+            self._ack_jobs([job])
+
     def _ack_jobs(self, jobs: list[PersistJob]) -> None:
         # Mirror durable jobs into the in-memory log, release their held messages, acknowledge.
         # A job installing a snapshot pauses this until the FSM actor restored the state
@@ -475,7 +483,7 @@ class RaftActor:
                     self._persist_now is not None and self._persist_now(job)
                 ):
                     self._wal.send_nowait(job)
-                self._persisted(Persisted((job,)))
+                self._acked_now(job)
             elif (
                 self._persist_now is not None
                 and self._wal_inflight == 0
@@ -494,7 +502,7 @@ class RaftActor:
                 # event loop): acknowledge like a job the WAL actor reports back.
                 if hs is not None:
                     self._durable_hs = hs
-                self._persisted(Persisted((job,)))
+                self._acked_now(job)
             else:
                 self._wal_inflight += 1
                 if hs is not None:
