@@ -24,7 +24,7 @@ from trioraft.runtime.transport.base import SnapshotRejected
 from trioraft.runtime.transport.frames import SnapshotAck
 from trioraft.runtime.transport.framing import FramedStream, FrameError, ReceivedChunk
 from trioraft.runtime.transport.memory import MemoryNetwork
-from trioraft.runtime.transport.streaming import StreamOptions
+from trioraft.runtime.transport.streaming import StreamOptions, _crc_of_file_range
 from trioraft.runtime.transport.tcp import TcpTransport
 from trioraft.storage.snapshots import SnapshotStore
 
@@ -281,3 +281,23 @@ async def test_the_receiver_writes_at_most_half_the_window_per_disk_call(
     assert_received(h2, files, stored)
     assert sum(batches) == count
     assert max(batches) == window // 2
+
+
+@pytest.mark.parametrize(
+    ("offset", "size"), [(0, 1), (1, 4095), (4095, 2), (65536 + 7, 300_000), (0, 1 << 20)]
+)
+def test_the_senders_crc_of_a_file_range_is_that_of_the_bytes(
+    tmp_path: Path, offset: int, size: int
+) -> None:
+    """The range is mapped from an offset rounded down to the mapping granularity; the CRC
+    is that of exactly the requested bytes, and a file too short for them is an error."""
+    data = pattern((1 << 20) + 70_000, seed=offset)
+    path = tmp_path / "f"
+    _write(path, data)
+    fd = _open(path)
+    try:
+        assert _crc_of_file_range(fd, offset, size) == crc32c.crc32c(data[offset : offset + size])
+        with pytest.raises(ValueError, match="bytes, the chunk needs"):
+            _crc_of_file_range(fd, len(data) - size + 1, size)
+    finally:
+        os.close(fd)
