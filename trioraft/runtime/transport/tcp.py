@@ -787,12 +787,14 @@ class TcpTransport:
         while True:
             pos = 0
             have = len(buf)
+            missing = 0  # bytes of a frame begun in buf that are still to come
             while have - pos >= head:
                 (length,) = unpack(buf, pos)
                 if length == 0 or length > limit:
                     raise FrameError(f"frame length {length} outside 1..{limit}")
                 end = pos + head + length
                 if end > have:
+                    missing = end - have
                     break
                 try:
                     with memoryview(buf) as view, view[pos + head : end] as body:
@@ -805,7 +807,8 @@ class TcpTransport:
                 del buf[:pos]
             await trio.lowlevel.wait_readable(sock)
             try:
-                data = os.read(fd, _RAFT_READ_SIZE)
+                # A large frame's rest in one read when it is there already (as FramedStream).
+                data = os.read(fd, max(_RAFT_READ_SIZE, missing))
             except BlockingIOError:
                 continue
             except OSError as exc:
