@@ -27,6 +27,7 @@ from trioraft.storage.records import (
     make_save_record,
     record_terms,
     save_head_parts,
+    save_one_parts,
     unpack_entries,
 )
 
@@ -223,3 +224,17 @@ def test_frames_chain_their_crcs() -> None:
     assert frame_parts([p2[:3], p2[3:]], c1) == (h2, c2)
     # the same payload after a different predecessor has a different CRC
     assert frame(p2, 0)[1] != c2
+
+
+@pytest.mark.parametrize("kind", [EntryKind.NORMAL, EntryKind.CONF_CHANGE])
+@pytest.mark.parametrize("data", [b"", b"x", b"y" * 300])
+@pytest.mark.parametrize("hs", [None, HardState(term=3, vote=2, commit=70000)])
+def test_one_entry_saves_build_the_record_bytes_directly(
+    kind: EntryKind, data: bytes, hs: HardState | None
+) -> None:
+    e = Entry(term=2**40, index=65536, kind=kind, data=data)
+    rec = make_save_record([e], hs)
+    parts, terms = save_one_parts(e, hs)
+    assert parts == encode_record_parts(rec)
+    assert terms == rec.terms
+    assert decode_record(b"".join(parts)) == rec

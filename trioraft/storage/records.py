@@ -344,6 +344,20 @@ def make_save_record(entries: Sequence[Entry], hard_state: HardState | None) -> 
     )
 
 
+def save_one_parts(e: Entry, hard_state: HardState | None) -> tuple[list[bytes], bytes]:
+    """``(payload, terms)`` for saving the single entry ``e``: exactly
+    ``encode_record_parts(make_save_record([e], hard_state))`` and the record's terms column,
+    without building the record (one entry per save is what an idle node writes, so this is
+    every write's path at low load)."""
+    terms = _U64.pack(e.term)
+    data = e.data
+    pre, post = save_head_parts(
+        e.index, 1, terms, b"" if e.kind is _NORMAL else bytes((e.kind,)), 4, hard_state, len(data)
+    )
+    head = pre + _U32.pack(len(data)) + post
+    return ([head, data] if data else [head]), terms
+
+
 def entry_columns(entries: Sequence[Entry]) -> tuple[list[bytes], bytes, bytes]:
     """``(datas, terms, kinds)`` of a non-empty batch: the entries' data (to be joined into the
     data column and measured by :func:`pack_sizes`) and the terms and kinds columns.

@@ -118,6 +118,7 @@ from trioraft.storage.records import (
     make_save_record,
     pack_sizes,
     save_head_parts,
+    save_one_parts,
     terms_array,
     unpack_entries,
 )
@@ -799,6 +800,10 @@ class WAL:
                 payload = [pre, sizes, post, data]
                 del pre, sizes, post, data  # the payload list holds the only references
                 self._append(payload, (first, n, terms), hard_state)
+            elif n == 1:
+                first = entries[0].index
+                parts, terms = save_one_parts(entries[0], hard_state)
+                self._append(parts, (first, 1, terms), hard_state)
             else:
                 rec = make_save_record(entries, hard_state)
                 self._append(
