@@ -8,8 +8,9 @@ What is measured (all processes on loopback, one run, same machine):
   save (the baseline is the mean of the two times).
 * install: a follower that was down while the leader loaded the state and compacted restarts;
   from its first received byte until its runtime has installed and loaded the snapshot, beside a
-  raw loopback TCP copy + write + fsync of the same bytes. ``catchup_s`` is the whole catch-up
-  as a user sees it: from starting the follower's process until it has the state.
+  raw loopback TCP copy + write + fsync of the same bytes, run once right before and once right
+  after the install (the baseline is the mean of the two times). ``catchup_s`` is the whole
+  catch-up as a user sees it: from starting the follower's process until it has the state.
 * recover: the same follower, now holding the snapshot plus a WAL tail of 100k single-put
   entries, is restarted; from process start until it has applied everything again (serves).
 * peak RSS growth of the leader (during the transfer) and of the follower (from ready until the
@@ -112,6 +113,8 @@ _MEDIAN_KEYS = (
     "restore_s",
     "after_restore_s",
     "raw_copy_s",
+    "raw_copy_before_s",
+    "raw_copy_after_s",
     "install_cpu_s",
     "receive_cpu_s",
     "load_state_cpu_s",
@@ -205,6 +208,16 @@ def run_trioraft_once(
     res["raw_write_after_s"] = after_s
     res["raw_write_s"] = (res["raw_write_before_s"] + after_s) / 2
 
+    # The raw copy, like the raw write, runs right before and right after what it is compared
+    # with, and its baseline is the mean of the two times: the same bytes (the leader's
+    # snapshot file itself, read with sendfile, or generated data of the same size when it is
+    # gone).
+    src = state_file if state_file is not None and state_file.exists() else None
+    copy_bytes = src.stat().st_size if src is not None else snap_bytes
+    res["raw_copy_source"] = src.name if src is not None else "generated"
+    progress.phase("raw: loopback TCP copy + write + fsync of the same bytes (before)")
+    copy_before_s = raw_loopback_copy(src, base / "raw-copy.bin", copy_bytes)
+
     progress.phase(f"{label}: node {follower_id} restarts and catches up by snapshot")
     with PeakRss({"leader": leader.pid}) as rss:
         node = cluster.start(follower_id, wait_ready=False)
@@ -247,14 +260,14 @@ def run_trioraft_once(
     if st["snapshots_installed"] < 1:
         raise BenchError(f"node {follower_id} caught up without installing a snapshot")
 
-    progress.phase("raw: loopback TCP copy + write + fsync of the same bytes")
-    # The same bytes: the leader's snapshot file itself (read with sendfile), or generated data
-    # of the same size when it is gone.
-    src = state_file if state_file is not None and state_file.exists() else None
-    copy_bytes = src.stat().st_size if src is not None else snap_bytes
-    res["raw_copy_source"] = src.name if src is not None else "generated"
-    copy_s = raw_loopback_copy(src, base / "raw-copy.bin", copy_bytes)
-    res["raw_copy_s"] = copy_s * snap_bytes / copy_bytes  # same rate, scaled to the same bytes
+    progress.phase("raw: loopback TCP copy + write + fsync of the same bytes (after)")
+    if src is not None and not src.exists():
+        src = None  # retention removed it meanwhile: generated data of the same size
+    copy_after_s = raw_loopback_copy(src, base / "raw-copy.bin", copy_bytes)
+    scale = snap_bytes / copy_bytes  # same rate, scaled to the same bytes
+    res["raw_copy_before_s"] = copy_before_s * scale
+    res["raw_copy_after_s"] = copy_after_s * scale
+    res["raw_copy_s"] = (res["raw_copy_before_s"] + res["raw_copy_after_s"]) / 2
 
     if not recover:
         for i in list(cluster.nodes):
@@ -584,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             # the raw write's two halves (right before and right after the save)
             "raw_write_before_mib_s": rounded(snap_mib / ours["raw_write_before_s"], 1),
             "raw_write_after_mib_s": rounded(snap_mib / ours["raw_write_after_s"], 1),
+            # the raw copy's two halves (right before and right after the install)
+            "raw_copy_before_mib_s": rounded(snap_mib / ours["raw_copy_before_s"], 1),
+            "raw_copy_after_mib_s": rounded(snap_mib / ours["raw_copy_after_s"], 1),
             # the transfer alone: first byte received until committed on disk (before loading)
             "receive_mib_s": rounded(snap_mib / ours["receive_s"], 1)
             if ours["receive_s"]

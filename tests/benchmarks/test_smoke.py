@@ -77,6 +77,10 @@ def test_snapshot_throughput_tiny(tmp_path: Path) -> None:
     )
     assert before > 0 and after > 0
     assert min(before, after) * 0.99 <= doc["raw_write_mib_s"] <= max(before, after) * 1.01
+    # so does the raw copy around the install
+    before, after = doc["details"]["raw_copy_before_mib_s"], doc["details"]["raw_copy_after_mib_s"]
+    assert before > 0 and after > 0
+    assert min(before, after) * 0.99 <= doc["raw_copy_mib_s"] <= max(before, after) * 1.01
     assert doc["pysyncobj_catchup_s"] is None and doc["vs_pysyncobj"] is None
     assert doc["etcd_catchup_s"] is None and doc["vs_etcd"] is None
     assert doc["details"]["trioraft"]["follower_snapshots_installed"] >= 1
