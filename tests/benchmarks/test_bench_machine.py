@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.trioraft_node import INDEX_FILE, KEYS_FILE, VALUES_FILE, BenchMachine, encode_puts
+from benchmarks.trioraft_node import (
+    INDEX_FILE,
+    KEYS_FILE,
+    VALUES_FILE,
+    BenchMachine,
+    _SortedKeys,
+    encode_puts,
+)
 from trioraft.core.types import ConfState
 from trioraft.runtime.disk import INLINE_DISK
 from trioraft.statemachine import SnapshotReader
@@ -225,3 +232,68 @@ async def test_keys_of_one_width_restore_through_the_block_cut(count: int) -> No
     files[KEYS_FILE] = files[KEYS_FILE][:-1]
     with pytest.raises(ValueError, match="the index says"):
         await BenchMachine().restore(FakeReader(files, 1 << 20))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("width", ["one", "mixed"])
+async def test_ascending_keys_restore_into_a_sorted_index_that_takes_puts(width: str) -> None:
+    """Keys saved in strictly ascending order (of one width or not) restore into the sorted
+    key index, not a dict; reads, puts of loaded and new keys, absent keys, and snapshots of
+    the partly and wholly overwritten state behave as with the dict (checked against a
+    model); keys out of order, or repeated, take the dict (the repeat is refused)."""
+    rng = random.Random(_seed())
+    if width == "one":
+        keys = [b"k%05d" % i for i in range(0, 3000, 3)]
+    else:
+        keys = sorted({b"k%d" % rng.randrange(10**6) for _ in range(700)})
+    source = BenchMachine()
+    pairs = [(k, rng.randbytes(rng.choice([0, 1, 9, 300]))) for k in keys]
+    source.apply(1, encode_puts(pairs))
+    files = await _saved(source)
+    restored = BenchMachine()
+    await restored.restore(FakeReader(files, 1 << 20))  # type: ignore[arg-type]
+    assert isinstance(restored._base, _SortedKeys)
+    model = dict(pairs)
+    assert _state(restored) == model
+    assert restored.get(b"k") is None and restored.get(b"z") is None and restored.get(b"") is None
+    for i in range(40):
+        batch = [
+            (rng.choice([rng.choice(keys), b"k%05dx" % rng.randrange(3000)]), rng.randbytes(i))
+            for _ in range(rng.randrange(1, 6))
+        ]
+        restored.apply(10 + i, encode_puts(batch))
+        model.update(batch)
+        if i % 8 == 0:
+            assert _state(restored) == model
+            for key in rng.sample(keys, 50):
+                assert restored.get(key) == model[key]
+            copy = BenchMachine()
+            await copy.restore(FakeReader(await _saved(restored), 7))  # type: ignore[arg-type]
+            assert _state(copy) == model
+    restored.apply(100, encode_puts([(k, b"last") for k in keys]))
+    model.update((k, b"last") for k in keys)
+    assert not restored._base  # nothing loaded is live any more
+    assert _state(restored) == model
+    copy = BenchMachine()
+    await copy.restore(FakeReader(await _saved(restored), 5))  # type: ignore[arg-type]
+    assert _state(copy) == model
+
+    # out of order: the dict; a repeated key: refused
+    shuffled = BenchMachine()
+    shuffled.apply(1, encode_puts([(b"b", b"1"), (b"a", b"2"), (b"c", b"3")]))
+    restored = BenchMachine()
+    await restored.restore(FakeReader(await _saved(shuffled), 3))  # type: ignore[arg-type]
+    assert isinstance(restored._base, dict)
+    assert _state(restored) == {b"b": b"1", b"a": b"2", b"c": b"3"}
+    files = await _saved(shuffled)
+    files[KEYS_FILE] = b"aac"  # keys "a", "a", "c": not strictly ascending, and a repeat
+    with pytest.raises(ValueError, match="duplicate"):
+        await BenchMachine().restore(FakeReader(files, 3))  # type: ignore[arg-type]
+
+
+def test_the_sorted_index_pops_only_live_keys() -> None:
+    index = _SortedKeys([b"a", b"c", b"e"])
+    assert len(index) == 3 and list(index.items()) == [(b"a", 0), (b"c", 1), (b"e", 2)]
+    assert index.get(b"b") is None and index.get(b"f") is None and index.get(b"c") == 1
+    assert index.pop(b"c") == 1 and index.pop(b"c", -1) == -1 and index.get(b"c") is None
+    assert list(index) == [b"a", b"e"] and list(index.values()) == [0, 2] and len(index) == 2
+    assert index.pop(b"a") == 0 and index.pop(b"e") == 2 and not index and list(index) == []
