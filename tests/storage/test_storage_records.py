@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioraft.core.encoding import DecodeError, converter
+from trioraft.core.encoding import DecodeError, converter, loads
 from trioraft.core.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
 from trioraft.storage.records import (
     FRAME_HEADER,
@@ -195,7 +195,7 @@ def test_fast_save_decoding_agrees_with_the_converter(change: dict[str, object])
     raw = {**_SAVE_DICT, **change}
     payload = cbor2.dumps(raw)
     try:
-        expected: object = converter.structure(cbor2.loads(payload), WalRecord)
+        expected: object = converter.structure(loads(payload), WalRecord)
     except Exception:
         expected = DecodeError
     try:

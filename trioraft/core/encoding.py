@@ -8,6 +8,7 @@ The runtime registers its own frame types on the same converter (see :mod:`trior
 from __future__ import annotations
 
 import enum
+import io
 from typing import Any, TypeVar
 
 import cbor2
@@ -25,6 +26,7 @@ __all__ = [
     "decode_conf_change",
     "encode",
     "encode_conf_change",
+    "loads",
     "structure",
 ]
 
@@ -76,11 +78,29 @@ def decode(data: bytes, cls: Any) -> Any:
     Raises:
         DecodeError: the bytes are not valid CBOR or do not match ``cls``.
     """
+    return structure(loads(data), cls)
+
+
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    """Parse ``data`` as exactly one CBOR value, without structuring it.
+
+    ``cbor2.loads`` stops after the first value and ignores whatever follows it, so bytes
+    appended to a valid encoding would pass unnoticed; here the value must span all of ``data``.
+
+    Raises:
+        DecodeError: the bytes are not valid CBOR, or bytes follow the first value.
+    """
+    fp = io.BytesIO(data)
     try:
-        raw = cbor2.loads(data)
+        raw = cbor2.load(fp)
     except Exception as exc:  # cbor2 raises a variety of errors on garbage
         raise DecodeError(f"invalid CBOR: {exc}") from exc
-    return structure(raw, cls)
+    # The decoder reads ahead but seeks back to the end of the value before returning.
+    if fp.read(1):
+        end = fp.tell() - 1
+        extra = fp.seek(0, io.SEEK_END) - end
+        raise DecodeError(f"invalid CBOR: {extra} trailing byte(s) after the value at offset {end}")
+    return raw
 
 
 def structure(raw: Any, cls: Any) -> Any:

@@ -31,7 +31,7 @@ import cbor2
 import crc32c
 from cattrs.strategies import configure_tagged_union
 
-from trioraft.core.encoding import converter, decode, encode
+from trioraft.core.encoding import converter, encode, loads, structure
 from trioraft.core.types import Entry, EntryKind, HardState, SnapshotMeta
 
 __all__ = [
@@ -272,10 +272,7 @@ def decode_record(payload: bytes) -> WalRecord:
     directly; anything else goes through the strict converter, which accepts and rejects
     exactly what it always does (a test pins that the two agree).
     """
-    try:
-        raw = cbor2.loads(payload)
-    except Exception:  # cbor2 raises a variety of errors on garbage; let decode() report it
-        raw = None
+    raw = loads(payload)  # one value spanning the payload, else DecodeError
     if type(raw) is dict and raw.keys() == _SAVE_KEYS and raw["type"] == "SaveRecord":
         fi, n = raw["first_index"], raw["count"]
         terms, kinds, sizes, data = raw["terms"], raw["kinds"], raw["sizes"], raw["data"]
@@ -294,7 +291,7 @@ def decode_record(payload: bytes) -> WalRecord:
                 t, v, c = hs_raw["term"], hs_raw["vote"], hs_raw["commit"]
                 if type(t) is int and type(v) is int and type(c) is int:
                     return SaveRecord(fi, n, terms, kinds, sizes, data, HardState(t, v, c))
-    rec: WalRecord = decode(payload, WalRecord)
+    rec: WalRecord = structure(raw, WalRecord)
     return rec
 
 

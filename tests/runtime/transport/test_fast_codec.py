@@ -10,7 +10,7 @@ import cbor2
 import pytest
 
 from trioraft.codec import DecodeError
-from trioraft.core.encoding import converter, encode
+from trioraft.core.encoding import converter, encode, loads
 from trioraft.core.messages import (
     AppendRequest,
     AppendResponse,
@@ -23,7 +23,8 @@ from trioraft.runtime.transport.frames import Frame, RaftFrame, decode_frame, en
 
 
 def _slow_decode(data: bytes) -> object:
-    return converter.structure(cbor2.loads(data), Frame)
+    # The strict reference: one CBOR value spanning all of ``data`` (trailing bytes refused).
+    return converter.structure(loads(data), Frame)
 
 
 def _random_messages(rng: random.Random, n: int) -> list[Message]:

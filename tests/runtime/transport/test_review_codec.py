@@ -12,7 +12,7 @@ import cbor2
 import pytest
 
 from trioraft.codec import DecodeError
-from trioraft.core.encoding import converter, encode
+from trioraft.core.encoding import converter, encode, loads
 from trioraft.core.messages import AppendRequest, AppendResponse, Message
 from trioraft.core.types import Entry, EntryKind
 from trioraft.runtime.transport.frames import Frame, RaftFrame, decode_frame, encode_frame
@@ -28,7 +28,8 @@ def _converter_bytes(msg: Message) -> bytes:
 
 
 def _converter_decode(data: bytes) -> object:
-    return converter.structure(cbor2.loads(data), Frame)
+    # The strict reference: one CBOR value spanning all of ``data`` (trailing bytes refused).
+    return converter.structure(loads(data), Frame)
 
 
 @pytest.mark.parametrize("v", _EDGES)

@@ -24,7 +24,7 @@ import attrs
 import cbor2
 from cattrs.strategies import configure_tagged_union
 
-from trioraft.core.encoding import DecodeError, converter, encode, structure
+from trioraft.core.encoding import converter, encode, loads, structure
 from trioraft.core.messages import (
     AppendRequest,
     AppendResponse,
@@ -689,10 +689,7 @@ def decode_frame(data: bytes | memoryview) -> Frame:
             msg = None
         if msg is not None:
             return RaftFrame(msg=msg)
-    try:
-        raw = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises a variety of errors on garbage
-        raise DecodeError(f"invalid CBOR: {exc}") from exc
+    raw = loads(data)  # the whole body must be one value: trailing bytes are a DecodeError
     fast = _fast_decode(raw)
     if fast is not None:
         return fast
