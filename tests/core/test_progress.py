@@ -168,3 +168,37 @@ def test_tracker_votes_count_only_voters_and_first_answer() -> None:
     granted, rejected, _ = trk.tally_votes()
     assert (granted, rejected) == (1, 1)
     assert not trk.is_singleton()
+
+
+def test_tracker_committed_is_the_quorum_rule_in_every_configuration() -> None:
+    # The non-joint fast path of committed() must agree with the quorum code's own rule,
+    # including learners (ignored), voters without progress (0) and joint configurations.
+    import os
+    import random
+
+    from trioraft.core.quorum import INFINITE_INDEX
+
+    seed = int(os.environ.get("TRIORAFT_SEED") or random.randrange(2**32))
+    print(f"TRIORAFT_SEED={seed}")
+    rng = random.Random(seed)
+    for _ in range(500):
+        ids = list(range(1, rng.randrange(2, 8)))
+        voters = frozenset(rng.sample(ids, rng.randrange(0, len(ids) + 1)))
+        outgoing = (
+            frozenset(rng.sample(ids, rng.randrange(1, len(ids) + 1)))
+            if rng.random() < 0.3
+            else frozenset()
+        )
+        learners = frozenset(i for i in ids if i not in voters and i not in outgoing)
+        cs = ConfState(voters=voters, voters_outgoing=outgoing, learners=learners)
+        trk = ProgressTracker(4)
+        trk.set_config(TrackerConfig.from_conf_state(cs), 1)
+        for pr in trk.progress.values():
+            pr.match = rng.choice([0, 1, 5, 9, 2**40])
+        if trk.progress and rng.random() < 0.2:
+            del trk.progress[rng.choice(sorted(trk.progress))]
+        acked = {i: pr.match for i, pr in trk.progress.items()}
+        expected = trk.config.voters.committed_index(acked)
+        assert trk.committed() == expected, (cs, acked)
+        if not voters and not outgoing:
+            assert expected == INFINITE_INDEX

@@ -457,14 +457,26 @@ class RaftCore:
         number = self._ready_number
         entries = tuple(self._log.unstable.next_entries())
         snapshot = self._log.unstable.next_snapshot()
-        hs = self._hard_state()
-        ss = self._soft_state()
+        # New HardState/SoftState objects only when a field changed (as in has_ready): most
+        # Readies change neither, or only the commit index.
+        hs = self._prev_hs
+        hs_changed = (
+            hs.term != self._term or hs.vote != self._vote or hs.commit != self._log.committed
+        )
+        if hs_changed:
+            hs = self._hard_state()
+        ss = self._prev_ss
+        if ss.leader != self._lead or ss.role != self._role:
+            ss = self._soft_state()
+            new_ss: SoftState | None = ss
+        else:
+            new_ss = None
         committed = tuple(self._log.next_committed_ents())
         self_msgs = self._self_after_persist
         rd = Ready(
             number=number,
-            soft_state=ss if ss != self._prev_ss else None,
-            hard_state=hs if hs != self._prev_hs else None,
+            soft_state=new_ss,
+            hard_state=hs if hs_changed else None,
             entries=entries,
             snapshot=snapshot,
             committed_entries=committed,
@@ -474,7 +486,7 @@ class RaftCore:
             needs_ack=bool(
                 entries
                 or snapshot is not None
-                or hs != self._prev_hs
+                or hs_changed
                 or self._msgs_after_persist
                 or self_msgs
             ),
