@@ -615,7 +615,9 @@ class SnapshotReader:
         has no path (:meth:`file_path` is ``None``) it is read whole instead and returned as
         ``bytes``, as is an empty file (which cannot be mapped). The mapping may outlive the
         snapshot's removal by retention; close it (``.close()``) when the state it backs is
-        replaced, or leave it to the garbage collector.
+        replaced, or leave it to the garbage collector. As with any mapping, a file shortened
+        while mapped (trioraft never shortens a committed snapshot's files; only outside
+        damage could) makes touching a page past its new end kill the process with SIGBUS.
 
         The bytes were checked against their CRC32C when the snapshot was written or received
         and at start-up; a map, like a read, does not check them again.

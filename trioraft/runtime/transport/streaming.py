@@ -50,9 +50,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import mmap
 import os
 import random
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -155,21 +155,33 @@ def _read_chunk(reader: SnapshotReaderLike, name: str, offset: int, size: int) -
     return data, crc32c(data)
 
 
+#: per worker thread, the buffer :func:`_crc_of_file_range` reads chunks into (reused, so a
+#: stream costs one chunk of memory per thread, not a fresh allocation and its page faults per
+#: chunk)
+_crc_buffers = threading.local()
+
+
 def _crc_of_file_range(fd: int, offset: int, size: int) -> int:
     """Worker-thread side of the sender's sendfile path: the CRC32C of ``size`` bytes of file
-    ``fd`` at ``offset``, computed over a read-only mapping of just that range (unmapped on
-    return, so the pages stay in the page cache, warm for the ``sendfile`` that follows, but
-    never accumulate in the process's RSS). Raises ``ValueError`` when the file is shorter."""
-    have = os.fstat(fd).st_size
-    if have < offset + size:
-        raise ValueError(f"the file has {have} bytes, the chunk needs {offset + size}")
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with (
-        mmap.mmap(fd, offset + size - start, access=mmap.ACCESS_READ, offset=start) as mapped,
-        memoryview(mapped) as view,
-        view[offset - start :] as part,
-    ):
-        return crc32c(part)
+    ``fd`` at ``offset``. The bytes are read (``pread``) into a per-thread buffer that is
+    reused; reading them also warms the page cache for the ``sendfile`` that follows. (A
+    mapping would save the copy, but a file shortened under it kills the process with SIGBUS;
+    a read just comes up short.) Raises ``ValueError`` when the file is shorter."""
+    if size == 0:
+        return crc32c(b"")
+    buf: bytearray | None = getattr(_crc_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+        _crc_buffers.buf = buf
+    with memoryview(buf) as whole, whole[:size] as view:
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                have = os.fstat(fd).st_size
+                raise ValueError(f"the file has {have} bytes, the chunk needs {offset + size}")
+            got += n
+        return crc32c(view)
 
 
 class _OpenFiles:
