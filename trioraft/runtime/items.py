@@ -55,12 +55,21 @@ class Forward:
     leader: int
 
 
-@attrs.frozen(eq=False)
 class ProposeReq:
-    """Propose ``data``; ``future`` resolves with the apply result or a :class:`Forward`."""
+    """Propose ``data``; ``future`` resolves with the apply result or a :class:`Forward`.
 
-    data: bytes
-    future: Future[Any]
+    A plain slotted class, not frozen attrs like the rest: one is built per proposal, and it
+    never reaches the wire or the disk (treat it as immutable all the same).
+    """
+
+    __slots__ = ("data", "future")
+
+    def __init__(self, data: bytes, future: Future[Any]) -> None:
+        self.data = data
+        self.future = future
+
+    def __repr__(self) -> str:
+        return f"ProposeReq(data=<{len(self.data)} bytes>, future={self.future!r})"
 
 
 @attrs.frozen(eq=False)
@@ -140,18 +149,41 @@ class LocalSnapshot:
 # -- WAL actor ---------------------------------------------------------------------------------
 
 
-@attrs.frozen(eq=False)
 class PersistJob:
-    """What one Ready needs persisted, and the messages that must wait for it."""
+    """What one Ready needs persisted, and the messages that must wait for it.
 
-    number: int
-    hard_state: HardState | None
-    entries: tuple[Entry, ...]
-    snapshot: SnapshotMeta | None
-    messages: tuple[Message, ...]
-    #: the raft actor already acknowledged this job (it needed no write and nothing was in
-    #: flight); the WAL actor only records its hard state and reports nothing back for it
-    acked: bool = False
+    ``acked``: the raft actor already acknowledged this job (it needed no write and nothing
+    was in flight); the WAL actor only records its hard state and reports nothing back for it.
+
+    A plain slotted class, not frozen attrs like the rest: every node builds one per Ready on
+    the hot path (about a microsecond less each), and it never reaches the wire or the disk
+    (treat it as immutable all the same).
+    """
+
+    __slots__ = ("acked", "entries", "hard_state", "messages", "number", "snapshot")
+
+    def __init__(
+        self,
+        number: int,
+        hard_state: HardState | None,
+        entries: tuple[Entry, ...],
+        snapshot: SnapshotMeta | None,
+        messages: tuple[Message, ...],
+        acked: bool = False,
+    ) -> None:
+        self.number = number
+        self.hard_state = hard_state
+        self.entries = entries
+        self.snapshot = snapshot
+        self.messages = messages
+        self.acked = acked
+
+    def __repr__(self) -> str:
+        return (
+            f"PersistJob(number={self.number}, hard_state={self.hard_state!r}, "
+            f"entries=<{len(self.entries)}>, snapshot={self.snapshot!r}, "
+            f"messages=<{len(self.messages)}>, acked={self.acked})"
+        )
 
 
 @attrs.frozen(eq=False)
