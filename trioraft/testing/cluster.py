@@ -36,6 +36,7 @@ import cbor2
 import trio
 
 from trioraft.config import Config
+from trioraft.core.encoding import loads
 from trioraft.errors import Timeout
 from trioraft.node import RaftNode, open_raft_node, unwrap_group
 from trioraft.runtime.disk import INLINE_DISK, DiskExecutor, ThreadDisk
@@ -96,7 +97,7 @@ class ListStateMachine:
 
     async def restore(self, reader: SnapshotReader) -> None:
         """Replace the records with the snapshot's."""
-        raw = cbor2.loads(await reader.read_file("records"))
+        raw = loads(await reader.read_file("records"))
         self.records = [(int(i), bytes(d)) for i, d in raw]
         self.restores += 1
 
