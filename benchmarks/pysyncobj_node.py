@@ -18,6 +18,7 @@ Run: ``python -m benchmarks.pysyncobj_node --id 1 --peers 1=127.0.0.1:7001,2=...
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -254,8 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         default=3.5,
         help="connectionTimeout: silence after which a connection is dropped (default 3.5)",
     )
+    p.add_argument(
+        "--gc-gen0",
+        type=int,
+        default=None,
+        help="the garbage collector's generation-0 threshold (Python's default: 700)",
+    )
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
+    if args.gc_gen0 is not None:
+        # An application-level tuning, offered to both systems' nodes alike.
+        gc.set_threshold(args.gc_gen0, *gc.get_threshold()[1:])
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.WARNING),
         format=f"%(asctime)s %(levelname)s [pysyncobj {args.id}] %(name)s: %(message)s",

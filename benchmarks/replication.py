@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fsync", choices=("both", "on", "off"), default="both", help="trioraft fsync modes"
     )
     p.add_argument("--no-pysyncobj", action="store_true", help="skip PySyncObj")
+    p.add_argument(
+        "--gc-gen0",
+        type=int,
+        default=None,
+        help="generation-0 GC threshold for every node, trioraft's and PySyncObj's alike "
+        "(default: Python's, 700)",
+    )
     p.add_argument("--no-floor", action="store_true", help="skip the hardware floor")
     p.add_argument("--dir", metavar="DIR", help="work directory (default: a temp dir, removed)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         ours: dict[bool, dict[str, dict[str, Any]]] = {}
         floors: dict[tuple[bool, int], dict[str, Any]] = {}
         modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.fsync]
+        gc_args = [] if args.gc_gen0 is None else ["--gc-gen0", str(args.gc_gen0)]
         for fsync in modes:
             label = "trioraft fsync " + ("on" if fsync else "off")
             cluster = NodeCluster(
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 base / ("fsync" if fsync else "nofsync"),
                 "benchmarks.trioraft_node",
                 label="trioraft",
-                extra_args=[] if fsync else ["--no-fsync"],
+                extra_args=([] if fsync else ["--no-fsync"]) + gc_args,
             )
             ours[fsync] = run_cases(cluster, cases, seconds, warmup, progress, label)
             if args.no_floor:
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         base / f"pysyncobj-{mode}",
                         "benchmarks.pysyncobj_node",
                         label="pysyncobj",
-                        extra_args=extra,
+                        extra_args=extra + gc_args,
                     )
                     theirs[mode] = run_cases(
                         cluster, cases, seconds, warmup, progress, f"pysyncobj {mode}"
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "benchmark": "replication",
         "quick": bool(args.quick),
+        "gc_gen0": args.gc_gen0,
         "seconds_per_case": seconds,
         "warmup_s": warmup,
         "cases": results,

@@ -101,6 +101,15 @@ def test_replication_tiny(tmp_path: Path) -> None:
     assert "floor_p50_ms" not in doc["cases"]["4x16B_fsync"]
 
 
+def test_replication_passes_the_gc_threshold_to_the_nodes(tmp_path: Path) -> None:
+    doc = run_bench(
+        "replication", tmp_path, "--seconds", "0.3", "--warmup", "0.1", "--proposers", "4",
+        "--payloads", "16", "--fsync", "on", "--no-pysyncobj", "--no-floor", "--gc-gen0", "5000",
+    )  # fmt: skip
+    assert doc["gc_gen0"] == 5000
+    assert doc["cases"]["4x16B_fsync"]["ops_s"] > 0
+
+
 @pytest.mark.slow
 def test_snapshot_throughput_with_references(tmp_path: Path) -> None:
     pytest.importorskip("pysyncobj")
