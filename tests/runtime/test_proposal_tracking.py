@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from trioraft.errors import AmbiguousOutcome, NodeStopped, ProposalDropped
+from trioraft.node import _proposal_expired
 from trioraft.runtime.proposals import AppliedWaiters, Future, ProposalTracker, ReadBatcher
 
 
@@ -156,3 +157,39 @@ async def test_slots_limit_without_yielding(autojump_clock: trio.testing.MockClo
         assert got == []
         s.release()
     assert len(got) == 1 and s.used == 2
+
+
+async def test_future_waiters_cancelled_in_any_order_leave_the_others_waiting() -> None:
+    """The first waiter aborts through a bound method that removes the list's head, later ones
+    through closures that remove themselves; whichever is cancelled, the rest still get the
+    outcome and nobody else is removed."""
+    for cancel in ((0,), (1,), (2,), (0, 1), (1, 0), (2, 0), (0, 2)):
+        f: Future[int] = Future()
+        got: dict[int, int] = {}
+        scopes = [trio.CancelScope() for _ in range(3)]
+
+        async def wait(
+            i: int, f: Future[int], got: dict[int, int], scope: trio.CancelScope
+        ) -> None:
+            with scope:
+                got[i] = await f.wait()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(wait, i, f, got, scopes[i])
+                await trio.testing.wait_all_tasks_blocked()
+            for i in cancel:
+                scopes[i].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+            assert f._waiters is not None and len(f._waiters) == 3 - len(cancel)
+            f.set_result(7)
+        assert got == {i: 7 for i in range(3) if i not in cancel}, cancel
+        assert f.abandoned
+
+
+def test_proposals_share_one_error_factory_per_timeout() -> None:
+    """A proposal's deadline error comes from a factory shared by every proposal with the same
+    timeout (no closure per waiting proposal); it still names the timeout."""
+    assert _proposal_expired(5.0) is _proposal_expired(5.0)
+    error = _proposal_expired(2.5)()
+    assert isinstance(error, AmbiguousOutcome) and "2.5 s" in str(error)

@@ -80,20 +80,38 @@ class Future(Generic[T]):
             else:
                 task = trio.lowlevel.current_task()
                 if self._waiters is None:
+                    # The usual case, one waiter: a bound method as the abort function instead
+                    # of a closure (one object alive during the wait instead of four).
                     self._waiters = [task]
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_first)
                 else:
-                    self._waiters.append(task)
-
-                def abort(_: Any) -> trio.lowlevel.Abort:
-                    if self._waiters is not None and task in self._waiters:
-                        self._waiters.remove(task)
-                    return trio.lowlevel.Abort.SUCCEEDED
-
-                await trio.lowlevel.wait_task_rescheduled(abort)
+                    await self._wait_behind(task)
         except BaseException:
             self.abandoned = True
             raise
         return self.result()
+
+    async def _wait_behind(self, task: trio.lowlevel.Task) -> None:
+        # Another task already waits. (A separate function so that wait() itself has no
+        # variables captured by a closure: those would be cell objects made on every call.)
+        waiters = self._waiters
+        assert waiters is not None
+        waiters.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if self._waiters is not None and task in self._waiters:
+                self._waiters.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _abort_first(self, _: Any) -> trio.lowlevel.Abort:
+        # The waiter that found no other waiters: it is the first in the list (later ones
+        # append; an aborted one removes only itself), unless a wake-up emptied the list.
+        waiters = self._waiters
+        if waiters:
+            del waiters[0]
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class ProposalTracker:
