@@ -289,6 +289,64 @@ def test_proposals_are_batched_into_one_ready_and_one_append() -> None:
     assert all(len(m.entries) == 3 for m in apps)
 
 
+def test_propose_batch_appends_consecutive_entries_with_one_self_ack() -> None:
+    c, st = leader()
+    ack(c, 2, 1)
+    ack(c, 3, 1)
+    drain(c, st)
+    assert c.propose(b"a") == 2
+    assert c.propose_batch([b"b", b"c", b"d"]) == 3
+    assert c.propose_batch((b"e",)) == 6
+    rd = c.ready()
+    datas = [b"a", b"b", b"c", b"d", b"e"]
+    assert [(e.index, e.term, e.kind, e.data) for e in rd.entries] == [
+        (i, c.term, EntryKind.NORMAL, d) for i, d in zip(range(2, 7), datas, strict=True)
+    ]
+    apps = [m for m in rd.messages if isinstance(m, AppendRequest)]
+    assert sorted(m.dst for m in apps) == [2, 3]
+    assert all([e.index for e in m.entries] == [2, 3, 4, 5, 6] for m in apps)
+    # The leader's own copy counts only once durable, and then for the whole batch.
+    ack(c, 2, 6)
+    assert c.commit == 1
+    st.append(rd.entries)
+    c.on_persisted(rd.number)
+    assert c.commit == 6
+
+
+def test_propose_batch_is_all_or_nothing() -> None:
+    c, st = leader(max_msg_bytes=10, max_uncommitted_bytes=12)
+    drain(c, st)
+    last = c.last_index
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_batch([b"ok", b"x" * 11])
+    assert exc.value.reason == "too-large"
+    assert c.last_index == last
+    c.propose(b"x" * 6)  # the first one is always admitted
+    with pytest.raises(ProposalDropped) as exc:
+        c.propose_batch([b"y" * 4, b"z" * 4])  # 6 + 8 > 12: none of them
+    assert exc.value.reason == "uncommitted-limit"
+    assert c.last_index == last + 1
+    assert c.propose_batch([b"y" * 4]) == last + 2  # 6 + 4 fits
+    with pytest.raises(ValueError):
+        c.propose_batch([])
+
+
+def test_propose_batch_without_leader_or_forwarding() -> None:
+    core, st = make_core()
+    with pytest.raises(ProposalDropped, match="no-leader"):
+        core.propose_batch([b"a", b"b"])
+    core, st = make_core(hs=HardState(term=1))
+    core.step(HeartbeatRequest(src=2, dst=1, term=1))
+    assert core.propose_batch([b"a", b"b"]) == 0
+    fwds = drain(core, st).of(ProposalForward)
+    assert [(f.dst, [e.data for e in f.entries]) for f in fwds] == [(2, [b"a"]), (2, [b"b"])]
+    core, _ = make_core(hs=HardState(term=1), forward_proposals=False)
+    core.step(HeartbeatRequest(src=2, dst=1, term=1))
+    with pytest.raises(NotLeader) as exc:
+        core.propose_batch([b"a", b"b"])
+    assert exc.value.leader_hint == 2
+
+
 def test_proposal_dropped_without_leader() -> None:
     core, _ = make_core()
     with pytest.raises(ProposalDropped) as exc:

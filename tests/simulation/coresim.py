@@ -525,14 +525,25 @@ class Sim:
         elif k == "propose_leader":
             leader = self.leader()
             if leader is not None and leader.core is not None:
-                for _ in range(1 + act.b % 5):
-                    self.proposal_counter += 1
-                    self.stats.proposals += 1
-                    try:
-                        leader.core.propose(b"p%d" % self.proposal_counter)
-                    except (ProposalDropped, NotLeader):
-                        break
-                    self.stats.proposals_accepted += 1
+                n = 1 + act.b % 5
+                if (act.b >> 3) & 1:
+                    # As the runtime does with the proposals it drains together.
+                    first = self.proposal_counter + 1
+                    self.proposal_counter += n
+                    self.stats.proposals += n
+                    datas = [b"p%d" % i for i in range(first, first + n)]
+                    with contextlib.suppress(ProposalDropped, NotLeader):
+                        leader.core.propose_batch(datas)
+                        self.stats.proposals_accepted += n
+                else:
+                    for _ in range(n):
+                        self.proposal_counter += 1
+                        self.stats.proposals += 1
+                        try:
+                            leader.core.propose(b"p%d" % self.proposal_counter)
+                        except (ProposalDropped, NotLeader):
+                            break
+                        self.stats.proposals_accepted += 1
         elif k == "transfer":
             leader = self.leader()
             if leader is not None and leader.core is not None and leader.id != pick:

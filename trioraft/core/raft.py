@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 
 import attrs
 
@@ -281,31 +282,59 @@ class RaftCore:
             ProposalDropped: "no-leader", "transfer", "uncommitted-limit" or "too-large".
             NotLeader: a follower with ``forward_proposals`` off.
         """
-        if len(data) > self._config.max_msg_bytes:
-            raise ProposalDropped("too-large", f"{len(data)} > {self._config.max_msg_bytes} bytes")
+        return self.propose_batch((data,))
+
+    def propose_batch(self, datas: Sequence[bytes]) -> int:
+        """Propose several commands at once: on the leader they become consecutive entries,
+        appended together or not at all. Cheaper than a :meth:`propose` per command (one
+        check, one self-acknowledgement, one broadcast for the batch).
+
+        Args:
+            datas: the commands, in log order (at least one).
+
+        Returns:
+            The index of the first new entry on the leader (the others follow it); 0 when
+            forwarded to the leader (one forward per command).
+
+        Raises:
+            ValueError: ``datas`` is empty.
+            ProposalDropped: "no-leader", "transfer", "uncommitted-limit" or "too-large" (a
+                command exceeds ``max_msg_bytes``), for the whole batch: nothing was appended.
+            NotLeader: a follower with ``forward_proposals`` off.
+        """
+        if not datas:
+            raise ValueError("propose_batch needs at least one command")
+        limit = self._config.max_msg_bytes
+        for data in datas:
+            if len(data) > limit:
+                raise ProposalDropped("too-large", f"{len(data)} > {limit} bytes")
         if self._role == Role.LEADER:
             self._check_leader_can_propose()
-            entry = Entry(term=self._term, index=0, kind=EntryKind.NORMAL, data=data)
-            if not self._append_entries([entry]):
+            first = self._log.last_index() + 1
+            term = self._term
+            normal = EntryKind.NORMAL
+            ents = [Entry(term, first + i, normal, data) for i, data in enumerate(datas)]
+            if not self._append_indexed(ents, unlimited=False):
                 raise ProposalDropped(
                     "uncommitted-limit",
                     f"{self._uncommitted_size} uncommitted bytes "
                     f"(limit {self._config.max_uncommitted_bytes})",
                 )
             self._needs_bcast = True
-            return self._log.last_index()
+            return first
         if self._lead == NONE:
             raise ProposalDropped("no-leader")
         if not self._config.forward_proposals:
             raise NotLeader(self._lead)
-        self._send(
-            ProposalForward(
-                src=self._id,
-                dst=self._lead,
-                term=self._term,
-                entries=(Entry(term=0, index=0, data=data),),
+        for data in datas:
+            self._send(
+                ProposalForward(
+                    src=self._id,
+                    dst=self._lead,
+                    term=self._term,
+                    entries=(Entry(term=0, index=0, data=data),),
+                )
             )
-        )
         return 0
 
     def propose_conf_change(self, cc: ConfChange) -> int:
@@ -1388,9 +1417,15 @@ class RaftCore:
             raise ProposalDropped("transfer", f"leadership moving to {self._lead_transferee}")
 
     def _append_entries(self, entries: list[Entry], *, unlimited: bool = False) -> bool:
-        last = self._log.last_index()
+        # ``entries`` carry kind and data only; they get this term and the next indexes.
+        first = self._log.last_index() + 1
         term = self._term
-        ents = [Entry(term, last + 1 + i, e.kind, e.data) for i, e in enumerate(entries)]
+        ents = [Entry(term, first + i, e.kind, e.data) for i, e in enumerate(entries)]
+        return self._append_indexed(ents, unlimited=unlimited)
+
+    def _append_indexed(self, ents: list[Entry], *, unlimited: bool) -> bool:
+        # ``ents`` are of this term and follow the last index.
+        term = self._term
         size = _payload_size(ents)
         limit = self._config.max_uncommitted_bytes
         if (

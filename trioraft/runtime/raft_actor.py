@@ -191,6 +191,8 @@ class RaftActor:
         self._stepping_now = False
         #: what :meth:`handle_now` caught, re-raised on the actor's own task
         self._failure: BaseException | None = None
+        #: proposals gathered while draining the inbox, proposed together (see _handle)
+        self._props: list[ProposeReq] = []
         #: items handled by :meth:`handle_now` so far, and how many of them were proposals
         self.handled_now = 0
         self.proposed_now = 0
@@ -216,6 +218,8 @@ class RaftActor:
                     except trio.WouldBlock:
                         break
                     self._handle(item)
+                if self._props:
+                    self._propose_gathered()
                 if self._reads_queued:
                     self._issue_reads()
                 while core.has_ready():
@@ -276,6 +280,8 @@ class RaftActor:
             self.proposed_now += 1
         try:
             self._handle(item)
+            if self._props:
+                self._propose_gathered()
             if self._reads_queued:
                 self._issue_reads()
             while core.has_ready():
@@ -292,6 +298,14 @@ class RaftActor:
         return True
 
     def _handle(self, item: Any) -> None:
+        if type(item) is ProposeReq:
+            # Gathered, and proposed together when the drain ends or anything else comes
+            # (so every other item sees the core exactly as if each were proposed at once).
+            if not item.future.abandoned:  # the proposer gave up: never propose it
+                self._props.append(item)
+            return
+        if self._props:
+            self._propose_gathered()
         core = self.core
         if type(item) in _MESSAGE_TYPES:
             core.step(item)
@@ -300,17 +314,6 @@ class RaftActor:
         elif item is _FAILED:
             assert self._failure is not None
             raise self._failure
-        elif isinstance(item, ProposeReq):
-            if item.future.abandoned:
-                return  # the proposer gave up before we got to it: never propose it
-            try:
-                index = core.propose(item.data)
-            except NotLeader as exc:
-                self._refuse(item.future, exc)
-            except ProposalDropped as exc:
-                item.future.set_exception(exc)
-            else:
-                self._proposals.add(index, core.term, item.future)
         elif isinstance(item, Persisted):
             self._persisted(item)
         elif isinstance(item, Applied):
@@ -350,6 +353,32 @@ class RaftActor:
             core.campaign()
         else:
             raise TypeError(f"raft actor: unexpected inbox item {item!r}")
+
+    def _propose_gathered(self) -> None:
+        # One core call for the gathered proposals: one leadership check, one self-ack and
+        # one set of entry objects for all of them, instead of per proposal.
+        props, self._props = self._props, []
+        core = self.core
+        if len(props) > 1:
+            try:
+                first = core.propose_batch([p.data for p in props])
+            except (NotLeader, ProposalDropped):
+                pass  # each proposal below gets its own outcome (one may fit where all did not)
+            else:
+                term = core.term
+                add = self._proposals.add
+                for i, p in enumerate(props):
+                    add(first + i, term, p.future)
+                return
+        for p in props:
+            try:
+                index = core.propose(p.data)
+            except NotLeader as exc:
+                self._refuse(p.future, exc)
+            except ProposalDropped as exc:
+                p.future.set_exception(exc)
+            else:
+                self._proposals.add(index, core.term, p.future)
 
     def _refuse(self, future: Any, exc: NotLeader) -> None:
         leader = exc.leader_hint or 0
