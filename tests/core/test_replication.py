@@ -630,3 +630,18 @@ def test_piggyback_commit_cluster_converges_with_heartbeats() -> None:
     for n in (2, 3):
         assert c.applied(n) == c.applied(1)
     c.check_invariants()
+
+
+def test_followers_at_the_same_point_get_the_same_entries_tuple() -> None:
+    c, st = leader(voters=[1, 2, 3, 4])
+    for p in (2, 3):
+        ack(c, p, 1)
+    drain(c, st)
+    c.propose_batch([b"a", b"b"])
+    apps = {m.dst: m for m in c.ready().messages if isinstance(m, AppendRequest)}
+    assert [e.data for e in apps[2].entries] == [b"a", b"b"]
+    assert apps[2].entries is apps[3].entries  # so the transport encodes it once
+    assert 4 not in apps  # never answered: paused in probe state, nothing shared with it
+    c.propose(b"c")
+    apps = {m.dst: m for m in c.ready().messages if isinstance(m, AppendRequest)}
+    assert apps[2].entries is apps[3].entries

@@ -141,6 +141,8 @@ class RaftCore:
         self._msgs: list[Message] = []
         self._msgs_after_persist: list[Message] = []
         self._self_after_persist: list[Message] = []
+        #: entries slices by start index while _bcast_append runs (None otherwise)
+        self._bcast_entries: dict[int, tuple[Entry, ...]] | None = None
         self._read_states: list[ReadState] = []
         self._read_only = ReadOnly()
         self._pending_reads: list[tuple[NodeId, bytes]] = []
@@ -477,11 +479,16 @@ class RaftCore:
         if self._needs_bcast:
             self._needs_bcast = False
             if self._role == Role.LEADER:
-                # New proposals: fill every follower's window as far as flow control allows.
-                for i, _ in self._trk.visit():
-                    if i != self._id:
-                        while self._maybe_send_append(i, send_if_empty=False):
-                            pass
+                # New proposals: fill every follower's window as far as flow control allows
+                # (followers at the same point share one entries tuple, see _bcast_append).
+                self._bcast_entries = {}
+                try:
+                    for i, _ in self._trk.visit():
+                        if i != self._id:
+                            while self._maybe_send_append(i, send_if_empty=False):
+                                pass
+                finally:
+                    self._bcast_entries = None
         self._ready_number += 1
         number = self._ready_number
         entries = tuple(self._log.unstable.next_entries())
@@ -1230,14 +1237,21 @@ class RaftCore:
             prev_term = self._log.term(prev_index)
         except (Compacted, Unavailable):
             return self._maybe_send_snapshot(to, pr)
-        entries: list[Entry] = []
+        entries: tuple[Entry, ...] = ()
         # A full window still gets empty appends, so that lost messages cannot stall the
         # follower: the acknowledgement (or rejection) of an empty append clears the window.
         if pr.state != ProgressState.REPLICATE or not pr.inflights.full():
-            try:
-                entries = self._log.entries_from(pr.next, self._config.max_msg_bytes)
-            except Compacted:
-                return self._maybe_send_snapshot(to, pr)
+            shared = self._bcast_entries
+            cached = None if shared is None else shared.get(pr.next)
+            if cached is not None:
+                entries = cached
+            else:
+                try:
+                    entries = tuple(self._log.entries_from(pr.next, self._config.max_msg_bytes))
+                except Compacted:
+                    return self._maybe_send_snapshot(to, pr)
+                if shared is not None:
+                    shared[pr.next] = entries
         if not entries and not send_if_empty:
             return False
         commit = self._log.committed
@@ -1248,7 +1262,7 @@ class RaftCore:
                 term=self._term,
                 prev_index=prev_index,
                 prev_term=prev_term,
-                entries=tuple(entries),
+                entries=entries,
                 commit=commit,
             )
         )
@@ -1289,9 +1303,15 @@ class RaftCore:
         return True
 
     def _bcast_append(self) -> None:
-        for i, _ in self._trk.visit():
-            if i != self._id:
-                self._send_append(i)
+        # Followers at the same point get the very same entries tuple (the log does not change
+        # during the loop), so the transport can encode it once.
+        self._bcast_entries = {}
+        try:
+            for i, _ in self._trk.visit():
+                if i != self._id:
+                    self._send_append(i)
+        finally:
+            self._bcast_entries = None
 
     def _bcast_heartbeat(self, context: bytes) -> None:
         commit = self._log.committed

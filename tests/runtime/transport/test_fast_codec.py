@@ -19,6 +19,7 @@ from trioraft.core.messages import (
     Message,
 )
 from trioraft.core.types import Entry, EntryKind
+from trioraft.runtime.transport import frames as fast_frames
 from trioraft.runtime.transport.frames import Frame, RaftFrame, decode_frame, encode_frame
 
 
@@ -223,3 +224,25 @@ def test_direct_decoding_agrees_with_the_converter_on_damaged_frames() -> None:
                 assert decode_frame(memoryview(v)) == expected
             checked += 1
     assert checked > 100
+
+
+def test_entries_sent_to_several_followers_are_encoded_once_and_still_exactly() -> None:
+    entries = tuple(Entry(2, i, EntryKind.NORMAL, b"x%d" % i) for i in range(1, 40))
+    frames = [
+        RaftFrame(
+            msg=AppendRequest(
+                src=1, dst=dst, term=2, prev_index=0, prev_term=0, entries=entries, commit=0
+            )
+        )
+        for dst in (2, 3)
+    ]
+    assert encode_frame(frames[0]) == encode(frames[0], unstructure_as=Frame)
+    assert fast_frames._last_entries[0] is entries  # remembered for the next follower
+    assert encode_frame(frames[1]) == encode(frames[1], unstructure_as=Frame)
+    # An equal tuple that is another object, and one that differs, are encoded afresh.
+    other = tuple(Entry(2, i, EntryKind.NORMAL, b"y%d" % i) for i in range(1, 40))
+    frame = RaftFrame(
+        msg=AppendRequest(src=1, dst=2, term=2, prev_index=0, prev_term=0, entries=other, commit=0)
+    )
+    assert encode_frame(frame) == encode(frame, unstructure_as=Frame)
+    assert fast_frames._last_entries[0] is other

@@ -453,6 +453,7 @@ def _fast_decode(raw: object) -> Frame | None:
 # what they handle (a negative or huge integer) raises ValueError and takes the dict path.
 
 _TINY: Final = tuple(bytes((i,)) for i in range(24))
+_BYTES_HEAD: Final = tuple(bytes((0x40 | i,)) for i in range(24))
 _PACK_U8: Final = struct.Struct(">BB").pack
 _PACK_U16: Final = struct.Struct(">BH").pack
 _PACK_U32: Final = struct.Struct(">BI").pack
@@ -504,36 +505,63 @@ _BOOL: Final = (b"\xf4", b"\xf5")
 
 
 def _bytes_append_request(m: Any) -> bytes:
-    entries = m.entries
-    parts = [
-        _AREQ_SRC,
-        _uint(m.src),
-        _K_DST,
-        _uint(m.dst),
-        _K_TERM,
-        _uint(m.term),
-        _K_PREV_INDEX,
-        _uint(m.prev_index),
-        _K_PREV_TERM,
-        _uint(m.prev_term),
-        _K_ENTRIES,
-        _uint(len(entries), 4),
-    ]
+    return b"".join(
+        (
+            _AREQ_SRC,
+            _uint(m.src),
+            _K_DST,
+            _uint(m.dst),
+            _K_TERM,
+            _uint(m.term),
+            _K_PREV_INDEX,
+            _uint(m.prev_index),
+            _K_PREV_TERM,
+            _uint(m.prev_term),
+            _K_ENTRIES,
+            _entries_bytes(m.entries),
+            _K_COMMIT,
+            _uint(m.commit),
+            _AREQ_TAIL,
+        )
+    )
+
+
+#: the last entries tuple encoded and its bytes, as one object (read and replaced atomically):
+#: a leader sends the very same tuple to every follower that is at the same point
+_last_entries: tuple[Any, bytes] = ((), b"")
+
+
+def _entries_bytes(entries: Any) -> bytes:
+    """The CBOR array of ``entries`` (reused when ``entries`` is the tuple encoded last: an
+    immutable tuple of immutable entries encodes the same every time)."""
+    global _last_entries
+    last = _last_entries
+    if last[0] is entries:
+        return last[1]
+    parts = [_uint(len(entries), 4)]
+    term = -1
+    term_bytes = b""
     for e in entries:
         data = e.data
+        if e.term != term:
+            term = e.term
+            term_bytes = _uint(term)
+        n = len(data)
         parts += (
             _ENTRY_TERM,
-            _uint(e.term),
+            term_bytes,
             _K_INDEX,
             _uint(e.index),
             _K_KIND,
-            _uint(int(e.kind)),
+            _TINY[e.kind] if 0 <= e.kind < 24 else _uint(int(e.kind)),
             _K_DATA,
-            _uint(len(data), 2),
+            _BYTES_HEAD[n] if n < 24 else _uint(n, 2),
             data,
         )
-    parts += (_K_COMMIT, _uint(m.commit), _AREQ_TAIL)
-    return b"".join(parts)
+    out = b"".join(parts)
+    if type(entries) is tuple:
+        _last_entries = (entries, out)
+    return out
 
 
 def _bytes_append_response(m: Any) -> bytes:
