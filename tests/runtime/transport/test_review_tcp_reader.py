@@ -18,6 +18,7 @@ from test_tcp_raft_reader import _framed, _hello
 
 from trioraft.core.messages import AppendRequest
 from trioraft.core.types import Entry
+from trioraft.runtime.transport import tcp as tcp_module
 from trioraft.runtime.transport.frames import RaftFrame, encode_frame
 from trioraft.runtime.transport.framing import ConnectionClosed, FramedStream
 from trioraft.runtime.transport.tcp import TcpTransport
@@ -156,3 +157,35 @@ async def test_a_flooding_connection_does_not_starve_other_tasks() -> None:
     assert len(seen) == sent
     assert len(set(seen)) > 2, f"the ticker ran {len(set(seen))} times during {sent} frames"
     await stream.aclose()
+
+
+async def test_a_large_frame_arriving_slowly_costs_a_bounded_read_each_time(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    real_read = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        asked.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(tcp_module.os, "read", read)
+    with trio.fail_after(LIMIT):
+        c = await make_cluster(nursery, ids=(1, 2), max_frame_size=8 << 20)
+        msg = AppendRequest(
+            src=1,
+            dst=2,
+            term=1,
+            prev_index=0,
+            prev_term=0,
+            entries=(Entry(term=1, index=1, data=b"z" * (3 << 20)),),
+        )
+        data = _hello(1, 2) + _framed(RaftFrame(msg=msg))
+        s = await raw_connect(c.t[2].port)
+        for pos in range(0, len(data), 256 << 10):
+            await s.send_all(data[pos : pos + (256 << 10)])
+            await trio.sleep(0.001)  # the reader wakes with most of the frame still to come
+        await c.h[2].wait_messages(1)
+        assert c.h[2].delivered == [msg]
+        assert asked and max(asked) <= tcp_module._RAFT_READ_MAX < 3 << 20
+        await s.aclose()

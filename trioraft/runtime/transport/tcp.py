@@ -88,6 +88,9 @@ _FLUSH: Any = object()
 _HANDSHAKE_MAX_FRAME = 64 << 10  # frame limit until the peer has identified itself
 _LENGTH = struct.Struct(">I")  # a frame's length prefix (as in framing.py)
 _RAFT_READ_SIZE = 64 << 10  # bytes asked for per read on a raft connection
+#: the most asked for in one read (``os.read`` allocates what it is asked for before it reads,
+#: so a large frame arriving slowly must not cost its whole size per wake-up)
+_RAFT_READ_MAX = 1 << 20
 
 
 @attrs.define(eq=False)
@@ -807,8 +810,9 @@ class TcpTransport:
                 del buf[:pos]
             await trio.lowlevel.wait_readable(sock)
             try:
-                # A large frame's rest in one read when it is there already (as FramedStream).
-                data = os.read(fd, max(_RAFT_READ_SIZE, missing))
+                # A large frame's rest in one read when it is there already (as FramedStream),
+                # up to a bound.
+                data = os.read(fd, min(max(_RAFT_READ_SIZE, missing), _RAFT_READ_MAX))
             except BlockingIOError:
                 continue
             except OSError as exc:
