@@ -658,23 +658,62 @@ def _direct_decode(data: bytes) -> Message | None:
     prev_term, pos = _head(data, pos, 0)
     pos = _expect(data, pos, _K_ENTRIES)
     count, pos = _head(data, pos, 4)
-    entries = []
+    entries: list[Entry] = []
+    append = entries.append
     kinds = _ENTRY_KINDS
+    n = len(data)
+    # The per-entry loop is on every follower's critical path: the usual head forms (a term
+    # and a kind below 24, an index of 1, 2 or 4 bytes, a short data length) are read inline,
+    # anything else through _head; a form this loop does not take is a miss (the generic
+    # decoder decides).
+    k_term, k_index, k_kind, k_data = _ENTRY_TERM, _K_INDEX, _K_KIND, _K_DATA
+    l_term, l_index, l_kind, l_data = len(k_term), len(k_index), len(k_kind), len(k_data)
+    from_bytes = int.from_bytes
     for _ in range(count):
-        pos = _expect(data, pos, _ENTRY_TERM)
-        e_term, pos = _head(data, pos, 0)
-        pos = _expect(data, pos, _K_INDEX)
-        e_index, pos = _head(data, pos, 0)
-        pos = _expect(data, pos, _K_KIND)
-        kind, pos = _head(data, pos, 0)
-        if kind not in kinds:
+        if not data.startswith(k_term, pos):
             raise _Miss
-        pos = _expect(data, pos, _K_DATA)
-        size, pos = _head(data, pos, 2)
+        pos += l_term
+        b = data[pos]
+        if b < 24:
+            e_term = b
+            pos += 1
+        else:
+            e_term, pos = _head(data, pos, 0)
+        if not data.startswith(k_index, pos):
+            raise _Miss
+        pos += l_index
+        b = data[pos]
+        if b == 0x1A or b == 0x19:
+            end = pos + (5 if b == 0x1A else 3)
+            if end > n:
+                raise _Miss
+            e_index = from_bytes(data[pos + 1 : end], "big")
+            pos = end
+        elif b < 24:
+            e_index = b
+            pos += 1
+        else:
+            e_index, pos = _head(data, pos, 0)
+        if not data.startswith(k_kind, pos):
+            raise _Miss
+        pos += l_kind
+        kind = kinds.get(data[pos])  # a one-byte head: the value itself (0 or 1)
+        if kind is None:
+            raise _Miss
+        pos += 1
+        if not data.startswith(k_data, pos):
+            raise _Miss
+        pos += l_data
+        b = data[pos]
+        if 0x40 <= b < 0x58:
+            size = b - 0x40
+            pos += 1
+        else:
+            size, pos = _head(data, pos, 2)
         end = pos + size
-        if end > len(data):
+        if end > n:
             raise _Miss
-        entries.append(Entry(e_term, e_index, kinds[kind], data[pos:end]))
+        append(Entry(e_term, e_index, kind, data[pos:end]))
         pos = end
     pos = _expect(data, pos, _K_COMMIT)
     commit, pos = _head(data, pos, 0)
