@@ -246,3 +246,15 @@ def test_entries_sent_to_several_followers_are_encoded_once_and_still_exactly() 
     )
     assert encode_frame(frame) == encode(frame, unstructure_as=Frame)
     assert fast_frames._last_entries[0] is other
+
+
+def test_empty_entries_encode_right_whatever_was_encoded_before() -> None:
+    # The empty tuple is one shared object: the encoder's memory of the last tuple must never
+    # hand out anything but its real encoding.
+    for entries in [(), (Entry(1, 1, data=b"a"),), (), ()]:
+        frame = RaftFrame(
+            msg=AppendRequest(
+                src=1, dst=2, term=1, prev_index=0, prev_term=0, entries=entries, commit=0
+            )
+        )
+        assert encode_frame(frame) == encode(frame, unstructure_as=Frame)

@@ -527,8 +527,9 @@ def _bytes_append_request(m: Any) -> bytes:
 
 
 #: the last entries tuple encoded and its bytes, as one object (read and replaced atomically):
-#: a leader sends the very same tuple to every follower that is at the same point
-_last_entries: tuple[Any, bytes] = ((), b"")
+#: a leader sends the very same tuple to every follower that is at the same point. (It starts
+#: with a private object: the empty tuple is a shared singleton whose encoding is not b"".)
+_last_entries: tuple[Any, bytes] = (object(), b"")
 
 
 def _entries_bytes(entries: Any) -> bytes:
