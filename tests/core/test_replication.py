@@ -327,6 +327,22 @@ def test_propose_batch_is_all_or_nothing() -> None:
     assert exc.value.reason == "uncommitted-limit"
     assert c.last_index == last + 1
     assert c.propose_batch([b"y" * 4]) == last + 2  # 6 + 4 fits
+    drain(c, st)
+    ack(c, 2, c.last_index)
+    drain(c, st)  # nothing uncommitted any more
+    with pytest.raises(ProposalDropped, match="uncommitted"):
+        c.propose_batch([b"a" * 7, b"b" * 7])  # 14 > 12, and a batch gets no exemption
+    assert c.propose_batch([b"a" * 7]) == last + 3  # one entry does (it fits anyway here)
+
+
+def test_one_entry_passes_the_uncommitted_limit_when_nothing_is_uncommitted() -> None:
+    c, st = leader(max_uncommitted_bytes=10)
+    drain(c, st)
+    with pytest.raises(ProposalDropped, match="uncommitted"):
+        c.propose_batch([b"a" * 20, b"b"])
+    assert c.propose_batch([b"a" * 20]) == c.last_index  # else nothing this large could pass
+    with pytest.raises(ProposalDropped, match="uncommitted"):
+        c.propose(b"b")
     with pytest.raises(ValueError):
         c.propose_batch([])
 

@@ -33,7 +33,8 @@ class _Sent:
 def _actor(voters: tuple[int, ...] = (1,), **cfg: Any) -> tuple[RaftActor, ProposalTracker]:
     st = MemoryStorage()
     st.set_conf_state(ConfState(voters=frozenset(voters)))
-    core = RaftCore(CoreConfig(id=1, pre_vote=False, check_quorum=False, **cfg), st)
+    fields: dict[str, Any] = {"pre_vote": False, "check_quorum": False, "forward_proposals": False}
+    core = RaftCore(CoreConfig(id=1, **{**fields, **cfg}), st)
     inbox_send, inbox = trio.open_memory_channel[Any](100)
     wal, _ = trio.open_memory_channel[Any](100)
     fsm, _ = trio.open_memory_channel[Any](100)
@@ -136,7 +137,7 @@ def test_a_refused_batch_gives_each_proposal_its_own_verdict() -> None:
 
 
 def test_gathered_proposals_on_a_follower_are_each_forwarded() -> None:
-    actor, tracker = _actor(voters=(1, 2, 3), forward_proposals=False)
+    actor, tracker = _actor(voters=(1, 2, 3))
     actor.core.step(HeartbeatRequest(src=2, dst=1, term=1))
     futures = [Future[Any]() for _ in range(3)]
     for i, f in enumerate(futures):
@@ -144,3 +145,22 @@ def test_gathered_proposals_on_a_follower_are_each_forwarded() -> None:
     actor._propose_gathered()
     assert all(isinstance(f.result(), Forward) and f.result().leader == 2 for f in futures)
     assert len(tracker) == 0
+
+
+def test_gathering_keeps_the_uncommitted_limit_per_proposal() -> None:
+    # Nothing is uncommitted: one proposal of any size is admitted, a batch is not (else one
+    # drain of the inbox could admit thousands of proposals past the limit).
+    actor, tracker = _leader(max_uncommitted_bytes=100)
+    futures = [Future[Any]() for _ in range(4)]
+    for f in futures:
+        actor._handle(ProposeReq(b"y" * 60, f))
+    actor._propose_gathered()
+    assert len(tracker) == 1 and not futures[0].done()
+    for f in futures[1:]:
+        with pytest.raises(ProposalDropped, match="uncommitted"):
+            f.result()
+
+
+def test_the_actor_refuses_a_core_that_forwards_proposals_itself() -> None:
+    with pytest.raises(ValueError, match="forward_proposals"):
+        _actor(voters=(1, 2, 3), forward_proposals=True)

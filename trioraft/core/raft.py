@@ -203,6 +203,11 @@ class RaftCore:
         return self._vote
 
     @property
+    def config(self) -> CoreConfig:
+        """The configuration this core runs with."""
+        return self._config
+
+    @property
     def leader(self) -> NodeId:
         """Known leader of the current term (0 = unknown)."""
         return self._lead
@@ -1444,14 +1449,16 @@ class RaftCore:
         return self._append_indexed(ents, unlimited=unlimited)
 
     def _append_indexed(self, ents: list[Entry], *, unlimited: bool) -> bool:
-        # ``ents`` are of this term and follow the last index.
+        # ``ents`` are of this term and follow the last index. As in etcd, one entry is always
+        # admitted while nothing is uncommitted (however large, or nothing could ever pass);
+        # a batch is not, so that gathering proposals cannot turn the limit into one per batch.
         term = self._term
         size = _payload_size(ents)
         limit = self._config.max_uncommitted_bytes
         if (
             not unlimited
             and limit > 0
-            and self._uncommitted_size > 0
+            and (self._uncommitted_size > 0 or len(ents) > 1)
             and size > 0
             and self._uncommitted_size + size > limit
         ):

@@ -159,6 +159,11 @@ class RaftActor:
         persist_now: Callable[[PersistJob], bool] | None = None,
         apply_now: Callable[[tuple[Entry, ...]], bool] | None = None,
     ) -> None:
+        if core.config.forward_proposals:
+            # Proposals that reach a follower's core come back as NotLeader and the node
+            # forwards them itself (Forward); a core forwarding them too would propose twice,
+            # and what it returns (0) is no index to track.
+            raise ValueError("the raft actor needs a core with forward_proposals off")
         self.core = core
         self.storage = storage
         self._id = core.id

@@ -258,3 +258,14 @@ def test_empty_entries_encode_right_whatever_was_encoded_before() -> None:
             )
         )
         assert encode_frame(frame) == encode(frame, unstructure_as=Frame)
+
+
+@pytest.mark.parametrize("term", [-1, -2, 0])
+def test_entries_of_any_first_term_encode_like_the_converter(term: int) -> None:
+    # The entries loop remembers the previous entry's term: no starting value may pass for a
+    # real one (a negative term takes the dict path, which writes it).
+    entries = (Entry(term, 1, data=b"a"), Entry(term, 2, data=b"b"), Entry(5, 3, data=b"c"))
+    frame = RaftFrame(
+        msg=AppendRequest(src=1, dst=2, term=5, prev_index=0, prev_term=0, entries=entries)
+    )
+    assert encode_frame(frame) == encode(frame, unstructure_as=Frame)

@@ -540,7 +540,7 @@ def _entries_bytes(entries: Any) -> bytes:
     if last[0] is entries:
         return last[1]
     parts = [_uint(len(entries), 4)]
-    term = -1
+    term: int | None = None  # no entry has this term: the first one always writes its own
     term_bytes = b""
     for e in entries:
         data = e.data
