@@ -34,6 +34,7 @@ trip.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -65,7 +66,7 @@ from trioraft.runtime.items import (
     TransferReq,
     UnreachableReq,
 )
-from trioraft.runtime.proposals import ProposalTracker, ReadBatcher
+from trioraft.runtime.proposals import Future, ProposalTracker, ReadBatcher
 
 __all__ = ["LeaderWatch", "RaftActor"]
 
@@ -331,14 +332,8 @@ class RaftActor:
         elif isinstance(item, ConfChangeReq):
             if item.future.abandoned:
                 return
-            try:
-                index = core.propose_conf_change(item.change)
-            except NotLeader as exc:
-                self._refuse(item.future, exc)
-            except ProposalDropped as exc:
-                item.future.set_exception(exc)
-            else:
-                self._proposals.add(index, core.term, item.future)
+            change = functools.partial(core.propose_conf_change, item.change)
+            self._propose_with(item.future, change)
         elif isinstance(item, SnapshotStatus):
             core.report_snapshot(item.peer, item.ok)
         elif isinstance(item, LocalSnapshot):
@@ -376,14 +371,18 @@ class RaftActor:
                     add(first + i, term, p.future)
                 return
         for p in props:
-            try:
-                index = core.propose(p.data)
-            except NotLeader as exc:
-                self._refuse(p.future, exc)
-            except ProposalDropped as exc:
-                p.future.set_exception(exc)
-            else:
-                self._proposals.add(index, core.term, p.future)
+            self._propose_with(p.future, functools.partial(core.propose, p.data))
+
+    def _propose_with(self, future: Future[Any], propose: Callable[[], int]) -> None:
+        # One proposal's outcome: tracked at its index, refused (Forward / NotLeader) or dropped.
+        try:
+            index = propose()
+        except NotLeader as exc:
+            self._refuse(future, exc)
+        except ProposalDropped as exc:
+            future.set_exception(exc)
+        else:
+            self._proposals.add(index, self.core.term, future)
 
     def _refuse(self, future: Any, exc: NotLeader) -> None:
         leader = exc.leader_hint or 0
