@@ -484,16 +484,8 @@ class RaftCore:
         if self._needs_bcast:
             self._needs_bcast = False
             if self._role == Role.LEADER:
-                # New proposals: fill every follower's window as far as flow control allows
-                # (followers at the same point share one entries tuple, see _bcast_append).
-                self._bcast_entries = {}
-                try:
-                    for i, _ in self._trk.visit():
-                        if i != self._id:
-                            while self._maybe_send_append(i, send_if_empty=False):
-                                pass
-                finally:
-                    self._bcast_entries = None
+                # New proposals: fill every follower's window as far as flow control allows.
+                self._bcast_append(fill=True)
         self._ready_number += 1
         number = self._ready_number
         entries = tuple(self._log.unstable.next_entries())
@@ -1307,13 +1299,20 @@ class RaftCore:
         self._send(SnapshotRequest(src=self._id, dst=to, term=self._term, meta=meta))
         return True
 
-    def _bcast_append(self) -> None:
-        # Followers at the same point get the very same entries tuple (the log does not change
-        # during the loop), so the transport can encode it once.
+    def _bcast_append(self, *, fill: bool = False) -> None:
+        # One append to every follower (empty ones too), or with ``fill`` as many as each
+        # follower's window takes and none without entries. Followers at the same point get
+        # the very same entries tuple (the log does not change during the loop), so the
+        # transport can encode it once.
         self._bcast_entries = {}
         try:
             for i, _ in self._trk.visit():
-                if i != self._id:
+                if i == self._id:
+                    continue
+                if fill:
+                    while self._maybe_send_append(i, send_if_empty=False):
+                        pass
+                else:
                     self._send_append(i)
         finally:
             self._bcast_entries = None

@@ -125,13 +125,13 @@ class ProgressTracker:
         """Largest index durable on a quorum of voters."""
         voters = self.config.voters
         if not voters.outgoing.voters and voters.incoming.voters:
-            # Outside joint consensus (runs on every acknowledgement): the median of the
-            # voters' matches straight from their progress, as MajorityConfig.committed_index
-            # computes it (a voter without progress counts as 0).
+            # Outside joint consensus (runs on every acknowledgement): only the voters'
+            # matches, and only the incoming half.
             progress = self.progress
-            matches = [progress[i].match if i in progress else 0 for i in voters.incoming.voters]
-            matches.sort(reverse=True)
-            return matches[len(matches) // 2]
+            incoming = voters.incoming
+            return incoming.committed_index(
+                {i: progress[i].match for i in incoming.voters if i in progress}
+            )
         acked = {i: pr.match for i, pr in self.progress.items()}
         return self.config.voters.committed_index(acked)
 

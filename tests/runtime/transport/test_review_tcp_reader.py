@@ -182,9 +182,10 @@ async def test_a_large_frame_arriving_slowly_costs_a_bounded_read_each_time(
         )
         data = _hello(1, 2) + _framed(RaftFrame(msg=msg))
         s = await raw_connect(c.t[2].port)
+        # However the pieces meet the reader's reads, its first read after the frame's head
+        # has most of the frame still to come.
         for pos in range(0, len(data), 256 << 10):
             await s.send_all(data[pos : pos + (256 << 10)])
-            await trio.sleep(0.001)  # the reader wakes with most of the frame still to come
         await c.h[2].wait_messages(1)
         assert c.h[2].delivered == [msg]
         assert asked and max(asked) <= tcp_module._RAFT_READ_MAX < 3 << 20
