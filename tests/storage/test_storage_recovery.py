@@ -157,3 +157,44 @@ def test_follower_install_flow_and_its_crash_window() -> None:
     assert ids(rec.entries) == [(51, 3), (52, 3)]
     assert rec.hard_state == HardState(3, 0, 50)
     wal.close()
+
+
+def _follower_with_stale_tail_installs(fs: SimulatedFileSystem, local_snapshot: bool) -> str:
+    """A follower of an old leader holds entries 1..40 of term 1, 1..12 committed (and maybe a
+    local snapshot at 10); the term-2 leader replaced 13..40 and streams snapshot 30/2, which
+    resets the log; new entries 31..35 follow. Returns the installed snapshot's path."""
+    _, wal, store = recover(D, fs=fs)
+    wal.save(ents(1, 40, term=1, tag=b"old"), HardState(1, 1, 12))
+    if local_snapshot:
+        wal.save_snapshot_marker(snap(store, 10, 1).raft_meta)
+    installed = snap(store, 30, 2)
+    wal.save_snapshot_marker(installed.raft_meta)  # the log lacks 30/2: a reset marker
+    wal.save([], HardState(2, 2, 30))
+    wal.save(ents(31, 35, term=2), HardState(2, 2, 35))
+    wal.release_to(10 if local_snapshot else 0)
+    wal.close()
+    return installed.path
+
+
+@pytest.mark.parametrize("local_snapshot", [True, False], ids=["older-snapshot", "no-snapshot"])
+def test_fallback_across_a_log_reset_is_refused_not_read_as_committed(local_snapshot: bool) -> None:
+    # The installed snapshot is damaged. Starting from the older snapshot (or from the empty
+    # log) would hand back the stale, never committed entries 13..30 of term 1 as the log under
+    # commit index 35: refuse loudly instead.
+    fs = SimulatedFileSystem()
+    path = _follower_with_stale_tail_installs(fs, local_snapshot)
+    p = os.path.join(path, "state")
+    data = bytearray(fs.read_bytes(p))
+    data[0] ^= 1
+    fs.write_bytes(p, bytes(data))
+    with pytest.raises(StorageCorrupted, match=r"entries 13\.\.30 predate the snapshot installed"):
+        recover(D, fs=fs)
+
+
+def test_recovery_after_a_log_reset_uses_the_installed_snapshot() -> None:
+    fs = SimulatedFileSystem()
+    path = _follower_with_stale_tail_installs(fs, local_snapshot=True)
+    rec, wal, _ = recover(D, fs=fs)
+    assert rec.snapshot is not None and rec.snapshot.path == path
+    assert ids(rec.entries) == [(i, 2) for i in range(31, 36)]
+    wal.close()

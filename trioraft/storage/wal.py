@@ -684,6 +684,10 @@ class WAL:
         # A reset marker above the durable commit index is an install whose hard state never
         # became durable: the node restarts as before the install, so it drops nothing.
         commit = hs.commit
+        # Entries an install replaced (see below), as [first, last, segment, offset]: stale
+        # unless a later save rewrote them.
+        replaced: list[list[int]] = []
+        commit_then = 0  # the durable commit index as of the record being replayed
         for pos, off, rec in scan.records:
             if isinstance(rec, SaveRecord):
                 first = rec.first_index
@@ -700,8 +704,28 @@ class WAL:
                         )
                     del ents[cut:]
                     ents.extend(unpack_entries(rec, lo - first))
+                    for r in replaced:
+                        r[1] = min(r[1], lo - 1)
+                if rec.hard_state is not None:
+                    commit_then = rec.hard_state.commit
+            elif isinstance(rec, SegmentHeader):
+                commit_then = rec.hard_state.commit
             elif isinstance(rec, SnapshotRecord) and rec.reset and rec.meta.index <= commit:
+                # The install replaced the log up to its index: entries of ours above the commit
+                # index of that time and up to the snapshot's index may never have been
+                # committed. Reading from an older start, they would be taken as the log.
+                if rec.meta.index > base and rec.meta.index > commit_then:
+                    replaced.append([max(base, commit_then) + 1, rec.meta.index, pos, off])
                 del ents[max(0, rec.meta.index - base) :]
+        for first_stale, last_stale, pos, off in replaced:
+            if first_stale <= min(last_stale, base + len(ents)):
+                raise StorageCorrupted(
+                    self._segments[pos].path,
+                    f"reading from snapshot marker {base}/{start.term}, entries {first_stale}.."
+                    f"{last_stale} predate the snapshot installed here, which replaced them: "
+                    "the log needs that snapshot (or a later one) as its start",
+                    off,
+                )
         self._hs = hs
         self._base_index = base
         self._base_term = start.term
