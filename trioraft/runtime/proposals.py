@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -188,10 +189,20 @@ class ProposalTracker:
 class ReadBatcher:
     """Coalesces read-barrier requests: every request queued before the raft actor next calls
     ``core.read_index`` shares that call's context and its resulting read index, which is
-    correct because all of them started before the leadership check the call triggers."""
+    correct because all of them started before the leadership check the call triggers.
 
-    def __init__(self, node_id: int) -> None:
-        self._node_id = node_id
+    A context is ``node_id | run_id | counter``. ``run_id`` (8 bytes, fresh random bytes by
+    default) tells this run's contexts from those of the node's earlier runs: the counter
+    restarts at 1 in every run, and a leader may still hold (and later answer) a read the node
+    issued before it restarted, admitted at an older commit index. That answer must not
+    resolve a new read that happens to reuse the context, or the read could miss a write that
+    completed before it started.
+    """
+
+    def __init__(self, node_id: int, run_id: bytes | None = None) -> None:
+        if run_id is None:
+            run_id = os.urandom(8)
+        self._prefix = node_id.to_bytes(8, "big") + run_id
         self._seq = itertools.count(1)
         self._queued: list[Future[int]] = []
         self._issued: dict[bytes, list[Future[int]]] = {}
@@ -206,7 +217,7 @@ class ReadBatcher:
         self._queued = []
         if not futures:
             return None
-        ctx = self._node_id.to_bytes(8, "big") + next(self._seq).to_bytes(8, "big")
+        ctx = self._prefix + next(self._seq).to_bytes(8, "big")
         self._issued[ctx] = futures
         return ctx, futures
 
