@@ -230,6 +230,8 @@ class RaftNode:
             ProposalDropped: certainly not appended (no leader, transfer in progress, limits,
                 overwritten by a new leader: reason ``"superseded"``); safe to retry.
             AmbiguousOutcome: no outcome within the timeout; the entry may still commit.
+            Timeout: all ``max_pending_proposals`` slots stayed taken for the whole timeout;
+                nothing was proposed, retry freely.
             NodeStopped: the node stopped meanwhile.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -242,11 +244,7 @@ class RaftNode:
         # The hot path (this node leads) takes no cancel scope and does not yield before the
         # request is queued: the deadline timer fails the future if it takes too long.
         if not rt.proposal_slots.try_acquire():
-            with trio.move_on_at(deadline):
-                await rt.proposal_slots.acquire()
-            if trio.current_time() >= deadline:
-                # nothing was handed to Raft: certainly no effect
-                raise Timeout(f"no proposal slot free within {limit} s; nothing was proposed")
+            await self._wait_for_slot(deadline, limit)
         try:
             # A lone proposer (no other proposal in progress on this node, nothing else to
             # run) proposes right here, without a hand-off to the raft actor; concurrent
@@ -274,6 +272,31 @@ class RaftNode:
                 return decode_result(await rt.forward(result.leader, "propose", bytes(data)))
             raise expired()
         return result
+
+    async def _wait_for_slot(self, deadline: float, limit: float) -> None:
+        """Take a proposal slot, waiting until ``deadline`` (the slow path of :meth:`propose`).
+
+        Raises:
+            Timeout: no slot before the deadline (no slot is held; nothing was proposed).
+            NodeStopped: the node stopped while waiting (no slot is held).
+        """
+        rt = self._rt
+        slots = rt.proposal_slots
+        with trio.move_on_at(deadline) as scope:
+            await slots.acquire()
+        if scope.cancelled_caught:
+            # nothing was handed to Raft: certainly no effect
+            raise Timeout(f"no proposal slot free within {limit} s; nothing was proposed")
+        # The slot is ours from here on: give it back before raising.
+        if rt.stopped:
+            # The inbox is no longer read and the deadline timer is gone: queueing the request
+            # now would wait forever.
+            slots.release()
+            raise NodeStopped(f"node {self.id} stopped")
+        if trio.current_time() >= deadline:
+            # Freed in the batch in which the deadline passed: too late, and nothing proposed.
+            slots.release()
+            raise Timeout(f"no proposal slot free within {limit} s; nothing was proposed")
 
     async def _wait(self, future: Future[Any]) -> Any:
         try:
