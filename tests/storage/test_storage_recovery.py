@@ -198,3 +198,29 @@ def test_recovery_after_a_log_reset_uses_the_installed_snapshot() -> None:
     assert rec.snapshot is not None and rec.snapshot.path == path
     assert ids(rec.entries) == [(i, 2) for i in range(31, 36)]
     wal.close()
+
+
+def test_retention_counts_only_snapshots_a_restart_could_use() -> None:
+    # retention 1: local snapshot L has its WAL marker; a received install R is in the store but
+    # its marker is not written yet. Retention must not trade L for R: a crash before R's
+    # marker would leave no snapshot to start from.
+    fs = SimulatedFileSystem()
+    _, wal, store = recover(D, fs=fs, retention=1, segment_bytes=300)
+    for i in range(1, 31):
+        wal.save(ents(i, i), HardState(1, 1, i))
+    local = snap(store, 20, 1)
+    wal.save_snapshot_marker(local.raft_meta)
+    wal.release_to(20)
+    received = snap(store, 60, 2)
+    assert store.apply_retention() == []
+    wal.close()  # crash before R's marker
+    rec, wal, store = recover(D, fs=fs, retention=1, segment_bytes=300)
+    assert rec.snapshot == local and not fs.exists(received.path)
+    # once a newer snapshot is marked, L goes; so does an unmarked one older than it
+    stale = snap(store, 25, 1)
+    newer = snap(store, 30, 1)
+    wal.save_snapshot_marker(newer.raft_meta)
+    assert sorted(store.apply_retention()) == [20, 25]
+    assert [s.index for s in store.list()] == [30]
+    wal.close()
+    assert not fs.exists(stale.path)

@@ -343,3 +343,15 @@ def test_failures_surface_as_storage_failed() -> None:
     fs.inject_fault("mkdir", errno.EACCES)
     with pytest.raises(StorageFailed):
         store.begin(3, 1, CONF)
+
+
+def test_reading_zero_bytes_mid_file_is_not_taken_for_the_end() -> None:
+    fs = SimulatedFileSystem()
+    store = SnapshotStore("/snap", fs=fs)
+    b = store.begin(5, 1, ConfState(voters=frozenset({1})))
+    b.write_at("state", 0, b"x" * 100)
+    b.commit()
+    with store.open_reader(5).open("state") as f:
+        assert f.read(10) == b"x" * 10
+        assert f.read(0) == b""
+        assert f.read() == b"x" * 90

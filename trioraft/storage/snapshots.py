@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from types import TracebackType
 from typing import Final
 
@@ -181,6 +181,9 @@ class SnapshotStore:
         self._retention = retention
         self._mu = threading.RLock()
         self._pins: dict[str, int] = {}
+        #: tells which snapshots (index, term) a restart could start from (the WAL's markers);
+        #: set by :func:`~trioraft.storage.recovery.recover`, used by :meth:`apply_retention`
+        self.referenced: Callable[[], Set[tuple[int, int]]] | None = None
         try:
             ensure_dir(fs, self._dir)
             ensure_dir(fs, self._tmp)
@@ -312,6 +315,12 @@ class SnapshotStore:
     def apply_retention(self) -> builtins.list[int]:
         """Delete all but the ``retention`` newest snapshots, except pinned ones.
 
+        With :attr:`referenced` set, only snapshots a restart could start from (those with a WAL
+        marker) count: a snapshot stored but not yet marked (a received install whose marker is
+        still being written) neither takes a place nor loses one, so the newest usable snapshot
+        is never deleted for it. Unmarked snapshots older than every kept marked one are useless
+        to a restart and deleted.
+
         Returns:
             The deleted snapshots' indexes.
 
@@ -319,9 +328,23 @@ class SnapshotStore:
             StorageFailed: a delete failed.
         """
         with self._mu:
+            # Markers first: one written after this read leaves its snapshot looking unmarked,
+            # which only ever keeps it.
+            marked = self.referenced() if self.referenced is not None else None
             snaps = self.list()
+            if marked is None:
+                doomed = snaps[self._retention :]
+            else:
+                usable = [s for s in snaps if (s.index, s.term) in marked]
+                kept = usable[: self._retention]
+                doomed = usable[self._retention :]
+                if kept:
+                    floor = kept[-1].index
+                    doomed += [
+                        s for s in snaps if (s.index, s.term) not in marked and s.index < floor
+                    ]
             deleted: builtins.list[int] = []
-            for s in snaps[self._retention :]:
+            for s in doomed:
                 if os.path.basename(s.path) in self._pins:
                     log.debug("snapshot %s is pinned; retention keeps it", s.path)
                     continue
@@ -897,6 +920,8 @@ class SnapshotFileReader:
         """
         if self._fd is None:
             raise ValueError(f"snapshot file {self._info.name!r} is closed")
+        if n == 0:
+            return b""  # not the end of the file: an empty read must not trigger the checks
         if n < 0:
             parts = []
             while chunk := self.read(VERIFY_CHUNK_BYTES):
