@@ -349,7 +349,11 @@ class RaftNode:
         rt = self._rt
         while rt.fsm.applied < index:
             rt.check_running()
-            await rt.waiters.add(index).wait()
+            event = rt.waiters.add(index)
+            try:
+                await event.wait()
+            finally:
+                rt.waiters.discard(event)  # (a no-op once it is set)
         rt.check_running()
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -387,7 +391,7 @@ class RaftNode:
 
         Raises:
             ProposalDropped: e.g. ``"conf-change-pending"`` (another change is in progress) or
-                ``"conf-change-invalid"``.
+                ``"invalid-conf-change"``.
             NotLeader, AmbiguousOutcome, NodeStopped: as for :meth:`propose`.
         """
         return await self._change(ConfChangeType.ADD_VOTER, node_id, address, timeout)
@@ -452,8 +456,11 @@ class RaftNode:
 
         Raises:
             NotLeader: not the leader and not forwarding.
+            ProposalDropped: forwarded, but the leader could not be reached
+                (``"unreachable"``) or no longer leads (``"no-leader"``); nothing was started.
             Timeout: ``target`` did not become leader in time (the transfer may have been
-                aborted by the core after an election timeout).
+                aborted by the core after an election timeout; a transfer whose caller timed
+                out before the raft actor got to it is never started).
         """
         rt = self._rt
         rt.check_running()

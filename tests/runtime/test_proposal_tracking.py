@@ -100,6 +100,25 @@ async def test_applied_waiters() -> None:
     await trio.lowlevel.checkpoint()
 
 
+def test_applied_waiters_that_stop_waiting_are_dropped() -> None:
+    w = AppliedWaiters()
+    events = [w.add(i) for i in range(10, 20)]
+    for e in events[:4]:
+        w.discard(e)
+    assert len(w) == 6 and len(w._heap) == 10  # dropped lazily
+    w.advance(10)  # pops a discarded one
+    assert len(w) == 6 and len(w._heap) == 9
+    w.discard(events[4])
+    assert len(w) == 5 and len(w._heap) == 9
+    w.discard(events[5])
+    assert len(w) == 4 and len(w._heap) == 4  # half of them gone: compacted
+    w.discard(events[1])  # already dropped: no effect on the live ones
+    assert len(w) == 4
+    w.advance(19)
+    assert all(e.is_set() for e in events[7:])
+    assert len(w) == 0 and len(w._heap) == 0
+
+
 async def test_deadlines_fail_late_futures(autojump_clock: trio.testing.MockClock) -> None:
     from trioraft.runtime.proposals import Deadlines
 

@@ -280,7 +280,7 @@ class FsmActor:
                         "node %d: membership change at %d ignored: %s", self._id, e.index, exc
                     )
                     proposals.failed(
-                        e.index, e.term, ProposalDropped("conf-change-invalid", str(exc))
+                        e.index, e.term, ProposalDropped("invalid-conf-change", str(exc))
                     )
                 else:
                     proposals.applied(e.index, e.term, self.conf)

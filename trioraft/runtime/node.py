@@ -389,8 +389,10 @@ class NodeRuntime:
         up to three leader hints.
 
         Raises:
-            NotLeader, ProposalDropped, AmbiguousOutcome, Timeout, NodeStopped: as the leader
-            answered, or ``ProposalDropped("unreachable")`` when it could not be reached.
+            ProposalDropped, AmbiguousOutcome, Timeout, NodeStopped: as the leader answered;
+                ``ProposalDropped("unreachable")`` when it could not be reached;
+                ``ProposalDropped("no-leader")`` when it was not the leader and its hint led
+                nowhere new (none, this node, or still no leader after three hops).
         """
         hops = 0
         while True:
@@ -411,7 +413,17 @@ class NodeRuntime:
                 if hint and hint != leader and hint != self.id and hops < 3:
                     leader = hint
                     continue
-                raise NotLeader(hint or None)
+                # Refused, so certainly not done. Not NotLeader: callers only get that with
+                # forwarding off, and its hint could name this very node (whose core does not
+                # lead yet, or no longer).
+                where = (
+                    "names no leader"
+                    if not hint
+                    else "names this node as leader"
+                    if hint == self.id
+                    else f"names node {hint} as leader (after {hops} hops)"
+                )
+                raise ProposalDropped("no-leader", f"node {leader} is not the leader and {where}")
             raise error_from_response(resp)
 
 

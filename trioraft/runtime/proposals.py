@@ -264,6 +264,12 @@ class AppliedWaiters:
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, trio.Event]] = []
         self._seq = itertools.count()
+        #: ids of the events in the heap whose waiter stopped waiting (see :meth:`discard`)
+        self._gone: set[int] = set()
+
+    def __len__(self) -> int:
+        """Waiters still waiting."""
+        return len(self._heap) - len(self._gone)
 
     def add(self, index: int) -> trio.Event:
         """An event set once the applied index reaches ``index``."""
@@ -271,17 +277,42 @@ class AppliedWaiters:
         heapq.heappush(self._heap, (index, next(self._seq), event))
         return event
 
+    def discard(self, event: trio.Event) -> None:
+        """Forget ``event`` (from :meth:`add`): its waiter stopped waiting (timeout,
+        cancellation). Dropped lazily, all at once when they are half the entries, so a waiter
+        for an index that is never applied does not stay forever."""
+        if event.is_set():
+            return
+        gone = self._gone
+        gone.add(id(event))
+        heap = self._heap
+        if 2 * len(gone) >= len(heap):
+            live = []
+            for entry in heap:
+                if id(entry[2]) in gone:
+                    entry[2].set()  # nobody waits; set, a second discard is a no-op
+                else:
+                    live.append(entry)
+            heap[:] = live
+            heapq.heapify(heap)
+            gone.clear()
+
     def advance(self, applied: int) -> None:
         """Wake everyone waiting for an index <= ``applied``."""
         heap = self._heap
+        gone = self._gone
         while heap and heap[0][0] <= applied:
-            heapq.heappop(heap)[2].set()
+            event = heapq.heappop(heap)[2]
+            if gone:
+                gone.discard(id(event))
+            event.set()
 
     def wake_all(self) -> None:
         """Wake everyone (shutdown; waiters re-check why they woke)."""
         for _, _, event in self._heap:
             event.set()
         self._heap = []
+        self._gone.clear()
 
 
 class Deadlines:

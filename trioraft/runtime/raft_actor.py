@@ -339,6 +339,8 @@ class RaftActor:
         elif isinstance(item, LocalSnapshot):
             self._local_snapshot(item)
         elif isinstance(item, TransferReq):
+            if item.future.abandoned:
+                return  # the caller gave up (timeout, cancellation): never start it
             try:
                 core.transfer_leadership(item.target)
             except NotLeader as exc:

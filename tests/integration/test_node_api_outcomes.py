@@ -1,0 +1,115 @@
+"""Outcomes of the node API at its edges: a leadership transfer its caller gave up on is never
+started, a membership change refused when applied reports the documented reason, a forwarded
+request whose old leader names this node fails as retryable (not ``NotLeader``, which only
+comes with forwarding off), and waiters for the applied index that stop waiting are forgotten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trioraft import ProposalDropped
+from trioraft.core.types import ConfChange, ConfState
+from trioraft.runtime.items import TransferReq
+from trioraft.runtime.proposals import Future
+from trioraft.runtime.transport.base import ClientRequest, ClientResponse
+from trioraft.testing.cluster import open_cluster
+
+
+async def test_transfer_abandoned_by_its_caller_is_not_started(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        target = next(i for i in (1, 2, 3) if i != leader.id)
+        # A transfer request whose caller stopped waiting (its Timeout or a cancellation marks
+        # the future abandoned) before the raft actor got to it.
+        future: Future[Any] = Future()
+        leader._rt.inbox_send.send_nowait(TransferReq(target, future))
+        future.abandoned = True
+        await trio.testing.wait_all_tasks_blocked()
+        assert not future.done()
+        await trio.sleep(5 * leader.config.election_timeout)
+        assert leader.is_leader
+        assert cluster[target].leader == leader.id
+
+
+async def test_conf_change_refused_when_applied_reports_invalid_conf_change(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(1) as cluster:
+        leader = await cluster.wait_for_leader()
+        fsm = leader._rt.fsm
+
+        def refuse(conf: ConfState, cc: ConfChange) -> ConfState:
+            raise ValueError("refused at apply")
+
+        fsm._conf_applier = refuse  # the core accepted it; applying it fails
+        with pytest.raises(ProposalDropped) as info:
+            await leader.add_learner(9)
+        assert info.value.reason == "invalid-conf-change"
+
+
+async def test_forwarded_request_whose_old_leader_names_this_node_is_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = cluster[next(i for i in (1, 2, 3) if i != leader.id)]
+        await cluster.wait_until(lambda: follower.leader == leader.id)
+        calls: list[int] = []
+
+        async def call(peer: int, request: ClientRequest) -> ClientResponse:
+            # the old leader stepped down and believes the asking node leads now
+            calls.append(peer)
+            return ClientResponse(
+                ok=False,
+                error="not-leader",
+                leader_hint=follower.id,
+                request_id=request.request_id,
+            )
+
+        transport: Any = follower._rt.transport
+        transport.call = call
+        with pytest.raises(ProposalDropped) as info:
+            await follower.propose(b"x")
+        assert info.value.reason == "no-leader"
+        assert calls == [leader.id]
+        with pytest.raises(ProposalDropped):
+            await follower.add_learner(9)
+
+
+async def test_waiters_that_stop_waiting_for_the_applied_index_are_forgotten(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(1) as cluster:
+        node = await cluster.wait_for_leader()
+        waiters = node._rt.waiters
+        far = node.applied_index + 1_000_000
+        for _ in range(10):
+            with trio.move_on_after(1):
+                await node.wait_applied(far)
+        assert len(waiters) == 0
+        assert len(waiters._heap) <= 1
+
+        async def wait_long() -> None:
+            await node.wait_applied(far)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(wait_long)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(waiters) == 5
+            nursery.cancel_scope.cancel()
+        assert len(waiters._heap) == 0
+        # live waiters are still woken
+        index = node.applied_index + 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.wait_applied, index)
+            await trio.testing.wait_all_tasks_blocked()
+            await node.propose(b"x")
+        assert node.applied_index >= index
