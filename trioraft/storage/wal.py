@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import itertools
 import logging
 import os
@@ -88,6 +89,7 @@ from collections.abc import Sequence
 from typing import Final, NoReturn
 
 import attrs
+import cbor2
 
 from trioraft.core.encoding import DecodeError
 from trioraft.core.types import Entry, HardState, SnapshotMeta
@@ -1268,17 +1270,18 @@ def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage |
         if length == 0:
             if stored == 0 and _all_zero(buf, off, n):
                 break
-            # the start of the last write was lost while later parts of it were not
-            return out, off, crc, _Damage(off, "zero-length frame", True)
+            # the start of the last write was lost while later parts of it were not (unless
+            # something was written after it: then the frame was damaged later)
+            return out, off, crc, _torn_unless_written_after(buf, off, crc, "zero-length frame")
         if length > MAX_RECORD_BYTES:
             return out, off, crc, _Damage(off, f"implausible frame length {length}", False)
         end = off + hsize + length
         if end > n:
             detail = f"frame of {length} bytes runs past the end of the file ({n} bytes)"
-            return out, off, crc, _Damage(off, detail, True)
+            return out, off, crc, _torn_unless_written_after(buf, off, crc, detail)
         actual = frame_crc(view[off : off + 4], view[off + hsize : end], crc)
         if actual != stored:
-            return out, off, crc, _classify(buf, off, end, stored)
+            return out, off, crc, _classify(buf, off, end, stored, crc)
         try:
             rec = decode_record(buf[off + hsize : end])
         except DecodeError as exc:
@@ -1304,7 +1307,7 @@ def _all_zero(buf: bytes, start: int, end: int) -> bool:
     return True
 
 
-def _classify(buf: bytes, off: int, end: int, stored: int) -> _Damage:
+def _classify(buf: bytes, off: int, end: int, stored: int, prev_crc: int) -> _Damage:
     """A frame at ``off`` (ending at ``end``, inside the file) failed its CRC: torn write of the
     last frame, or corruption?
 
@@ -1327,11 +1330,90 @@ def _classify(buf: bytes, off: int, end: int, stored: int) -> _Damage:
                 return _Damage(off, "CRC mismatch (a valid record follows)", False)
     nonzero_end = len(buf.rstrip(b"\0"))
     if nonzero_end < end:
-        return _Damage(off, f"CRC mismatch (zero-filled from {max(nonzero_end, off)})", True)
+        detail = f"CRC mismatch (zero-filled from {max(nonzero_end, off)})"
+        return _torn_unless_written_after(buf, off, prev_crc, detail, nonzero_end)
+    if nonzero_end > end:
+        # A torn write is the last one: bytes after the frame mean it was damaged later.
+        return _Damage(off, f"CRC mismatch (data follows the frame, up to {nonzero_end})", False)
     piece_start = off
     while piece_start < end:
         piece_end = min(end, (piece_start // _SECTOR + 1) * _SECTOR)
         if _all_zero(buf, piece_start, piece_end):
-            return _Damage(off, f"CRC mismatch (zeroed bytes at {piece_start})", True)
+            detail = f"CRC mismatch (zeroed bytes at {piece_start})"
+            return _torn_unless_written_after(buf, off, prev_crc, detail, nonzero_end)
         piece_start = piece_end
     return _Damage(off, "CRC mismatch", False)
+
+
+#: where a frame's payload may start: a CBOR map head, then a text key's head (every record is a
+#: map keyed by text); the frame header is the 8 bytes before it
+_PAYLOAD_START: Final = re.compile(rb"[\xa0-\xbb][\x60-\x7b]")
+#: bytes the search for later frames may checksum before it gives up (a torn tail of ordinary
+#: size never comes near it)
+_EVIDENCE_CRC_BUDGET: Final = 256 << 20
+
+
+def _torn_unless_written_after(
+    buf: bytes, off: int, prev_crc: int, detail: str, nonzero_end: int | None = None
+) -> _Damage:
+    """The verdict for a damaged frame at ``off`` that looks like a torn last write: torn,
+    unless something shows that records were written after it (then it is corruption).
+
+    Why: every write appends one frame, so a torn frame is the last thing ever written and
+    nothing intact can follow it. A damaged length field (or a lost sector over a frame header)
+    in the middle of the last segment looks torn at first sight, and repairing it would cut away
+    every acknowledged record after it. Two kinds of evidence are looked for, both cheap:
+
+    * the frame's own record is intact and only its length field is wrong: the record (a CBOR
+      map) decodes from the payload start, and its checksum with the length it really has
+      matches the frame's stored CRC;
+    * two chained frames lie after it: a frame header and record start, followed right after
+      its end by another whose CRC chains from the first one's (random or partly written data
+      practically never passes both headers' plausibility checks, let alone the checksum).
+
+    A single valid frame after a frame whose header was lost entirely cannot be told from data
+    and stays a torn verdict (at most that one record is lost; the cut keeps a ``.broken`` copy).
+    """
+    n = len(buf.rstrip(b"\0")) if nonzero_end is None else nonzero_end
+    hsize = FRAME_HEADER.size
+    view = memoryview(buf)
+    _length, stored = FRAME_HEADER.unpack_from(buf, off)
+    size = _record_size(view, off + hsize, n)
+    if size is not None and stored:
+        payload = view[off + hsize : off + hsize + size]
+        if frame_crc(size.to_bytes(4, "little"), payload, prev_crc) == stored:
+            return _Damage(off, f"{detail}; the record is intact, its length field is not", False)
+    unpack = FRAME_HEADER.unpack_from
+    budget = _EVIDENCE_CRC_BUDGET
+    for m in _PAYLOAD_START.finditer(buf, off + 1 + hsize, n):
+        p = m.start() - hsize
+        nlen, ncrc = unpack(buf, p)
+        q = p + hsize + nlen
+        if nlen == 0 or q + hsize + 2 > n:
+            continue
+        mlen, mcrc = unpack(buf, q)
+        start = q + hsize
+        if mlen == 0 or start + mlen > n or not (0xA0 <= buf[start] <= 0xBB):
+            continue
+        if not 0x60 <= buf[start + 1] <= 0x7B:
+            continue
+        budget -= mlen
+        if budget < 0:
+            log.warning("WAL: gave up looking for records after the damage at %d", off)
+            break
+        if frame_crc(view[q : q + 4], view[start : start + mlen], ncrc) == mcrc:
+            return _Damage(off, f"{detail}; valid records follow at {p}", False)
+    return _Damage(off, detail, True)
+
+
+def _record_size(view: memoryview, start: int, end: int) -> int | None:
+    """The length of the CBOR map starting at ``start`` (a record's payload), or None if no
+    whole map decodes there."""
+    if start >= end or not 0xA0 <= view[start] <= 0xBB:
+        return None
+    stream = io.BytesIO(view[start:end])
+    try:
+        item = cbor2.CBORDecoder(stream).decode()
+    except Exception:  # any garbage: no evidence either way
+        return None
+    return stream.tell() if isinstance(item, dict) else None
