@@ -46,7 +46,6 @@ _PERMANENT = frozenset(
     {
         "too-large",
         "uncommitted-limit",
-        "conf-change-invalid",
         "invalid-conf-change",
         "invalid-target",
     }
