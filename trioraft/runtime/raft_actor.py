@@ -233,15 +233,19 @@ class RaftActor:
 
     async def _ticker(self) -> None:
         tick = self._tick
+        # The core measures time in ticks. After a stall (the process paused, the event loop
+        # blocked) the ticks missed are delivered, up to this many: a leader that slept through
+        # an election timeout must see it pass, or its lease would outlive the others' patience
+        # (they may have elected a new leader meanwhile) and a lease read could be stale. Beyond
+        # two randomized election timeouts more ticks change nothing.
+        most = 2 * self.core.config.election_ticks + 2
         next_tick = trio.current_time() + tick
         while True:
             await trio.sleep_until(next_tick)
-            self._inbox_send.send_nowait(_TICK)
-            next_tick += tick
-            now = trio.current_time()
-            if next_tick <= now:
-                # We fell behind (a long stall); do not replay a burst of ticks.
-                next_tick = now + tick
+            missed = max(0, int((trio.current_time() - next_tick) // tick))
+            for _ in range(1 + min(missed, most)):
+                self._inbox_send.send_nowait(_TICK)
+            next_tick += tick * (1 + missed)
 
     def _on_tick(self) -> None:
         self.core.tick()
