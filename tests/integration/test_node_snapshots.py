@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from trioraft.errors import NodeStopped
 from trioraft.runtime.snapshotter import SnapshotFailed
 from trioraft.statemachine import Saver, SnapshotWriter
 from trioraft.storage.fs import SimulatedFileSystem
@@ -267,3 +268,30 @@ async def test_whole_cluster_restart_applies_each_index_once(
             assert sm.records[-1][1] == b"after"
             assert sm.restores == 1  # restarted from its newest snapshot
             assert sm.applies < 40  # ...and replayed only the tail
+
+
+@pytest.mark.parametrize("waiting", [False, True], ids=["saving", "queued-behind-a-save"])
+async def test_snapshot_call_gets_node_stopped_when_the_node_stops(
+    autojump_clock: trio.testing.MockClock, waiting: bool
+) -> None:
+    async with open_cluster(1, gated_saves(), snapshot_entries=0) as cluster:
+        node = await cluster.wait_for_leader()
+        await propose_n(node, 5)
+        sm: GatedSaves = cluster.state_machine(node.id)
+        outcomes: list[BaseException] = []
+
+        async def snap() -> None:
+            try:
+                await node.snapshot()
+            except Exception as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(snap)
+            await cluster.wait_until(lambda: sm.saving)
+            if waiting:
+                await propose_n(node, 2)
+                nursery.start_soon(snap)  # waits for the save in progress
+                await trio.testing.wait_all_tasks_blocked()
+            await cluster.stop(node.id)
+        assert outcomes and all(type(e) is NodeStopped for e in outcomes), outcomes

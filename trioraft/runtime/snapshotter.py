@@ -45,7 +45,7 @@ import trio
 
 from trioraft.core.messages import SnapshotRequest
 from trioraft.core.types import ConfState, SnapshotMeta
-from trioraft.errors import RaftError
+from trioraft.errors import NodeStopped, RaftError
 from trioraft.runtime.disk import DiskExecutor
 from trioraft.runtime.fsm_actor import MEMBERS_FILE, encode_members
 from trioraft.runtime.items import (
@@ -184,6 +184,7 @@ class Snapshotter:
 
         Raises:
             SnapshotFailed: the save failed; nothing was installed.
+            NodeStopped: the node stopped first.
         """
         future: Future[Any] = Future()
         self._manual.append(future)
@@ -222,7 +223,7 @@ class Snapshotter:
                     await self._check(timer_fired)
             finally:
                 for future in self._manual:
-                    future.set_exception(SnapshotFailed("node stopped"))
+                    future.set_exception(NodeStopped(f"node {self._id} stopped"))
                 self._manual = []
                 nursery.cancel_scope.cancel()
 
@@ -257,7 +258,7 @@ class Snapshotter:
                 stored = await self._take(reason)
             except trio.Cancelled:
                 for w in waiters:
-                    w.set_exception(SnapshotFailed("node stopped"))
+                    w.set_exception(NodeStopped(f"node {self._id} stopped"))
                 raise
             except Exception as exc:
                 for w in waiters:
