@@ -24,8 +24,22 @@ from trioraft.runtime.transport.frames import Frame, RaftFrame, decode_frame, en
 
 
 def _slow_decode(data: bytes) -> object:
-    # The strict reference: one CBOR value spanning all of ``data`` (trailing bytes refused).
-    return converter.structure(loads(data), Frame)
+    # The strict reference: one CBOR value spanning all of ``data`` (trailing bytes refused),
+    # with every integer in [0, 2**64) (the wire's rule on top of the converter's).
+    raw = loads(data)
+    if not _all_ints_u64(raw):
+        raise ValueError("an integer outside [0, 2**64)")
+    return converter.structure(raw, Frame)
+
+
+def _all_ints_u64(v: object) -> bool:
+    if type(v) is int:
+        return 0 <= v < 2**64
+    if isinstance(v, dict):
+        return all(_all_ints_u64(k) and _all_ints_u64(x) for k, x in v.items())
+    if isinstance(v, list | tuple | set | frozenset):
+        return all(_all_ints_u64(x) for x in v)
+    return True
 
 
 def _random_messages(rng: random.Random, n: int) -> list[Message]:

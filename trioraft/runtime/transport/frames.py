@@ -24,7 +24,7 @@ import attrs
 import cbor2
 from cattrs.strategies import configure_tagged_union
 
-from trioraft.core.encoding import converter, encode, loads, structure
+from trioraft.core.encoding import DecodeError, converter, encode, loads, structure
 from trioraft.core.messages import (
     AppendRequest,
     AppendResponse,
@@ -232,6 +232,10 @@ configure_tagged_union(Frame, converter, tag_name="type")
 
 _INT = int
 _BYTES = bytes
+#: Every integer in a frame is an unsigned 64-bit value (ids, terms, indexes, sizes, CRCs).
+#: CBOR bignums decode to ints of any size, and Python cannot even format one of more than
+#: 4300 digits (ValueError): a peer's frame must not hand such a value to code that logs it.
+_U64_END: Final = 1 << 64
 
 
 def _enc_entries(entries: tuple[Entry, ...]) -> list[dict[str, object]]:
@@ -317,6 +321,8 @@ def _dec_entries(raw: object) -> tuple[Entry, ...] | None:
         data = d.get("data", b"")
         if type(term) is not _INT or type(index) is not _INT or type(data) is not _BYTES:
             return None
+        if not (0 <= term < _U64_END and 0 <= index < _U64_END):
+            return None
         if type(kind) is not _INT or kind not in _ENTRY_KINDS:
             return None
         out.append(Entry(term, index, _ENTRY_KINDS[kind], data))
@@ -329,9 +335,11 @@ def _fields_ok(
     keys = m.keys()
     if not (keys <= allowed and keys >= required):
         return False
-    for name in ints:  # noqa: SIM110 - a plain loop is faster than all() with a generator
-        if name in m and type(m[name]) is not _INT:
-            return False
+    for name in ints:
+        if name in m:
+            v = m[name]
+            if type(v) is not _INT or not 0 <= v < _U64_END:
+                return False
     return True
 
 
@@ -437,7 +445,10 @@ def _fast_decode(raw: object) -> Frame | None:
     m = raw.get("msg")
     if type(m) is not dict:
         return None
-    dec = _FAST_DECODERS.get(m.get("type"))
+    tag = m.get("type")
+    if type(tag) is not str:  # e.g. a list, which is not even hashable: the converter decides
+        return None
+    dec = _FAST_DECODERS.get(tag)
     if dec is None:
         return None
     msg = dec(m)
@@ -747,21 +758,59 @@ def encode_frame(frame: Frame) -> bytes:
     return encode(frame, unstructure_as=Frame)
 
 
+def _ints_in_range(value: object) -> bool:
+    """Whether every integer in parsed CBOR ``value`` (map keys included) is in [0, 2**64)."""
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is int:
+            if not 0 <= v < _U64_END:  # type: ignore[operator]
+                return False
+        elif t is dict:
+            push(v.keys())  # type: ignore[attr-defined]
+            push(v.values())  # type: ignore[attr-defined]
+        elif t is list or t is tuple or t is set or t is frozenset:
+            push(v)  # type: ignore[arg-type]
+        elif isinstance(v, cbor2.CBORTag):  # an unknown tag: its content is still a value
+            stack.append(v.value)
+    return True
+
+
 def decode_frame(data: bytes | memoryview) -> Frame:
-    """Decodes one frame strictly. Raises :class:`trioraft.codec.DecodeError`."""
+    """Decodes one frame strictly. Raises :class:`trioraft.codec.DecodeError`, and nothing
+    else, for any input: the callers turn exactly that into closing the peer's connection.
+
+    Integers must lie in [0, 2**64): no field of any frame holds anything else, and a peer must
+    not be able to hand the rest of the transport an integer too large to format or pack.
+    (The direct decoder reads at most 8-byte unsigned heads, so it never produces another.)
+    """
     if data[:1] == b"\xa2":  # a two-key map, as every RaftFrame
         raw_bytes = bytes(data)
         try:
             msg = _direct_decode(raw_bytes)
         except (_Miss, IndexError):
             msg = None
+        except Exception as exc:  # a bug, not the input's fault; still the input's frame
+            raise DecodeError(f"invalid frame: {type(exc).__name__}") from exc
         if msg is not None:
             return RaftFrame(msg=msg)
     raw = loads(data)  # the whole body must be one value: trailing bytes are a DecodeError
-    fast = _fast_decode(raw)
+    try:
+        fast = _fast_decode(raw)
+    except Exception as exc:
+        raise DecodeError(f"invalid frame: {type(exc).__name__}") from exc
     if fast is not None:
         return fast
-    result: Frame = structure(raw, Frame)
+    if not _ints_in_range(raw):
+        raise DecodeError("invalid frame: an integer outside [0, 2**64)")
+    try:
+        result: Frame = structure(raw, Frame)
+    except DecodeError:
+        raise
+    except Exception as exc:  # structure() converts the errors cattrs is known to raise
+        raise DecodeError(f"invalid frame: {type(exc).__name__}") from exc
     return result
 
 

@@ -487,7 +487,19 @@ class TcpTransport:
                     )
                 )
                 ack = await conn.receive()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, TransportError) as exc:
+        except Exception as exc:
+            # Whatever answers at the peer's address must not be able to raise anything but
+            # PeerUnreachable into the sender (and so into the transport's nursery).
+            if not isinstance(
+                exc, (OSError, trio.TooSlowError, trio.BrokenResourceError, TransportError)
+            ):
+                log.warning(
+                    "node %d: unexpected error in the handshake with node %d at %s",
+                    self.node_id,
+                    peer,
+                    p.address,
+                    exc_info=True,
+                )
             self.stats.connect_failures += 1
             if stream is not None:
                 with trio.CancelScope(shield=True):
@@ -592,6 +604,15 @@ class TcpTransport:
             except ConnectionClosed:
                 reason = "closed by peer"
             except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                # Only this connection is lost: nothing the peer sends may reach the nursery.
+                log.warning(
+                    "node %d: unexpected error reading from node %d",
+                    self.node_id,
+                    p.id,
+                    exc_info=True,
+                )
                 reason = f"{type(exc).__name__}: {exc}"
             cancel.cancel()
 
@@ -751,6 +772,11 @@ class TcpTransport:
         if type(frame) is not RaftFrame:
             raise FrameError(f"unexpected {type(frame).__name__} on a raft connection")
         msg = frame.msg
+        if type(msg) is SnapshotRequest:
+            # The core may only see a SnapshotRequest once the snapshot's files are stored
+            # (the snapshot stream delivers it after the commit); here there is no snapshot,
+            # and the core would try to restore one that is not in the store.
+            raise FrameError("SnapshotRequest on a raft connection (only a stream carries one)")
         if msg.src != src or msg.dst != self.node_id:
             self.stats.misaddressed += 1
             log.warning(
