@@ -78,7 +78,7 @@ class CallClient:
 
     async def _ensure(self) -> _CallConn:
         async with self._lock:
-            if self._conn is None or self._conn.closed:
+            if self._conn is None or self._conn.closed or self._conn.stream.send_broken:
                 try:
                     stream = await self._connect()
                 except PeerUnreachable as exc:
@@ -105,6 +105,9 @@ class CallClient:
             except FrameError as exc:  # too large: nothing was written
                 raise CallFailed(self.peer, False, str(exc)) from exc
             except trio.ClosedResourceError as exc:
+                # Another call's write was cut off (the stream closed itself); the calls
+                # waiting on this connection fail now rather than when the reader notices.
+                await self._close(conn, "connection closed")
                 raise CallFailed(self.peer, False, "connection closed") from exc
             except trio.BrokenResourceError as exc:
                 await self._close(conn)
@@ -133,6 +136,11 @@ class CallClient:
         except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.info("call connection to node %d ended: %s", self.peer, reason)
+        except Exception as exc:
+            # This task runs in the transport's nursery: whatever the peer sent, only this
+            # connection (and the calls on it) may fail.
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("call connection to node %d failed", self.peer, exc_info=True)
         finally:
             await self._close(conn, reason)
 

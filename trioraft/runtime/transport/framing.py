@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import struct
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -49,6 +50,8 @@ _CHUNK_PEEK: Final = 4 << 10
 _HAVE_READV: Final = hasattr(os, "readv")
 #: ``os.sendfile`` (Linux, BSD, macOS) sends a chunk's payload from its file to a TCP socket.
 _HAVE_SENDFILE: Final = hasattr(os, "sendfile")
+#: ``socket.sendmsg`` (POSIX) writes a frame's header and payload with one gathering write.
+_HAVE_SENDMSG: Final = hasattr(socket.socket, "sendmsg")
 
 
 class FrameError(TransportError):
@@ -107,6 +110,84 @@ class FramedStream:
         #: why the byte stream can no longer be cut into frames (a read into a caller's buffer
         #: was interrupted midway), or ""
         self._desync = ""
+        #: why nothing more may be sent (a write was interrupted midway, leaving part of a
+        #: frame on the connection: whatever followed would be read as the rest of it), or ""
+        self._send_broken = ""
+        #: whether bytes of the frame being sent may have gone out (see :meth:`_sent_some`)
+        self._wrote = False
+
+    @property
+    def send_broken(self) -> bool:
+        """Whether an interrupted write closed this stream (every later send raises
+        ``trio.ClosedResourceError``)."""
+        return bool(self._send_broken)
+
+    async def _interrupted(self, exc: BaseException) -> None:
+        """A write ended early with ``exc``. When nothing of the frame went out (cancelled
+        before the first byte, the usual case) the stream is as good as before; otherwise
+        part of a frame may be on the connection, so it can never carry a frame again."""
+        if self._wrote:
+            await self._break_send(exc)
+
+    async def _break_send(self, exc: BaseException) -> None:
+        """Marks the stream as unable to send, after ``exc`` cut a frame short.
+
+        When the write itself failed (the connection broke or was closed) the peer sees the
+        end anyway, and the stream stays open for reading: what the peer said last (e.g. why
+        it hung up) may still be waiting there. Otherwise (cancelled, say) the connection is
+        still up and the peer would wait for the rest of the frame, so it is closed
+        forcefully (no TLS goodbye, no waiting, so that this works while cancelled); the
+        reader and the peer see it end."""
+        if not self._send_broken:
+            self._send_broken = f"an earlier write was interrupted ({type(exc).__name__})"
+        if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await trio.aclose_forcefully(self.stream)
+
+    def _check_send(self) -> None:
+        if self._send_broken:
+            raise trio.ClosedResourceError(self._send_broken)
+
+    async def _write(self, parts: list[bytes | memoryview]) -> None:
+        """Writes ``parts`` in order; the caller holds the send lock and set ``_wrote`` to
+        False. Plain TCP is written here (see :meth:`_write_socket`); on other streams
+        ``send_all`` is all there is, and unless the stream says it writes everything or
+        nothing (``send_all_is_atomic``, the in-memory transport's pipes) an interrupted one
+        may have written part of its data (trio's TLS stream even breaks itself then)."""
+        stream = self.stream
+        if type(stream) is trio.SocketStream:
+            await self._write_socket(stream, parts)
+            return
+        self._wrote = getattr(stream, "send_all_is_atomic", False) is not True
+        await stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    async def _write_socket(
+        self, stream: trio.SocketStream, parts: list[bytes | memoryview]
+    ) -> None:
+        """Writes ``parts`` in order on ``stream``'s socket, with gathering writes
+        (``sendmsg``) where there is one, so a large payload goes out without first being
+        joined to its header; sets ``_wrote`` once a byte went out. (Trio's ``send_all`` does
+        the same loop but cannot say, when it is interrupted, whether it wrote anything.)"""
+        sock = stream.socket
+        views = [memoryview(p) for p in parts]
+        try:
+            while views:
+                if len(views) == 1 or not _HAVE_SENDMSG:
+                    sent = await sock.send(views[0])
+                else:
+                    sent = await sock.sendmsg(views)
+                if sent:
+                    self._wrote = True
+                while views and sent >= len(views[0]):
+                    sent -= len(views[0])
+                    views.pop(0)
+                if views and sent:
+                    views[0] = views[0][sent:]
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("the connection was closed") from exc
+            raise trio.BrokenResourceError(f"sending failed: {exc!r}") from exc
 
     def pack(self, frame: Frame) -> bytes:
         """Encodes ``frame`` with its length prefix. Raises :class:`FrameError` when too large."""
@@ -126,7 +207,14 @@ class FramedStream:
         lock = self._send_lock
         await _acquire(lock)
         try:
-            await self.stream.send_all(data)
+            if self._send_broken:  # inline: this is every Raft batch's path
+                raise trio.ClosedResourceError(self._send_broken)
+            self._wrote = False
+            try:
+                await self._write([data])
+            except BaseException as exc:
+                await self._interrupted(exc)
+                raise
         finally:
             lock.release()
 
@@ -271,11 +359,13 @@ class FramedStream:
         lock = self._send_lock
         await _acquire(lock)
         try:
-            stream = self.stream
-            if type(stream) is trio.SocketStream and hasattr(stream.socket, "sendmsg"):
-                await _send_parts(stream, [prefix, memoryview(data)])
-            else:
-                await stream.send_all(prefix + data)
+            self._check_send()
+            self._wrote = False
+            try:
+                await self._write([prefix, memoryview(data)])
+            except BaseException as exc:
+                await self._interrupted(exc)
+                raise
         finally:
             lock.release()
 
@@ -315,15 +405,23 @@ class FramedStream:
         lock = self._send_lock
         await _acquire(lock)
         try:
-            await _send_parts(stream, [_HEADER.pack(total) + head])
-            left = await _send_file(stream, fd, file_offset, size)
+            self._check_send()
+            self._wrote = False
+            try:
+                await self._write_socket(stream, [_HEADER.pack(total) + head])
+                left = await _send_file(stream, fd, file_offset, size)
+            except BaseException as exc:
+                await self._interrupted(exc)
+                raise
             if left:
                 # The frame cannot be completed and the peer would wait for the rest of it:
                 # the connection is closed, so that both ends see it end.
-                await self.aclose()
-                raise trio.BrokenResourceError(
+                short = trio.BrokenResourceError(
                     f"the file ended {left} bytes short of the chunk being sent"
                 )
+                self._send_broken = str(short)
+                await self.aclose()
+                raise short
         finally:
             lock.release()
 
@@ -341,25 +439,6 @@ class FramedStream:
         """Closes the stream (idempotent; never raises for an already broken stream)."""
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.aclose()
-
-
-async def _send_parts(stream: trio.SocketStream, parts: list[memoryview | bytes]) -> None:
-    """Writes ``parts`` in order with gathering writes (``sendmsg``) on ``stream``'s socket, so
-    a large payload goes out without first being joined to its header."""
-    sock = stream.socket
-    views = [memoryview(p) for p in parts]
-    try:
-        while views:
-            sent = await sock.sendmsg(views)
-            while views and sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            if views and sent:
-                views[0] = views[0][sent:]
-    except OSError as exc:
-        if exc.errno == errno.EBADF:
-            raise trio.ClosedResourceError("the connection was closed") from exc
-        raise trio.BrokenResourceError(f"sending failed: {exc!r}") from exc
 
 
 async def _send_file(stream: trio.SocketStream, fd: int, offset: int, size: int) -> int:

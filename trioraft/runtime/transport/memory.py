@@ -342,6 +342,10 @@ class _Pipe:
 
 
 class _PipeStream(trio.abc.Stream):
+    #: send_all writes all of its data at once, after its only checkpoint, or nothing: a
+    #: cancelled send leaves no part of a frame behind (FramedStream checks this)
+    send_all_is_atomic = True
+
     def __init__(self, conn: _MemConn, outgoing: _Pipe, incoming: _Pipe) -> None:
         self._conn = conn
         self._out = outgoing
