@@ -450,6 +450,20 @@ async def send_snapshot(
                     exc,
                 )
                 done = False
+            except SnapshotTransferError:
+                raise
+            except Exception:
+                # Something the receiver sent broke this session in a way nobody foresaw:
+                # treated as a lost connection (the stall timer bounds the retries), never
+                # as an error of the caller's.
+                log.warning(
+                    "%s: unexpected error at %d/%d bytes acknowledged; resuming",
+                    ctx,
+                    state.best,
+                    total,
+                    exc_info=True,
+                )
+                done = False
             finally:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
@@ -974,7 +988,11 @@ class SnapshotReceiver:
             state.crc = 0
 
     async def _write_batch(
-        self, conn: FramedStream, state: _Incoming, batch: list[ReceivedChunk]
+        self,
+        conn: FramedStream,
+        state: _Incoming,
+        batch: list[ReceivedChunk],
+        acked: Callable[[int], None],
     ) -> None:
         """Checks and writes consecutive chunks (``batch``, starting at ``state``'s position) in
         one worker thread call, then records each in ``state`` and acknowledges it. Writing and
@@ -1014,6 +1032,9 @@ class SnapshotReceiver:
                     state.offset = 0
                     state.crc = 0
         if acks:
+            # Counted before they are sent: the sender may use the credit at once, and its
+            # next chunk must not look like one beyond the window.
+            acked(len(acks))
             await conn.send_packed(acks)
         if len(crcs) < len(batch):
             raise _BadChunk(batch[len(crcs)])
@@ -1050,9 +1071,10 @@ class SnapshotReceiver:
         them; a writer task checks the CRCs of whatever has queued up, writes it in one
         worker-thread call and then acknowledges it. ``state`` only moves when bytes are
         written, so a resume always starts from what is on disk. Payloads are read straight
-        into buffers that are reused once written; the queue never holds more than the
-        window's chunks, as the sender has no more unacknowledged, so neither the queue nor the
-        buffers grow with the snapshot.
+        into buffers that are reused once written. A sender may have at most ``window``
+        chunks unacknowledged, and one that sends more (ignoring its credit) is cut off with a
+        :class:`FrameError`: so at most the window's chunks are ever held here, and neither the
+        queue nor the buffers grow with the snapshot or its number of files.
         """
         offer = state.offer
         files = offer.files
@@ -1065,7 +1087,15 @@ class SnapshotReceiver:
         )
         # The receiving position runs ahead of ``state`` by the queued chunks.
         file_index, offset = state.file_index, state.offset
-        send_queue, receive_queue = trio.open_memory_channel[ReceivedChunk](window + len(files))
+        # The window bounds the data chunks in the queue; an empty file's marker (not a chunk
+        # the sender sent) may wait for room instead of widening the queue for everyone.
+        send_queue, receive_queue = trio.open_memory_channel[ReceivedChunk](window)
+        unacked = 0  # data chunks received and not yet acknowledged
+
+        def acked(n: int) -> None:
+            nonlocal unacked
+            unacked -= n
+
         free: list[bytearray] = []  # payload buffers ready for reuse
         chunk_size = offer.chunk_size
         # A batch is acknowledged only once all of it is written: taking the whole window at
@@ -1095,7 +1125,7 @@ class SnapshotReceiver:
                         batch.append(chunk)
                         size += len(chunk.data)
                     try:
-                        await self._write_batch(conn, state, batch)
+                        await self._write_batch(conn, state, batch, acked)
                     finally:
                         for c in batch:
                             buf = c.buffer
@@ -1131,6 +1161,11 @@ class SnapshotReceiver:
                                 f"chunk ({chunk.file_index}, {chunk.offset}, {n} bytes) does"
                                 f" not fit at ({file_index}, {offset})"
                             )
+                        if unacked >= window:
+                            raise FrameError(
+                                f"sender exceeded its window of {window} unacknowledged chunks"
+                            )
+                        unacked += 1
                         await send_queue.send(chunk)
                         offset += n
                         while file_index < len(files) and offset == files[file_index].size:
