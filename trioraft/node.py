@@ -526,7 +526,13 @@ class RaftNode:
             rt.inbox_send.send_nowait(UnreachableReq(peer))
 
     async def campaign(self) -> None:
-        """Start an election now (tests, manual failover)."""
+        """Start an election now (tests, manual failover).
+
+        In ``"lease"`` read mode a node that heard from a leader within the last election
+        timeout (or restarted less than one ago) does not campaign (it logs why): its vote for
+        itself would undercut the lease that leader's reads rely on. Use
+        :meth:`transfer_leadership` to move leadership safely.
+        """
         self._rt.check_running()
         self._rt.inbox_send.send_nowait(CampaignReq())
         await trio.lowlevel.checkpoint()

@@ -19,7 +19,7 @@ from trioraft.core.messages import (
 from trioraft.core.raft import RaftCore
 from trioraft.core.ready import ReadState, Role
 from trioraft.core.storage import MemoryStorage
-from trioraft.core.types import HardState
+from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType, HardState
 from trioraft.errors import ProposalDropped
 from trioraft.testing.harness import Cluster
 
@@ -263,3 +263,76 @@ def test_read_in_minority_partition_is_never_confirmed() -> None:
     c.read_index(1, b"stale?")
     c.advance(3)
     assert c.read_states(1) == []
+
+
+def test_single_voter_waits_for_an_entry_of_its_term_before_answering_reads() -> None:
+    # A lone voter applied an entry whose commit index never became durable (the hard state
+    # rides along with the next write, and it crashed before that): after the restart its
+    # commit index is behind what a client saw. Its read index must wait for its own term's
+    # first entry to commit, which brings the commit index back past that write.
+    c = Cluster(1, seed=1, auto_persist=False)
+    c.elect(1)
+    c.stabilize()
+    idx = c.propose(1, b"x")
+    c.process(1)
+    c.persist(1)
+    c.process(1)  # applied (the client has its answer); the new commit index is not durable
+    assert c.applied(1) == [(idx, b"x")]
+    c.crash(1)
+    c.restart(1)
+    c.stabilize()
+    core = c.core(1)
+    assert core.commit < idx
+    core.campaign()
+    c.process(1)
+    c.persist(1)
+    assert core.role == Role.LEADER
+    core.read_index(b"r")
+    c.process(1)
+    assert [r for r in c.nodes[1].read_states if r.context == b"r"] == []
+    c.stabilize()
+    (rs,) = [r for r in c.nodes[1].read_states if r.context == b"r"]
+    assert rs.index > idx
+
+
+def test_lease_voter_inside_a_lease_refuses_a_manual_campaign() -> None:
+    # Voter 2 acknowledges leader 1's lease; voter 3 is cut off from 1 (out of every lease).
+    # A manual campaign of 2 would vote for itself inside the lease it granted and, with 3's
+    # vote, elect a leader while 1 still serves lease reads at its old commit index.
+    c = Cluster(
+        3,
+        seed=3,
+        config_overrides={
+            "read_only": ReadOnlyOption.LEASE_BASED,
+            "check_quorum": True,
+            "pre_vote": True,
+        },
+    )
+    et = c.core(1).config.election_ticks
+    c.tick_all(et)  # a started LEASE_BASED node refuses votes for one election timeout
+    c.elect(1)
+    c.partition([1], [3])
+    c.advance(2 * et + 2)
+    assert c.core(1).role == Role.LEADER
+    term = c.core(1).term
+    c.partition([1], [2, 3])
+    assert c.core(2).campaign() is False
+    c.stabilize()
+    assert c.core(2).role == Role.FOLLOWER and c.core(2).term == term
+    # once the lease it granted has run out, a manual campaign goes ahead
+    c.advance(et)
+    assert c.core(2).campaign() is True
+
+
+def test_reads_pending_when_the_leader_becomes_the_only_voter_are_answered() -> None:
+    c = Cluster(2, seed=1)
+    c.elect(1)
+    c.stabilize()
+    c.drop(lambda m: isinstance(m, HeartbeatResponse))  # 2's echoes are lost
+    c.read_index(1, b"r")
+    c.stabilize()
+    assert not [r for r in c.read_states(1) if r.context == b"r"]
+    c.propose_conf_change(1, ConfChange(changes=(ConfChangeSingle(ConfChangeType.REMOVE, 2),)))
+    c.stabilize()
+    assert c.core(1).conf_state.voters == frozenset({1})
+    assert [r.context for r in c.read_states(1)].count(b"r") == 1

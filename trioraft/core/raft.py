@@ -275,9 +275,39 @@ class RaftCore:
             return
         self._step(msg)
 
-    def campaign(self) -> None:
-        """Start an election now (with a pre-vote round when configured)."""
+    def campaign(self) -> bool:
+        """Start an election now (with a pre-vote round when configured).
+
+        In LEASE_BASED read mode a voter that heard from a leader within the last election
+        timeout (or restarted less than one ago) refuses (logged): it would vote for itself
+        inside the leader's lease, and the old leader could then serve a stale lease read. Move
+        leadership with :meth:`transfer_leadership` instead (it revokes the lease first).
+
+        Returns:
+            False if refused for that reason.
+        """
+        # (At term 0 no leader ever reached us, so no lease can count on us.)
+        lease = self._config.read_only == ReadOnlyOption.LEASE_BASED
+        if lease and self._term > 0 and self._in_lease():
+            logger.warning(
+                "%d [term %d]: not campaigning: leader %d is recent and lease reads rely on "
+                "that (transfer leadership instead)",
+                self._id,
+                self._term,
+                self._lead,
+            )
+            return False
         self._hup(transfer=False)
+        return True
+
+    def _in_lease(self) -> bool:
+        # Heard from a leader within an election timeout: with check-quorum, (pre-)votes other
+        # than a leadership transfer's are refused meanwhile (see _step).
+        et = self._config.election_ticks
+        return self._config.check_quorum and (
+            (self._lead != NONE and self._election_elapsed < et)
+            or self._leader_contact_elapsed < et
+        )
 
     def propose(self, data: bytes) -> int:
         """Propose ``data`` for the log.
@@ -904,23 +934,17 @@ class RaftCore:
         if isinstance(m, VoteResponse) and m.commit > self._log.committed:
             self._learn_commit(m)
         if m.term > self._term:
-            if isinstance(m, VoteRequest):
-                et = self._config.election_ticks
-                in_lease = self._config.check_quorum and (
-                    (self._lead != NONE and self._election_elapsed < et)
-                    or self._leader_contact_elapsed < et
+            if isinstance(m, VoteRequest) and not m.transfer and self._in_lease():
+                logger.info(
+                    "%d [term %d]: ignoring %svote from %d at term %d: leader %d is recent",
+                    self._id,
+                    self._term,
+                    "pre-" if m.pre_vote else "",
+                    m.src,
+                    m.term,
+                    self._lead,
                 )
-                if in_lease and not m.transfer:
-                    logger.info(
-                        "%d [term %d]: ignoring %svote from %d at term %d: leader %d is recent",
-                        self._id,
-                        self._term,
-                        "pre-" if m.pre_vote else "",
-                        m.src,
-                        m.term,
-                        self._lead,
-                    )
-                    return
+                return
             if isinstance(m, VoteRequest) and m.pre_vote:
                 pass  # never change term for a pre-vote
             elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
@@ -1508,16 +1532,17 @@ class RaftCore:
     # reads
 
     def _leader_read_index(self, src: NodeId, context: bytes) -> None:
-        if self._trk.is_singleton():
-            self._respond_read(src, context, self._log.committed)
-            return
         if not self._committed_entry_in_current_term():
-            # Our commit index may lag the true one until an entry of our term commits.
+            # Our commit index may lag the true one until an entry of our term commits (even as
+            # the only voter: a commit index applied but not yet durable is lost in a crash).
             self._pending_reads.append((src, context))
             return
         self._admit_read(src, context)
 
     def _admit_read(self, src: NodeId, context: bytes) -> None:
+        if self._trk.is_singleton():
+            self._respond_read(src, context, self._log.committed)
+            return
         if self._config.read_only == ReadOnlyOption.LEASE_BASED and not self._lease_revoked:
             if self._lease_valid():
                 self._respond_read(src, context, self._log.committed)
@@ -1545,6 +1570,19 @@ class RaftCore:
     # TimeoutNow the target may win a transfer election, whose votes bypass the voters' lease,
     # at any later time: the lease is revoked for the rest of the term and reads fall back to
     # ReadIndex.
+
+    def _recheck_reads(self) -> None:
+        # The configuration changed: acknowledgements already received may now make a quorum
+        # (down to none needed when we are the only voter left, when no echo would ever come).
+        voters = self._trk.config.voters
+        for req in self._read_only.confirmed(
+            lambda acks: voters.vote_result(dict.fromkeys(acks, True)) == VoteResult.WON
+        ):
+            self._respond_read(req.src, req.context, req.index)
+        if self._lease_reads and self._lease_valid():
+            waiting, self._lease_reads = self._lease_reads, []
+            for src, ctx in waiting:
+                self._respond_read(src, ctx, self._log.committed)
 
     def _lease_context(self) -> bytes:
         return _LEASE_CONTEXT + self._clock.to_bytes(8, "big")
@@ -1626,6 +1664,7 @@ class RaftCore:
             return
         if self._role != Role.LEADER or not cfg.voters.incoming.voters:
             return
+        self._recheck_reads()
         if self._maybe_commit():
             self._on_commit_advanced()
         else:

@@ -11,6 +11,7 @@ and each may be served once the state machine has applied up to its index.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -73,6 +74,15 @@ class ReadOnly:
             if req.key == key:
                 break
         return out
+
+    def confirmed(self, quorum: Callable[[set[NodeId]], bool]) -> list[ReadRequest]:
+        """Pop and return the requests confirmed by acknowledgements already received: every
+        request up to the newest one whose acknowledgers make a ``quorum`` (after a
+        configuration change, a smaller quorum may already be there)."""
+        for req in reversed(self._queue):
+            if quorum(req.acks):
+                return self.advance(req.key)
+        return []
 
     def last_pending_key(self) -> bytes:
         """Context of the newest pending request (b"" when none)."""
