@@ -422,7 +422,9 @@ class RaftNode:
         self, change: ConfChange, *, timeout: float | None = DEFAULT, forward: bool = True
     ) -> ConfState:
         """Propose an arbitrary membership change (several nodes at once go through joint
-        consensus; see :class:`~trioraft.core.types.ConfChange`).
+        consensus; see :class:`~trioraft.core.types.ConfChange`). The change's ``context`` is
+        recorded as the node's address only for a single-node change: add new nodes with
+        :meth:`add_learner` (and their address) first.
 
         Returns:
             the configuration after the change applied.

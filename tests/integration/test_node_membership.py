@@ -138,3 +138,38 @@ async def test_joint_consensus_change(autojump_clock: trio.testing.MockClock) ->
         await cluster.wait_until(lambda: not leader.status().conf.joint)
         assert leader.status().conf.voters == frozenset({1, 2, 3, 4, 5})
         assert await leader.propose(b"y") == 2
+
+
+async def test_a_node_removed_by_a_joint_change_is_dropped_when_the_joint_state_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # While joint, the removed node is still an outgoing voter: every member keeps its address
+    # and its connection. The entry that leaves the joint state names no one; it is the one that
+    # must drop it (before, nothing ever did).
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        await cluster.start(4, join=True)
+        await leader.add_learner(4, cluster.peers[4])
+        await cluster.wait_applied(leader.commit_index, nodes=[4])
+        victim = next(n.id for n in cluster.running if n.id not in (leader.id, 4))
+        conf = await leader.change_membership(
+            ConfChange(
+                changes=(
+                    ConfChangeSingle(ConfChangeType.REMOVE, victim),
+                    ConfChangeSingle(ConfChangeType.ADD_VOTER, 4),
+                ),
+                transition=ConfChangeTransition.JOINT_EXPLICIT,
+            )
+        )
+        assert conf.joint and victim in conf.voters_outgoing
+        await cluster.wait_applied(leader.commit_index)
+        others = [n for n in cluster.running if n.id != victim]
+        for n in others:
+            assert n.status().members.get(victim) == cluster.peers[victim]
+            assert victim not in cluster.handles[n.id].transport._removed
+        conf = await leader.change_membership(ConfChange())  # leave the joint state
+        assert not conf.joint and victim not in conf.all_nodes()
+        await cluster.wait_applied(leader.commit_index)
+        for n in others:
+            assert victim not in n.status().members
+            assert victim in cluster.handles[n.id].transport._removed

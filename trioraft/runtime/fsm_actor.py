@@ -298,18 +298,15 @@ class FsmActor:
         self._on_applied(self.applied)
 
     def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
+        before = self.conf.all_nodes()
         self.conf = self._conf_applier(self.conf, cc)
-        # The address book only learns (from a change's context) and forgets (on removal); a
-        # node that is merely not yet in the configuration keeps its address.
+        # The address book only learns (from a change's context) and forgets (when a node
+        # leaves the configuration); a node that is merely not yet in it keeps its address.
         address = cc.context.decode("utf-8", "replace") if cc.context else ""
         for single in cc.changes:
             nid = single.node_id
             if single.type == ConfChangeType.REMOVE:
-                self.members.pop(nid, None)
-                if nid != self._id and nid not in self.conf.all_nodes():
-                    self._peers.remove_peer(nid)
-                    self._removed_peers.add(nid)
-                continue
+                continue  # gone once it leaves every part of the configuration (below)
             if address and len(cc.changes) == 1:
                 self.members[nid] = address
             if nid != self._id and (
@@ -317,6 +314,13 @@ class FsmActor:
             ):
                 self._removed_peers.discard(nid)
                 self._peers.add_peer(nid, self.members.get(nid, ""))
+        # A node removed by a joint change is still an outgoing voter (and must stay reachable)
+        # until the configuration leaves the joint state, by an entry that names no one.
+        for nid in before - self.conf.all_nodes():
+            self.members.pop(nid, None)
+            if nid != self._id:
+                self._peers.remove_peer(nid)
+                self._removed_peers.add(nid)
         log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
 
     def _sync_peers(self, old: dict[int, str], new: dict[int, str]) -> None:
