@@ -371,7 +371,9 @@ class RaftNode:
         return await self._rt.snapshotter.snapshot()
 
     def cancel_snapshot(self) -> bool:
-        """Cancel the snapshot save in progress, if any; returns whether one was running."""
+        """Cancel the snapshot save in progress while its files are being written (the saver
+        runs); returns whether it was. Outside that phase (waiting for the capture, recording
+        the finished snapshot) there is nothing left to cancel and it returns False."""
         return self._rt.snapshotter.cancel_save()
 
     # -- membership ----------------------------------------------------------------------------

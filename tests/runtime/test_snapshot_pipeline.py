@@ -583,3 +583,45 @@ async def test_a_restarted_snapshotter_applies_retention_left_over_from_before_t
     assert isinstance(release, ReleaseJob)
     assert release.index == 6
     assert sorted(s.index for s in store.list()) == [6, 9]
+
+
+async def test_a_save_overtaken_by_an_installed_snapshot_returns_the_installed_one(
+    tmp_path: Any,
+) -> None:
+    # A follower's local save at 3 finishes after a snapshot at 10 from the leader recorded its
+    # marker (its restore may still be running): the WAL refuses the older marker, and the
+    # caller gets the installed snapshot, not an older one or the unmarked one just written.
+    store = SnapshotStore(str(tmp_path / "snap"))
+    fsm_send, fsm_recv = trio.open_memory_channel[Any](10)
+    wal_send, wal_recv = trio.open_memory_channel[Any](10)
+    snapshotter = Snapshotter(
+        1,
+        SnapshotterConfig(chunk_bytes=4096),
+        store,
+        ThreadDisk(),
+        fsm_send,
+        wal_send,
+        trio.open_memory_channel[Any](10)[0],
+        transport=None,  # type: ignore[arg-type]  # no streaming here
+        applied_index=lambda: 3,
+        last=None,
+    )
+
+    async def saver(writer: SnapshotWriter) -> None:
+        await writer.write_file("state", b"local")
+
+    async def fsm_and_wal() -> None:
+        capture = await fsm_recv.receive()
+        capture.future.set_result(captured_with(saver))
+        marker = await wal_recv.receive()
+        assert marker.meta.index == 3
+        installed = store.begin(10, 2, CONF)
+        installed.write_at("state", 0, b"from the leader")
+        installed.commit()
+        marker.done.set_result(10)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fsm_and_wal)
+        got = await snapshotter._take("manual")
+    assert (got.index, got.term) == (10, 2)
+    assert snapshotter.last_index == 0  # moves when the install's restore reports in

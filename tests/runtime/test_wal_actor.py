@@ -62,8 +62,8 @@ async def test_one_save_per_batch_and_ordering() -> None:
     # Queue everything before the actor runs: it must be one batch.
     jobs_send.send_nowait(job(1, ents(1, 2), HardState(term=1, commit=0)))
     jobs_send.send_nowait(job(2, ents(3, 3), HardState(term=1, commit=2)))
-    marker_done: Future[bool] = Future()
-    stale: Future[bool] = Future()
+    marker_done: Future[int] = Future()
+    stale: Future[int] = Future()
     jobs_send.send_nowait(MarkerJob(SnapshotMeta(index=2, term=1), marker_done))
     jobs_send.send_nowait(job(3, ents(3, 4, term=2), HardState(term=2, commit=3)))
     jobs_send.send_nowait(ReleaseJob(2))
@@ -76,8 +76,8 @@ async def test_one_save_per_batch_and_ordering() -> None:
         nursery.cancel_scope.cancel()
     assert isinstance(acked, Persisted)
     assert [j.number for j in acked.jobs] == [1, 2, 3, 4, 5]
-    assert marker_done.result() is True
-    assert stale.result() is False  # never rewinds past the installed snapshot
+    assert marker_done.result() == 0
+    assert stale.result() == 10  # never rewinds past the installed snapshot
     assert wal.ops == [
         ("save", [(1, 1), (2, 1), (3, 1)], HardState(term=1, commit=2)),
         ("marker", 2),
@@ -137,7 +137,7 @@ async def test_commit_only_hard_state_rides_along() -> None:
         assert wal.ops[-1] == ("save", [], HardState(term=3, vote=1, commit=1))
         jobs_send.send_nowait(job(5, (), HardState(term=3, vote=1, commit=2)))
         await inbox_recv.receive()
-        done: Future[bool] = Future()
+        done: Future[int] = Future()
         jobs_send.send_nowait(MarkerJob(SnapshotMeta(index=2, term=2), done))
         await done.wait()
         # the deferred commit is written before the marker

@@ -188,11 +188,11 @@ class PersistJob:
 
 @attrs.frozen(eq=False)
 class MarkerJob:
-    """Record a local snapshot's marker durably; ``done`` resolves with True when it is, or
-    with False when a newer snapshot (installed from the leader meanwhile) made it moot."""
+    """Record a local snapshot's marker durably; ``done`` resolves with 0 when it is, or with
+    the index of the newer snapshot (installed from the leader meanwhile) that made it moot."""
 
     meta: SnapshotMeta
-    done: Future[bool]
+    done: Future[int]
 
 
 @attrs.frozen(eq=False)

@@ -192,7 +192,8 @@ class Snapshotter:
         return await future.wait()
 
     def cancel_save(self) -> bool:
-        """Cancel the save in progress, if any (it is aborted and leaves nothing)."""
+        """Cancel the save in progress while its files are being written (it is aborted and
+        leaves nothing); False outside that phase."""
         if self._save_scope is None:
             return False
         self._save_scope.cancel()
@@ -284,13 +285,15 @@ class Snapshotter:
         stored = await self._write(reason, captured)
         # Contract 2: files + meta durable (commit) before the WAL marker.
         meta = SnapshotMeta(index=stored.index, term=stored.term, conf=stored.conf)
-        marker_done: Future[bool] = Future()
+        marker_done: Future[int] = Future()
         self._wal.send_nowait(MarkerJob(meta, marker_done))
-        if not await marker_done.wait():
-            # A newer snapshot was installed from the leader while this one was being saved;
-            # the store's retention removes this one in time.
-            existing = await self._disk(self._store.get, self.last_index)
-            return existing if existing is not None else stored
+        newer = await marker_done.wait()
+        if newer:
+            # A snapshot installed from the leader while this one was being saved is the node's
+            # snapshot now (its restore may still be running, so last_index may not show it
+            # yet); this one is never used and retention removes it.
+            installed = await self._disk(self._store.get, newer)
+            return installed if installed is not None else stored
         compact_to = max(0, stored.index - self._cfg.catchup_entries)
         recorded: Future[None] = Future()
         self._raft_inbox.send_nowait(LocalSnapshot(meta, compact_to, recorded))

@@ -188,7 +188,7 @@ class WalActor:
         entries: list[Entry] = []
         must_write = False  # the batch changes term/vote or appends: it needs a save
         done: list[PersistJob] = []
-        markers: list[tuple[MarkerJob, bool]] = []
+        markers: list[tuple[MarkerJob, int]] = []
 
         async def flush(*, force: bool = False) -> None:
             # A hard state that only moved the commit index is not worth an fsync of its own
@@ -238,17 +238,17 @@ class WalActor:
                         item.meta.index,
                         self._marker_index,
                     )
-                    markers.append((item, False))
+                    markers.append((item, self._marker_index))
                     continue
                 await flush(force=True)
                 await self._disk(self._wal.save_snapshot_marker, item.meta)
                 self._marker_index = item.meta.index
-                markers.append((item, True))
+                markers.append((item, 0))
             else:
                 await flush(force=True)
                 await self._disk(self._wal.release_to, item.index)
         await flush()
         if done:
             self._raft_inbox.send_nowait(Persisted(tuple(done)))
-        for m, recorded in markers:
-            m.done.set_result(recorded)
+        for m, newer in markers:
+            m.done.set_result(newer)
