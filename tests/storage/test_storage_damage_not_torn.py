@@ -112,3 +112,74 @@ def test_a_torn_last_frame_is_still_repaired() -> None:
         wal.close()
         assert [e.index for e in contents.entries] == [1, 2, 3, 4, 5]
         assert fs.exists(path + ".broken")
+
+
+@pytest.mark.parametrize("data_tail", [b"end", b"end\0\0\0\0"], ids=["plain", "zeros-at-end"])
+def test_lost_header_with_later_frames_is_refused_even_if_their_data_ends_in_zeros(
+    data_tail: bytes,
+) -> None:
+    fs = SimulatedFileSystem()
+    wal, _ = WAL.open(D, fs=fs, segment_bytes=1 << 20)
+    for i in range(1, 5):
+        data = b"payload-%d" % i + (data_tail if i == 4 else b"")
+        wal.save([Entry(1, i, EntryKind.NORMAL, data)], HardState(1, 0, i - 1))
+    wal.close()
+    path = os.path.join(D, segment_name(0, 1))
+    start = _frames(fs.read_bytes(path))[-3]  # entry 2's save; 3 and 4 follow, acknowledged
+    _damage(fs, path, start, bytes(8))
+    _refused(fs, path)
+
+
+def _torn_last_frame_cases() -> list[tuple[int, str, int]]:
+    # the last frame's header at offsets 500..511 and 0..3 of a sector (``pad`` 457..472 puts
+    # it there), so across every way it can straddle a sector boundary; a lost single sector,
+    # prefix or suffix of its sectors
+    return [
+        (pad, how, k)
+        for pad in range(457, 473)
+        for how, k in (("single", 0), ("single", 1), ("prefix", 1), ("suffix", 1), ("suffix", 2))
+    ]
+
+
+@pytest.mark.parametrize(("pad", "how", "k"), _torn_last_frame_cases())
+def test_a_last_frame_torn_by_lost_sectors_is_repaired_wherever_its_header_lies(
+    pad: int, how: str, k: int
+) -> None:
+    fs = SimulatedFileSystem()
+    wal, _ = WAL.open(D, fs=fs, segment_bytes=1 << 20)
+    wal.save([Entry(1, 1, EntryKind.NORMAL, b"a" * pad)], HardState(1, 0, 0))
+    wal.save([Entry(1, 2, EntryKind.NORMAL, b"b" * 100)], HardState(1, 0, 1))
+    last = bytes((i * 7 + 3) % 251 for i in range(1500))
+    wal.save([Entry(1, 3, EntryKind.NORMAL, last)], HardState(1, 0, 2))
+    wal.close()
+    path = os.path.join(D, segment_name(0, 1))
+    data = bytearray(fs.read_bytes(path))
+    start = _frames(bytes(data))[-1]
+    end = len(bytes(data).rstrip(b"\0"))
+    sectors = list(range(start // 512, (end - 1) // 512 + 1))
+    lost = {"single": [sectors[k]], "prefix": sectors[:k], "suffix": sectors[-k:]}[how]
+    for s in lost:
+        a, z = max(s * 512, start), min((s + 1) * 512, end)
+        data[a:z] = bytes(z - a)
+    fs.write_bytes(path, bytes(data))
+    wal, contents = WAL.open(D, fs=fs, segment_bytes=1 << 20)
+    wal.close()
+    assert [e.index for e in contents.entries] == [1, 2]
+
+
+def test_frames_embedded_in_a_torn_records_data_do_not_count_as_later_writes() -> None:
+    # An entry holding a copy of a WAL file (two chained frames), torn by a crash: still torn.
+    fs = SimulatedFileSystem()
+    other, _ = WAL.open("/other", fs=fs, segment_bytes=1 << 20)
+    other.close()
+    blob = fs.read_bytes(os.path.join("/other", segment_name(0, 1))).rstrip(b"\0")
+    wal, _ = WAL.open(D, fs=fs, segment_bytes=1 << 20)
+    wal.save(_ents(1), HardState(1, 0, 0))
+    wal.save([Entry(1, 2, EntryKind.NORMAL, b"file:" + blob + b"x" * 4000)], HardState(1, 0, 1))
+    wal.close()
+    path = os.path.join(D, segment_name(0, 1))
+    data = fs.read_bytes(path).rstrip(b"\0")
+    fs.write_bytes(path, data[: len(data) - 1000])
+    wal, contents = WAL.open(D, fs=fs, segment_bytes=1 << 20)
+    wal.close()
+    assert [e.index for e in contents.entries] == [1]

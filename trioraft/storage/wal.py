@@ -1272,13 +1272,19 @@ def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage |
                 break
             # the start of the last write was lost while later parts of it were not (unless
             # something was written after it: then the frame was damaged later)
-            return out, off, crc, _torn_unless_written_after(buf, off, crc, "zero-length frame")
+            return (
+                out,
+                off,
+                crc,
+                _torn_unless_written_after(buf, off, crc, "zero-length frame", True),
+            )
         if length > MAX_RECORD_BYTES:
             return out, off, crc, _Damage(off, f"implausible frame length {length}", False)
         end = off + hsize + length
         if end > n:
             detail = f"frame of {length} bytes runs past the end of the file ({n} bytes)"
-            return out, off, crc, _torn_unless_written_after(buf, off, crc, detail)
+            suspect = _header_piece_zeroed(buf, off)
+            return out, off, crc, _torn_unless_written_after(buf, off, crc, detail, suspect)
         actual = frame_crc(view[off : off + 4], view[off + hsize : end], crc)
         if actual != stored:
             return out, off, crc, _classify(buf, off, end, stored, crc)
@@ -1316,8 +1322,8 @@ def _classify(buf: bytes, off: int, end: int, stored: int, prev_crc: int) -> _Da
     old zero content). So: a valid frame chained from this one's stored CRC after it means the
     frame was once whole (corruption); otherwise the frame is torn if it ends in zeros that run
     to the end of the file, or if a piece of it lying in one 512-byte sector is all zeros (a
-    later sector of the write reached the disk, an earlier one did not); anything else is
-    corruption.
+    later sector of the write reached the disk, an earlier one did not) — and nothing shows a
+    later write (see :func:`_torn_unless_written_after`); anything else is corruption.
     """
     n = len(buf)
     hsize = FRAME_HEADER.size
@@ -1328,33 +1334,49 @@ def _classify(buf: bytes, off: int, end: int, stored: int, prev_crc: int) -> _Da
             view = memoryview(buf)
             if frame_crc(view[end : end + 4], view[end + hsize : nend], stored) == nstored:
                 return _Damage(off, "CRC mismatch (a valid record follows)", False)
+    header_lost = _header_piece_zeroed(buf, off)
     nonzero_end = len(buf.rstrip(b"\0"))
+    if nonzero_end > end and not header_lost:
+        # The length is as written, and a torn write is the last one: bytes after the frame
+        # mean it was damaged later.
+        return _Damage(off, f"CRC mismatch (data follows the frame, up to {nonzero_end})", False)
     if nonzero_end < end:
         detail = f"CRC mismatch (zero-filled from {max(nonzero_end, off)})"
-        return _torn_unless_written_after(buf, off, prev_crc, detail, nonzero_end)
-    if nonzero_end > end:
-        # A torn write is the last one: bytes after the frame mean it was damaged later.
-        return _Damage(off, f"CRC mismatch (data follows the frame, up to {nonzero_end})", False)
+        return _torn_unless_written_after(buf, off, prev_crc, detail, header_lost)
     piece_start = off
     while piece_start < end:
         piece_end = min(end, (piece_start // _SECTOR + 1) * _SECTOR)
         if _all_zero(buf, piece_start, piece_end):
             detail = f"CRC mismatch (zeroed bytes at {piece_start})"
-            return _torn_unless_written_after(buf, off, prev_crc, detail, nonzero_end)
+            return _torn_unless_written_after(buf, off, prev_crc, detail, header_lost)
         piece_start = piece_end
     return _Damage(off, "CRC mismatch", False)
+
+
+def _header_piece_zeroed(buf: bytes, off: int) -> bool:
+    """Whether a part of the frame header at ``off`` lying in one 512-byte sector is all zeros:
+    the header's sector (or one of its two) may not have been written, so its length field may
+    read short or zero through no fault but a torn write."""
+    end = off + FRAME_HEADER.size
+    cut = (off // _SECTOR + 1) * _SECTOR
+    if cut >= end:
+        return _all_zero(buf, off, end)
+    return _all_zero(buf, off, cut) or _all_zero(buf, cut, end)
 
 
 #: where a frame's payload may start: a CBOR map head, then a text key's head (every record is a
 #: map keyed by text); the frame header is the 8 bytes before it
 _PAYLOAD_START: Final = re.compile(rb"[\xa0-\xbb][\x60-\x7b]")
-#: bytes the search for later frames may checksum before it gives up (a torn tail of ordinary
-#: size never comes near it)
-_EVIDENCE_CRC_BUDGET: Final = 256 << 20
+#: how many places the search for later frames tries before it gives up and lets the torn
+#: verdict stand (a torn tail of ordinary size has far fewer; this bounds a huge one to well
+#: under a second)
+_EVIDENCE_CANDIDATES: Final = 100_000
+#: and how many bytes it may checksum (a real tail after the damage is checksummed once)
+_EVIDENCE_CRC_BYTES: Final = 512 << 20
 
 
 def _torn_unless_written_after(
-    buf: bytes, off: int, prev_crc: int, detail: str, nonzero_end: int | None = None
+    buf: bytes, off: int, prev_crc: int, detail: str, length_suspect: bool
 ) -> _Damage:
     """The verdict for a damaged frame at ``off`` that looks like a torn last write: torn,
     unless something shows that records were written after it (then it is corruption).
@@ -1362,48 +1384,82 @@ def _torn_unless_written_after(
     Why: every write appends one frame, so a torn frame is the last thing ever written and
     nothing intact can follow it. A damaged length field (or a lost sector over a frame header)
     in the middle of the last segment looks torn at first sight, and repairing it would cut away
-    every acknowledged record after it. Two kinds of evidence are looked for, both cheap:
+    every acknowledged record after it. Evidence of a later write:
 
-    * the frame's own record is intact and only its length field is wrong: the record (a CBOR
-      map) decodes from the payload start, and its checksum with the length it really has
-      matches the frame's stored CRC;
-    * two chained frames lie after it: a frame header and record start, followed right after
-      its end by another whose CRC chains from the first one's (random or partly written data
-      practically never passes both headers' plausibility checks, let alone the checksum).
+    * with a length field that no lost sector explains (``length_suspect`` False): the frame's
+      record is intact and only its length is wrong, i.e. the record (a CBOR map) decodes from
+      the payload start and checksums, with the length it really has, to the stored CRC (a bit
+      flip in the length field);
+    * the written data after the frame ends with a run of at least two frames, each chained to
+      the one before by its CRC and the last ending where the written data ends (frames
+      embedded in a torn record's own data do not end there, and random data practically never
+      passes the header checks, let alone the checksums).
 
-    A single valid frame after a frame whose header was lost entirely cannot be told from data
-    and stays a torn verdict (at most that one record is lost; the cut keeps a ``.broken`` copy).
+    One lone intact frame after a frame whose header was lost cannot be told from data, and the
+    search gives up on a huge torn frame after :data:`_EVIDENCE_CANDIDATES` places: the torn
+    verdict stands (the repair keeps a ``.broken`` copy).
     """
-    n = len(buf.rstrip(b"\0")) if nonzero_end is None else nonzero_end
     hsize = FRAME_HEADER.size
     view = memoryview(buf)
-    _length, stored = FRAME_HEADER.unpack_from(buf, off)
-    size = _record_size(view, off + hsize, n)
-    if size is not None and stored:
-        payload = view[off + hsize : off + hsize + size]
-        if frame_crc(size.to_bytes(4, "little"), payload, prev_crc) == stored:
-            return _Damage(off, f"{detail}; the record is intact, its length field is not", False)
-    unpack = FRAME_HEADER.unpack_from
-    budget = _EVIDENCE_CRC_BUDGET
-    for m in _PAYLOAD_START.finditer(buf, off + 1 + hsize, n):
+    nonzero_end = len(buf.rstrip(b"\0"))
+    if not length_suspect:
+        size = _record_size(view, off + hsize, nonzero_end)
+        _length, stored = FRAME_HEADER.unpack_from(buf, off)
+        if size is not None and stored:
+            payload = view[off + hsize : off + hsize + size]
+            if frame_crc(size.to_bytes(4, "little"), payload, prev_crc) == stored:
+                return _Damage(
+                    off, f"{detail}; the record is intact, its length field is not", False
+                )
+        return _Damage(off, detail, True)
+    budget = [_EVIDENCE_CRC_BYTES]
+    for tried, m in enumerate(_PAYLOAD_START.finditer(buf, off + 1 + hsize, nonzero_end), 1):
         p = m.start() - hsize
-        nlen, ncrc = unpack(buf, p)
-        q = p + hsize + nlen
-        if nlen == 0 or q + hsize + 2 > n:
-            continue
-        mlen, mcrc = unpack(buf, q)
-        start = q + hsize
-        if mlen == 0 or start + mlen > n or not (0xA0 <= buf[start] <= 0xBB):
-            continue
-        if not 0x60 <= buf[start + 1] <= 0x7B:
-            continue
-        budget -= mlen
-        if budget < 0:
+        if _chained_tail(buf, view, p, budget) is not None:
+            return _Damage(off, f"{detail}; valid records follow at {p}", False)
+        if tried >= _EVIDENCE_CANDIDATES or budget[0] < 0:
             log.warning("WAL: gave up looking for records after the damage at %d", off)
             break
-        if frame_crc(view[q : q + 4], view[start : start + mlen], ncrc) == mcrc:
-            return _Damage(off, f"{detail}; valid records follow at {p}", False)
     return _Damage(off, detail, True)
+
+
+def _chained_tail(buf: bytes, view: memoryview, p: int, budget: list[int]) -> int | None:
+    """If frames starting at ``p`` run, each chained by CRC to the one before, to where the
+    written data ends (the rest of the file is zeros), with at least two of them: the end of
+    the last one; else None. The first frame's own chain seed is unknown (the frame before it
+    is the damaged one), so it is vouched for by the second. Checksummed bytes are taken from
+    ``budget[0]``."""
+    unpack = FRAME_HEADER.unpack_from
+    hsize = FRAME_HEADER.size
+    n = len(buf)
+    length: int
+    crc: int
+    length, crc = unpack(buf, p)
+    at = p + hsize + length
+    if length == 0 or at > n:
+        return None
+    frames = 1
+    while True:
+        if at + hsize > n or _all_zero(buf, at, min(n, at + hsize)):
+            # the written data ends here if all that follows is zeros
+            if frames >= 2 and _all_zero(buf, at, n):
+                return at
+            if at + hsize > n:
+                return None
+        nlen: int
+        ncrc: int
+        nlen, ncrc = unpack(buf, at)
+        start = at + hsize
+        if nlen == 0 or start + nlen > n or not 0xA0 <= buf[start] <= 0xBB:
+            return None
+        budget[0] -= nlen
+        if budget[0] < 0:
+            return None
+        if frame_crc(view[at : at + 4], view[start : start + nlen], crc) != ncrc:
+            return None
+        crc = ncrc
+        at = start + nlen
+        frames += 1
 
 
 def _record_size(view: memoryview, start: int, end: int) -> int | None:
