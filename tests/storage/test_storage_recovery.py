@@ -224,3 +224,23 @@ def test_retention_counts_only_snapshots_a_restart_could_use() -> None:
     assert [s.index for s in store.list()] == [30]
     wal.close()
     assert not fs.exists(stale.path)
+
+
+def test_retention_does_not_count_an_install_whose_commit_is_not_durable_yet() -> None:
+    # An install writes its marker, then (a later fsync) the hard state that commits it. A
+    # retention pass in between must not trade the older snapshot for it: a crash there leaves
+    # the install's snapshot unusable (past the durable commit index).
+    fs = SimulatedFileSystem()
+    _, wal, store = recover(D, fs=fs, retention=1, segment_bytes=300)
+    for i in range(1, 31):
+        wal.save(ents(i, i), HardState(1, 1, i))
+    local = snap(store, 20, 1)
+    wal.save_snapshot_marker(local.raft_meta)
+    wal.release_to(20)
+    installed = snap(store, 60, 2)
+    wal.save_snapshot_marker(installed.raft_meta)  # its commit (60) is not durable yet
+    assert store.apply_retention() == []
+    wal.close()  # crash before the hard state
+    rec, wal, _ = recover(D, fs=fs, retention=1, segment_bytes=300)
+    assert rec.snapshot == local
+    wal.close()

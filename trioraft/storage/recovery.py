@@ -87,8 +87,8 @@ def recover(
     )
     try:
         store = SnapshotStore(os.path.join(data_dir, SNAP_DIR), fs=fs, retention=retention)
-        # Retention counts only snapshots a restart could use: those the WAL has a marker for.
-        store.referenced = lambda: {(m.index, m.term) for m in wal.snapshot_markers()}
+        # Retention counts only snapshots a restart could use (see usable() below).
+        store.referenced = lambda: {(m.index, m.term) for m in wal.usable_snapshot_markers()}
         hs = _final_hard_state(scan)
         referenced = {
             (rec.meta.index, rec.meta.term)

@@ -907,6 +907,14 @@ class WAL:
         with self._mu:
             return [m for m, _ in self._markers if m.index > 0]
 
+    def usable_snapshot_markers(self) -> list[SnapshotMeta]:
+        """The markers a restart could start from: those at or below the durable commit index
+        (an install's marker is written before the hard state that commits it). Consistent
+        with durability: a save in progress (its fsync included) finishes first."""
+        with self._mu:
+            commit = self._hs.commit
+            return [m for m, _ in self._markers if 0 < m.index <= commit]
+
     def close(self) -> None:
         """Close the current segment and release the directory lock (idempotent)."""
         with self._mu:
