@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from trioraft.core.types import ConfState
-from trioraft.errors import StorageFailed
+from trioraft.errors import NodeStopped, StorageFailed
 from trioraft.runtime.disk import (
     INLINE_DISK,
     AdaptiveDisk,
@@ -625,3 +625,14 @@ async def test_a_save_overtaken_by_an_installed_snapshot_returns_the_installed_o
         got = await snapshotter._take("manual")
     assert (got.index, got.term) == (10, 2)
     assert snapshotter.last_index == 0  # moves when the install's restore reports in
+
+
+async def test_a_snapshot_requested_after_the_snapshotter_stopped_fails_at_once(
+    tmp_path: Any,
+) -> None:
+    snapshotter = make_snapshotter(SnapshotStore(str(tmp_path / "snap")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(snapshotter.run)
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(5), pytest.raises(NodeStopped):
+        await snapshotter.snapshot()

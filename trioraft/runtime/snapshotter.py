@@ -145,6 +145,8 @@ class Snapshotter:
         self._applied = applied_index
         self._wake = trio.Event()
         self._manual: list[Future[Any]] = []
+        #: set when :meth:`run` ended: nobody would take a manual request any more
+        self._stopped = False
         # The first round applies retention: a node stopped after a save but before the round
         # that follows it (retention runs after the save's waiters are answered) would otherwise
         # keep the extra snapshot and its WAL segments until its next save.
@@ -186,6 +188,9 @@ class Snapshotter:
             SnapshotFailed: the save failed; nothing was installed.
             NodeStopped: the node stopped first.
         """
+        if self._stopped:
+            # (the node's stop has not been noticed everywhere yet, say after an actor failed)
+            raise NodeStopped(f"node {self._id} stopped")
         future: Future[Any] = Future()
         self._manual.append(future)
         self._wake.set()
@@ -223,6 +228,7 @@ class Snapshotter:
                         next_timer = trio.current_time() + interval
                     await self._check(timer_fired)
             finally:
+                self._stopped = True
                 for future in self._manual:
                     future.set_exception(NodeStopped(f"node {self._id} stopped"))
                 self._manual = []
