@@ -39,3 +39,24 @@ async def test_ticks_missed_in_a_stall_are_delivered_so_a_lease_lapses(
             burst += 1
         assert burst == 2 * actor.core.config.election_ticks + 3
         nursery.cancel_scope.cancel()
+
+
+async def test_after_a_stall_the_actor_hands_the_missed_ticks_to_the_core_before_anything_else(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The ticker may run after the task that brings a read (woken in the same batch), or the
+    # actor may drain its queue before any checkpoint: the actor catches up itself, once.
+    actor, _ = _actor()
+    core = actor.core
+    actor._tick_due = trio.current_time() + 0.1
+    before = core._clock
+    autojump_clock.jump(0.15)  # late, but by less than a tick: the ticker's job
+    actor._catch_up_ticks()
+    assert core._clock == before
+    autojump_clock.jump(0.5)  # a stall: 0.1 .. 0.6 makes six ticks due
+    actor._catch_up_ticks()
+    assert core._clock == before + 6
+    assert actor._ticks_due(trio.current_time()) == 0  # the ticker finds nothing left to send
+    autojump_clock.jump(1000.0)
+    actor._catch_up_ticks()
+    assert core._clock == before + 6 + 2 * core.config.election_ticks + 2 + 1

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -179,6 +180,14 @@ class RaftActor:
         self._watch = watch
         self._send_snapshot = send_snapshot
         self._tick = tick_interval
+        #: when the next tick is due (the ticker's deadline; see _ticks_due)
+        self._tick_due = math.inf
+        # The core measures time in ticks. After a stall (the process paused, the event loop
+        # blocked) the ticks missed are delivered, up to this many: a leader that slept through
+        # an election timeout must see it pass, or its lease would outlive the others' patience
+        # (they may have elected a new leader meanwhile) and a lease read could be stale. Beyond
+        # two randomized election timeouts more ticks change nothing.
+        self._most_ticks = 2 * core.config.election_ticks + 2
         self._forward = forward
         self._reads_queued = False
         self._reissue_ticks = reissue_ticks
@@ -217,6 +226,7 @@ class RaftActor:
                 # One wait per batch; a tick arrives as an inbox item, so the hot loop needs no
                 # cancel scope of its own.
                 item = await inbox.receive()
+                self._catch_up_ticks()
                 self._handle(item)
                 for _ in range(_MAX_DRAIN):
                     try:
@@ -232,20 +242,30 @@ class RaftActor:
                     self._route(core.ready())
 
     async def _ticker(self) -> None:
-        tick = self._tick
-        # The core measures time in ticks. After a stall (the process paused, the event loop
-        # blocked) the ticks missed are delivered, up to this many: a leader that slept through
-        # an election timeout must see it pass, or its lease would outlive the others' patience
-        # (they may have elected a new leader meanwhile) and a lease read could be stale. Beyond
-        # two randomized election timeouts more ticks change nothing.
-        most = 2 * self.core.config.election_ticks + 2
-        next_tick = trio.current_time() + tick
+        self._tick_due = trio.current_time() + self._tick
         while True:
-            await trio.sleep_until(next_tick)
-            missed = max(0, int((trio.current_time() - next_tick) // tick))
-            for _ in range(1 + min(missed, most)):
+            await trio.sleep_until(self._tick_due)
+            for _ in range(self._ticks_due(trio.current_time())):
                 self._inbox_send.send_nowait(_TICK)
-            next_tick += tick * (1 + missed)
+
+    def _ticks_due(self, now: float) -> int:
+        """How many ticks are due at ``now`` (missed ones included, bounded); they are taken."""
+        due = self._tick_due
+        if now < due:
+            return 0
+        missed = int((now - due) // self._tick)
+        self._tick_due = due + self._tick * (missed + 1)
+        return 1 + min(missed, self._most_ticks)
+
+    def _catch_up_ticks(self) -> None:
+        # After a stall, the ticks missed reach the core before anything else is handled: the
+        # ticker may not have run yet (the tasks woken together run in either order, and a
+        # blocked actor drains its queue before any checkpoint), and a read must not be
+        # answered on a lease the core would see has lapsed.
+        now = trio.current_time()
+        if now - self._tick_due >= self._tick:  # more than a whole tick late: a stall
+            for _ in range(self._ticks_due(now)):
+                self._on_tick()
 
     def _on_tick(self) -> None:
         self.core.tick()
@@ -289,6 +309,7 @@ class RaftActor:
         if type(item) is ProposeReq:
             self.proposed_now += 1
         try:
+            self._catch_up_ticks()
             self._handle(item)
             if self._props:
                 self._propose_gathered()
