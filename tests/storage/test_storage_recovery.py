@@ -13,6 +13,7 @@ from trioraft.errors import StorageCorrupted, StorageFailed
 from trioraft.storage.fs import SimulatedFileSystem
 from trioraft.storage.recovery import recover
 from trioraft.storage.snapshots import SnapshotStore, StoredSnapshot
+from trioraft.storage.wal import WAL
 
 CONF = ConfState(voters=frozenset({1, 2, 3}))
 D = "/node"
@@ -200,17 +201,25 @@ def test_recovery_after_a_log_reset_uses_the_installed_snapshot() -> None:
     wal.close()
 
 
-def test_retention_counts_only_snapshots_a_restart_could_use() -> None:
-    # retention 1: local snapshot L has its WAL marker; a received install R is in the store but
-    # its marker is not written yet. Retention must not trade L for R: a crash before R's
-    # marker would leave no snapshot to start from.
-    fs = SimulatedFileSystem()
+def _retention_one_with_a_local_snapshot(
+    fs: SimulatedFileSystem,
+) -> tuple[WAL, SnapshotStore, StoredSnapshot]:
+    """retention 1, entries 1..30 committed, local snapshot L at 20 marked, WAL released to it."""
     _, wal, store = recover(D, fs=fs, retention=1, segment_bytes=300)
     for i in range(1, 31):
         wal.save(ents(i, i), HardState(1, 1, i))
     local = snap(store, 20, 1)
     wal.save_snapshot_marker(local.raft_meta)
     wal.release_to(20)
+    return wal, store, local
+
+
+def test_retention_counts_only_snapshots_a_restart_could_use() -> None:
+    # retention 1: local snapshot L has its WAL marker; a received install R is in the store but
+    # its marker is not written yet. Retention must not trade L for R: a crash before R's
+    # marker would leave no snapshot to start from.
+    fs = SimulatedFileSystem()
+    wal, store, local = _retention_one_with_a_local_snapshot(fs)
     received = snap(store, 60, 2)
     assert store.apply_retention() == []
     wal.close()  # crash before R's marker
@@ -231,12 +240,7 @@ def test_retention_does_not_count_an_install_whose_commit_is_not_durable_yet() -
     # retention pass in between must not trade the older snapshot for it: a crash there leaves
     # the install's snapshot unusable (past the durable commit index).
     fs = SimulatedFileSystem()
-    _, wal, store = recover(D, fs=fs, retention=1, segment_bytes=300)
-    for i in range(1, 31):
-        wal.save(ents(i, i), HardState(1, 1, i))
-    local = snap(store, 20, 1)
-    wal.save_snapshot_marker(local.raft_meta)
-    wal.release_to(20)
+    wal, store, local = _retention_one_with_a_local_snapshot(fs)
     installed = snap(store, 60, 2)
     wal.save_snapshot_marker(installed.raft_meta)  # its commit (60) is not durable yet
     assert store.apply_retention() == []
