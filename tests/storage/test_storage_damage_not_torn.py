@@ -99,19 +99,41 @@ def test_flipped_length_of_the_last_segments_header_is_refused() -> None:
 
 
 def test_a_torn_last_frame_is_still_repaired() -> None:
-    # The counterpart: the last save's header lost (its sector never written) while its record
-    # was, and then its record cut short; both are torn writes and repaired.
+    # The counterpart: the last save's first sector never written (from its header to the
+    # sector's end), the rest of it written, or then cut short; torn writes, repaired.
     for cut in (None, 20):
         fs = SimulatedFileSystem()
-        path = _segment(fs, 6)
+        path = _segment(fs, 6, tag=b"x" * 700)
         start = _frames(fs.read_bytes(path))[-1]
-        _damage(fs, path, start, bytes(8))
+        sector_end = (start // 512 + 1) * 512
+        _damage(fs, path, start, bytes(sector_end - start))
         if cut is not None:
-            fs.write_bytes(path, fs.read_bytes(path)[: start + cut])
+            fs.write_bytes(path, fs.read_bytes(path)[: sector_end + cut])
         wal, contents = WAL.open(D, fs=fs, segment_bytes=1 << 20)
         wal.close()
         assert [e.index for e in contents.entries] == [1, 2, 3, 4, 5]
         assert fs.exists(path + ".broken")
+
+
+@pytest.mark.parametrize("after", [0, 1], ids=["last-frame", "one-frame-after"])
+def test_a_zeroed_length_field_no_lost_sector_explains_is_refused(after: int) -> None:
+    # Zeros in the length field alone (the rest of its sector written) are no torn write, even
+    # with no (or one) frame after it to show a later write.
+    fs = SimulatedFileSystem()
+    path = _segment(fs, 6)
+    start = _frames(fs.read_bytes(path))[-1 - after]
+    if start // 512 != (start + 7) // 512:  # keep the header inside one sector
+        start = _frames(fs.read_bytes(path))[-2 - after]
+    _damage(fs, path, start, bytes(4))
+    _refused(fs, path)
+
+
+def test_a_zeroed_header_inside_a_written_sector_is_refused() -> None:
+    fs = SimulatedFileSystem()
+    path = _segment(fs, 6)
+    start = _frames(fs.read_bytes(path))[-1]
+    _damage(fs, path, start, bytes(8))
+    _refused(fs, path)
 
 
 @pytest.mark.parametrize("data_tail", [b"end", b"end\0\0\0\0"], ids=["plain", "zeros-at-end"])

@@ -1278,14 +1278,13 @@ def _parse(buf: bytes) -> tuple[list[tuple[int, WalRecord]], int, int, _Damage |
         if length == 0:
             if stored == 0 and _all_zero(buf, off, n):
                 break
-            # the start of the last write was lost while later parts of it were not (unless
-            # something was written after it: then the frame was damaged later)
-            return (
-                out,
-                off,
-                crc,
-                _torn_unless_written_after(buf, off, crc, "zero-length frame", True),
-            )
+            # The start of the last write was lost while later parts of it were not, unless
+            # no lost sector explains the zeros (nothing frames zero bytes: corruption) or
+            # something was written after it (then the frame was damaged later).
+            if not _header_piece_zeroed(buf, off):
+                return out, off, crc, _Damage(off, "zero-length frame", False)
+            damage = _torn_unless_written_after(buf, off, crc, "zero-length frame", True)
+            return out, off, crc, damage
         if length > MAX_RECORD_BYTES:
             return out, off, crc, _Damage(off, f"implausible frame length {length}", False)
         end = off + hsize + length
@@ -1362,14 +1361,16 @@ def _classify(buf: bytes, off: int, end: int, stored: int, prev_crc: int) -> _Da
 
 
 def _header_piece_zeroed(buf: bytes, off: int) -> bool:
-    """Whether a part of the frame header at ``off`` lying in one 512-byte sector is all zeros:
-    the header's sector (or one of its two) may not have been written, so its length field may
+    """Whether the frame header at ``off`` may have lost a sector: a part of it lying in one
+    512-byte sector reads as zeros, and so does the rest of that sector (the write began at
+    ``off``, so a sector it lost reads as zeros from the header on). Then its length field may
     read short or zero through no fault but a torn write."""
+    n = len(buf)
     end = off + FRAME_HEADER.size
     cut = (off // _SECTOR + 1) * _SECTOR
     if cut >= end:
-        return _all_zero(buf, off, end)
-    return _all_zero(buf, off, cut) or _all_zero(buf, cut, end)
+        return _all_zero(buf, off, min(n, cut))
+    return _all_zero(buf, off, cut) or _all_zero(buf, cut, min(n, cut + _SECTOR))
 
 
 #: where a frame's payload may start: a CBOR map head, then a text key's head (every record is a
@@ -1421,9 +1422,12 @@ def _torn_unless_written_after(
                 )
         return _Damage(off, detail, True)
     budget = [_EVIDENCE_CRC_BYTES]
+    walked: set[int] = set()  # frames some walk verified: a walk through them ended no better
     for tried, m in enumerate(_PAYLOAD_START.finditer(buf, off + 1 + hsize, nonzero_end), 1):
         p = m.start() - hsize
-        if _chained_tail(buf, view, p, budget) is not None:
+        if p in walked:
+            continue
+        if _chained_tail(buf, view, p, budget, walked) is not None:
             return _Damage(off, f"{detail}; valid records follow at {p}", False)
         if tried >= _EVIDENCE_CANDIDATES or budget[0] < 0:
             log.warning("WAL: gave up looking for records after the damage at %d", off)
@@ -1431,12 +1435,16 @@ def _torn_unless_written_after(
     return _Damage(off, detail, True)
 
 
-def _chained_tail(buf: bytes, view: memoryview, p: int, budget: list[int]) -> int | None:
+def _chained_tail(
+    buf: bytes, view: memoryview, p: int, budget: list[int], walked: set[int]
+) -> int | None:
     """If frames starting at ``p`` run, each chained by CRC to the one before, to where the
     written data ends (the rest of the file is zeros), with at least two of them: the end of
     the last one; else None. The first frame's own chain seed is unknown (the frame before it
     is the damaged one), so it is vouched for by the second. Checksummed bytes are taken from
-    ``budget[0]``."""
+    ``budget[0]``; frames verified are added to ``walked``, and a walk that reaches one of an
+    earlier (failed) walk stops, since it would end the same way (so the search stays linear
+    in the data, however many chained frames a record's data holds)."""
     unpack = FRAME_HEADER.unpack_from
     hsize = FRAME_HEADER.size
     n = len(buf)
@@ -1454,6 +1462,8 @@ def _chained_tail(buf: bytes, view: memoryview, p: int, budget: list[int]) -> in
                 return at
             if at + hsize > n:
                 return None
+        if at in walked:
+            return None
         nlen: int
         ncrc: int
         nlen, ncrc = unpack(buf, at)
@@ -1465,6 +1475,7 @@ def _chained_tail(buf: bytes, view: memoryview, p: int, budget: list[int]) -> in
             return None
         if frame_crc(view[at : at + 4], view[start : start + nlen], crc) != ncrc:
             return None
+        walked.add(at)
         crc = ncrc
         at = start + nlen
         frames += 1
