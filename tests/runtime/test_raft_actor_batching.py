@@ -17,9 +17,9 @@ from trioraft.core.ready import Role
 from trioraft.core.storage import MemoryStorage
 from trioraft.core.types import ConfState
 from trioraft.errors import ProposalDropped
-from trioraft.runtime.items import Forward, ProposeReq
+from trioraft.runtime.items import Applied, Forward, ProposeReq
 from trioraft.runtime.proposals import Future, ProposalTracker, ReadBatcher
-from trioraft.runtime.raft_actor import _TICK, LeaderWatch, RaftActor
+from trioraft.runtime.raft_actor import LeaderWatch, RaftActor
 
 
 class _Sent:
@@ -110,7 +110,7 @@ def test_any_other_item_is_handled_after_the_gathered_proposals() -> None:
     core = actor.core
     base = core.last_index
     actor._handle(ProposeReq(b"first", Future()))
-    actor._handle(_TICK)
+    actor._handle(Applied(0))  # any other item
     assert core.last_index == base + 1
     actor._handle(ProposeReq(b"second", Future()))
     assert core.last_index == base + 1

@@ -226,7 +226,7 @@ class RaftActor:
                 # One wait per batch; a tick arrives as an inbox item, so the hot loop needs no
                 # cancel scope of its own.
                 item = await inbox.receive()
-                self._catch_up_ticks()
+                self._take_due_ticks()
                 self._handle(item)
                 for _ in range(_MAX_DRAIN):
                     try:
@@ -242,28 +242,31 @@ class RaftActor:
                     self._route(core.ready())
 
     async def _ticker(self) -> None:
+        # Only a wake-up: the actor takes the ticks due itself (_take_due_ticks), first thing
+        # in every batch, so no queued item is ever handled ahead of a tick already due.
         self._tick_due = trio.current_time() + self._tick
         while True:
             await trio.sleep_until(self._tick_due)
-            for _ in range(self._ticks_due(trio.current_time())):
-                self._inbox_send.send_nowait(_TICK)
+            self._inbox_send.send_nowait(_TICK)
+            # Until the actor has taken them the deadline stays put: wake it again a tick later.
+            await trio.sleep_until(max(self._tick_due, trio.current_time() + self._tick))
 
     def _ticks_due(self, now: float) -> int:
         """How many ticks are due at ``now`` (missed ones included, bounded); they are taken."""
         due = self._tick_due
         if now < due:
             return 0
-        missed = int((now - due) // self._tick)
+        # (a hair of slack: float steps of the deadline must not lose a tick that is due now)
+        missed = int((now - due) / self._tick + 1e-9)
         self._tick_due = due + self._tick * (missed + 1)
         return 1 + min(missed, self._most_ticks)
 
-    def _catch_up_ticks(self) -> None:
-        # After a stall, the ticks missed reach the core before anything else is handled: the
-        # ticker may not have run yet (the tasks woken together run in either order, and a
-        # blocked actor drains its queue before any checkpoint), and a read must not be
-        # answered on a lease the core would see has lapsed.
+    def _take_due_ticks(self) -> None:
+        # Time passes in the core only through ticks. Taking them here, before anything else a
+        # batch (or handle_now) handles, means that after a stall (a paused process, a blocked
+        # loop) no item, a read included, sees the core's clock from before the stall.
         now = trio.current_time()
-        if now - self._tick_due >= self._tick:  # more than a whole tick late: a stall
+        if now >= self._tick_due:
             for _ in range(self._ticks_due(now)):
                 self._on_tick()
 
@@ -309,7 +312,7 @@ class RaftActor:
         if type(item) is ProposeReq:
             self.proposed_now += 1
         try:
-            self._catch_up_ticks()
+            self._take_due_ticks()
             self._handle(item)
             if self._props:
                 self._propose_gathered()
@@ -341,7 +344,7 @@ class RaftActor:
         if type(item) in _MESSAGE_TYPES:
             core.step(item)
         elif item is _TICK:
-            self._on_tick()
+            self._take_due_ticks()
         elif item is _FAILED:
             assert self._failure is not None
             raise self._failure
