@@ -295,3 +295,25 @@ async def test_snapshot_call_gets_node_stopped_when_the_node_stops(
                 await trio.testing.wait_all_tasks_blocked()
             await cluster.stop(node.id)
         assert outcomes and all(type(e) is NodeStopped for e in outcomes), outcomes
+
+
+async def test_a_follower_installing_past_a_removal_drops_the_removed_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The removal reaches the lagging follower inside a snapshot, not as an entry: it must
+    # still forget the node's address and drop it from its transport.
+    async with open_cluster(4, snapshot_entries=20, catchup_entries=5) as cluster:
+        leader = await cluster.wait_for_leader()
+        lagging, victim = [n.id for n in cluster.running if n.id != leader.id][:2]
+        await propose_n(leader, 5)
+        await cluster.wait_applied(leader.commit_index)
+        assert victim in cluster[lagging].status().members
+        await cluster.stop(lagging)
+        await leader.remove(victim)
+        await propose_n(leader, 60)
+        await cluster.wait_until(lambda: leader.status().first_index > 10)
+        node = await cluster.restart(lagging)
+        await cluster.wait_applied(leader.commit_index, nodes=[lagging])
+        assert node.status().snapshots_installed == 1
+        assert victim not in node.status().members
+        assert victim in cluster.handles[lagging].transport._removed

@@ -177,11 +177,22 @@ class FsmActor:
         # have moved); the snapshot supplies the nodes added since.
         members.update(self._static_peers)
         old = self.members
+        old_nodes = self.conf.all_nodes()
         self.applied = stored.index
         self.applied_term = stored.term
         self.conf = stored.conf
+        # Nodes the snapshot's configuration no longer has (removed by entries it covers) are
+        # dropped as _apply_conf_change drops them; nodes it has again are peers again.
+        for nid in old_nodes - stored.conf.all_nodes():
+            members.pop(nid, None)
+            if nid != self._id:
+                self._peers.remove_peer(nid)
+                self._removed_peers.add(nid)
         self.members = members
         self._sync_peers(old, members)
+        for nid in stored.conf.all_nodes() & self._removed_peers:
+            self._removed_peers.discard(nid)
+            self._peers.add_peer(nid, members.get(nid, ""))
         self._proposals.covered_by_snapshot(stored.index)
         if install:
             self.snapshots_installed += 1
