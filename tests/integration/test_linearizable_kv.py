@@ -17,7 +17,6 @@ the same interleaving). ``-m slow`` runs longer histories.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import time
@@ -437,7 +436,6 @@ async def test_kv_is_linearizable_under_nemesis(
     report = await run_workload(seed, duration=30.0)
     assert report.verdict is Verdict.OK, f"seed={seed}\n{report.description}"
     assert report.operations > 200
-    assert math.isfinite(report.check_seconds)
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ async def test_read_barrier_after_restart_is_not_stale(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(old_read)
-            await trio.sleep(0.01)
-            assert len(leader._rt.core._read_only) == 1  # the old read waits at the leader
+            # the old read waits at the leader
+            await cluster.wait_until(lambda: len(leader._rt.core._read_only) == 1)
             # 2. The follower stops (its read fails), the old read stays at the leader.
             await cluster.stop(fid)
         assert len(outcomes) == 1

@@ -49,12 +49,15 @@ async def test_slot_waiter_gets_node_stopped_when_the_node_stops(
         lid = leader.id
         cluster.network.isolate(lid)  # the slot holder can never commit
         outcomes: dict[str, BaseException] = {}
+        both = trio.Event()
 
         async def propose(name: str, timeout: float | None) -> None:
             try:
                 await leader.propose(name.encode(), timeout=timeout)
             except Exception as exc:
                 outcomes[name] = exc
+            if len(outcomes) == 2:
+                both.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(propose, "holder", None)
@@ -64,8 +67,7 @@ async def test_slot_waiter_gets_node_stopped_when_the_node_stops(
             assert leader._rt.proposal_slots.used == 1  # the waiter is parked on the slot
             await cluster.stop(lid)
             with trio.move_on_after(100):
-                while len(outcomes) < 2:
-                    await trio.sleep(1)
+                await both.wait()
             nursery.cancel_scope.cancel()
         assert {k: type(v) for k, v in outcomes.items()} == {
             "holder": NodeStopped,
@@ -94,9 +96,9 @@ async def test_slot_freed_as_the_deadline_passes_is_given_back(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waiter)
-            await trio.sleep(0.5)  # the waiter is parked on the slot
+            await trio.testing.wait_all_tasks_blocked()  # the waiter is parked on the slot
             # a holder finishes in the batch in which the deadline passes (no checkpoint between)
-            autojump_clock.jump(1.0)
+            autojump_clock.jump(1.5)
             slots.release()
         slots.release()  # the other stand-in
         assert len(outcome) == 1
