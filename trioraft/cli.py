@@ -65,8 +65,8 @@ def http_request(
     Returns:
         the answer; ``status`` is 0 and ``error`` says why when there was none.
     """
-    req = urllib.request.Request(url, data=body, method=method)
     try:
+        req = urllib.request.Request(url, data=body, method=method)  # a bad URL raises here
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return HttpResult(int(resp.status), resp.read())
     except urllib.error.HTTPError as exc:
@@ -242,8 +242,17 @@ def wal_dump(wal_dir: str, out: TextIO, *, data_limit: int = 32) -> int:
     prev_seg_crc: int | None = None
     for pos, name in enumerate(names):
         path = os.path.join(wal_dir, name)
-        with open(path, "rb") as f:
-            buf = f.read()
+        try:
+            with open(path, "rb") as f:
+                buf = f.read()
+        except FileNotFoundError:
+            # a running node released it between the listing and now
+            print(f"segment {name}: removed meanwhile (is a node running on it?)", file=out)
+            continue
+        except OSError as exc:
+            print(f"segment {name}: DAMAGE: cannot read: {exc.strerror or exc}", file=out)
+            damaged += 1
+            continue
         print(f"segment {name} ({len(buf)} bytes)", file=out)
         off = 0
         crc = 0
@@ -370,7 +379,9 @@ def _scan_snapshots(snap_dir: str) -> tuple[list[tuple[str, Any]], list[str]]:
         try:
             out.append((path, load_snapshot(REAL_FS, path)))
         except StorageCorrupted as exc:
-            out.append((path, exc))
+            if os.path.isdir(path):
+                out.append((path, exc))
+            # else a running node's retention deleted it after the listing: not damage
     return out, broken
 
 
@@ -489,6 +500,9 @@ def snapshot_verify(snap_dir: str, out: TextIO) -> int:
         try:
             SnapshotReader(REAL_FS, meta).verify()
         except StorageCorrupted as exc:
+            if not os.path.isdir(path):
+                print(f"gone     {path}: removed meanwhile (is a node running on it?)", file=out)
+                continue
             damaged += 1
             print(f"DAMAGED  {path}: {exc}", file=out)
             continue

@@ -214,6 +214,8 @@ class Service:
             return Response(200, self.metrics.render(), content_type=CONTENT_TYPE)
         member = _member_id(req.path)
         if member is not None and req.method in ("POST", "DELETE"):
+            if member > _MAX_NODE_ID:
+                raise HttpError(400, f"node ids are at most {_MAX_NODE_ID}")
             return await self._membership(req, member)
         response = await self.app(req)
         if response is None:
@@ -222,7 +224,16 @@ class Service:
 
     async def _membership(self, req: Request, node_id: int) -> Response:
         if req.method == "DELETE":
-            await self.call_raft(lambda: self.node.remove(node_id), proposal=True)
+            try:
+                await self.call_raft(lambda: self.node.remove(node_id), proposal=True)
+            except HttpError as exc:
+                # Removing the very node serving the request: the leader drops its connections
+                # to it as it applies the removal, before the forwarded call's answer is back.
+                # The change applies here too; wait for it rather than answer "unknown".
+                if exc.status != 504 or self.status().get("id") != node_id:
+                    raise
+                if not await self._left_configuration(node_id):
+                    raise
             return Response(204)
         try:
             url = req.body.decode("utf-8").strip()
@@ -233,10 +244,35 @@ class Service:
         except FlagError as exc:
             raise HttpError(400, str(exc)) from None
         if req.flag("learner"):
+            if node_id in _conf_members(self.status(), "voters"):
+                # Adding a voter as a learner demotes it (and shrinks the quorum): not by accident.
+                raise HttpError(409, f"node {node_id} is a voter; remove it first")
             await self.call_raft(lambda: self.node.add_learner(node_id, address), proposal=True)
         else:
             await self.call_raft(lambda: self.node.add_voter(node_id, address), proposal=True)
         return Response(204)
+
+    async def _left_configuration(self, node_id: int) -> bool:
+        """Wait (up to the request timeout) until this node's applied configuration no longer
+        has ``node_id``; whether it happened."""
+        deadline = trio.current_time() + self.request_timeout
+        keys = ("voters", "learners", "voters_outgoing", "learners_next")
+        while any(node_id in _conf_members(self.status(), k) for k in keys):
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(0.02)
+        return True
+
+
+#: node ids are unsigned 64-bit integers on the wire
+_MAX_NODE_ID = (1 << 64) - 1
+
+
+def _conf_members(status: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    """The ids under ``key`` (``"voters"``, ...) of a status document's configuration."""
+    conf = status.get("conf")
+    members = conf.get(key) if isinstance(conf, Mapping) else None
+    return tuple(int(x) for x in members or ())
 
 
 def _member_id(path: str) -> int | None:

@@ -187,3 +187,46 @@ def test_snapshot_tools_on_empty_and_missing_dirs(tmp_path: Path) -> None:
     assert cli.snapshot_list(str(tmp_path / "snap"), io.StringIO()) == 0
     assert cli.snapshot_inspect(str(tmp_path / "snap"), None, io.StringIO()) == 2
     assert cli.snapshot_verify(str(tmp_path / "nope" / "snap"), io.StringIO()) == 2
+
+
+def test_status_of_a_malformed_url_is_an_unreachable_row_not_a_traceback() -> None:
+    result = cli.http_request("GET", "http://[::1")
+    assert result.status == 0 and result.error
+    table, failed = cli.status_table(["http://[::1"], timeout=1)
+    assert failed == 1 and "unreachable" in table
+
+
+def test_wal_dump_goes_on_past_a_segment_that_vanished_or_cannot_be_read(tmp_path: Path) -> None:
+    # A running node may release a segment between the listing and the read.
+    _make_wal(tmp_path)
+    wal_dir = tmp_path / "wal"
+    (wal_dir / "0000000000000099-0000000000000400.wal").symlink_to(tmp_path / "nowhere")
+    out = io.StringIO()
+    assert cli.wal_dump(str(wal_dir), out) == 0
+    assert "removed meanwhile" in out.getvalue()
+    (wal_dir / "0000000000000099-0000000000000400.wal").unlink()
+    (wal_dir / "0000000000000099-0000000000000400.wal").mkdir()
+    out = io.StringIO()
+    assert cli.wal_dump(str(wal_dir), out) == 1
+    assert "cannot read" in out.getvalue()
+
+
+def test_snapshot_verify_skips_a_snapshot_deleted_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A running node's retention may delete a snapshot after the tool listed it.
+    import shutil
+
+    from trioraft.storage.snapshots import SnapshotReader
+
+    paths = _make_snapshots(tmp_path)
+    real_verify = SnapshotReader.verify
+
+    def verify_after_deletion(self: SnapshotReader) -> None:
+        shutil.rmtree(paths[0], ignore_errors=True)
+        real_verify(self)
+
+    monkeypatch.setattr(SnapshotReader, "verify", verify_after_deletion)
+    out = io.StringIO()
+    assert cli.snapshot_verify(str(tmp_path / "snap"), out) == 0
+    assert "removed meanwhile" in out.getvalue()

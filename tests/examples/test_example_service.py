@@ -213,3 +213,53 @@ async def test_counter_routes() -> None:
     assert (await service.handle(req("GET", "/incr"))).status == 405
     assert (await service.handle(req("PUT", "/value"))).status == 405
     assert (await service.handle(req("GET", "/other"))).status == 404
+
+
+async def test_member_ids_beyond_64_bits_are_refused() -> None:
+    service, node, _ = kv_service()
+    huge = str(1 << 64)
+    assert (await service.handle(req("POST", "/" + huge, b"http://127.0.0.1:42379"))).status == 400
+    assert (await service.handle(req("DELETE", "/" + huge))).status == 400
+    assert (await service.handle(req("DELETE", "/" + str((1 << 64) - 1)))).status == 204
+    assert node.members == [("remove", (1 << 64) - 1, "")]
+
+
+async def test_adding_a_voter_as_a_learner_is_refused() -> None:
+    store = KVStore()
+    node = FakeNode(store.apply)
+    status = {**STATUS, "conf": {"voters": [1, 2, 3], "learners": []}}
+    app = KVApp(store)
+    service = Service(node, lambda: status, request_timeout=5.0, app=app)
+    app.bind(service)
+    r = await service.handle(req("POST", "/2?learner=true", b"http://127.0.0.1:22379"))
+    assert r.status == 409
+    assert node.members == []
+
+
+async def test_removing_the_node_serving_the_request_answers_once_it_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The leader drops its connections to the removed node while applying the removal, so the
+    # forwarded call's answer never arrives (outcome unknown): the node waits for the change to
+    # apply locally and answers 204; for another node's removal, 504 stays 504.
+    store = KVStore()
+    node = FakeNode(store.apply)
+    status: dict[str, Any] = {**STATUS, "conf": {"voters": [1, 2, 3]}}
+    app = KVApp(store)
+    service = Service(node, lambda: status, request_timeout=5.0, app=app)
+    app.bind(service)
+
+    async def removal_applies_later() -> None:
+        await trio.sleep(1.0)
+        status["conf"] = {"voters": [2, 3]}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(removal_applies_later)
+        node.failures = [AmbiguousOutcome("forwarded to node 2: connection closed")]
+        assert (await service.handle(req("DELETE", "/1"))).status == 204
+    node.failures = [AmbiguousOutcome("forwarded to node 2: connection closed")]
+    assert (await service.handle(req("DELETE", "/3"))).status == 504
+    # it never leaves: still unknown
+    status["conf"] = {"voters": [1, 2, 3]}
+    node.failures = [AmbiguousOutcome("lost")]
+    assert (await service.handle(req("DELETE", "/1"))).status == 504
