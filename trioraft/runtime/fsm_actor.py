@@ -24,7 +24,7 @@ its peers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any, Protocol
 
 import trio
@@ -183,11 +183,7 @@ class FsmActor:
         self.conf = stored.conf
         # Nodes the snapshot's configuration no longer has (removed by entries it covers) are
         # dropped as _apply_conf_change drops them; nodes it has again are peers again.
-        for nid in old_nodes - stored.conf.all_nodes():
-            members.pop(nid, None)
-            if nid != self._id:
-                self._peers.remove_peer(nid)
-                self._removed_peers.add(nid)
+        self._forget(old_nodes - stored.conf.all_nodes(), members)
         self.members = members
         self._sync_peers(old, members)
         for nid in stored.conf.all_nodes() & self._removed_peers:
@@ -327,12 +323,16 @@ class FsmActor:
                 self._peers.add_peer(nid, self.members.get(nid, ""))
         # A node removed by a joint change is still an outgoing voter (and must stay reachable)
         # until the configuration leaves the joint state, by an entry that names no one.
-        for nid in before - self.conf.all_nodes():
-            self.members.pop(nid, None)
+        self._forget(before - self.conf.all_nodes(), self.members)
+        log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
+
+    def _forget(self, gone: Set[int], members: dict[int, str]) -> None:
+        # Nodes that left the configuration: out of the address book and the transport.
+        for nid in gone:
+            members.pop(nid, None)
             if nid != self._id:
                 self._peers.remove_peer(nid)
                 self._removed_peers.add(nid)
-        log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
 
     def _sync_peers(self, old: dict[int, str], new: dict[int, str]) -> None:
         for nid, addr in new.items():
