@@ -96,6 +96,23 @@ def trioraft_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def signal_node(cluster: ProcessCluster, node_id: int, sig: int) -> bool:
+    """Send ``sig`` to a running node and return at once (``ProcessCluster.kill`` waits for the
+    process to exit, so it cannot send SIGSTOP or SIGCONT).
+
+    Returns:
+        False when the node is not running (nothing was sent).
+    """
+    proc = cluster.nodes[node_id].proc
+    if proc is None or proc.poll() is not None:
+        return False
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 __all__ = [
     "FAST",
     "assert_all_readable",
@@ -103,6 +120,7 @@ __all__ = [
     "http_request",
     "put_all",
     "running_cluster",
+    "signal_node",
     "trioraft_cli",
     "wait_applied",
 ]
