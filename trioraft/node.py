@@ -410,8 +410,13 @@ class RaftNode:
         return await self._change(ConfChangeType.ADD_VOTER, node_id, "", timeout)
 
     async def remove(self, node_id: int, *, timeout: float | None = DEFAULT) -> ConfState:
-        """Remove ``node_id`` from the cluster (any role; removing the leader makes it step
-        down once the change commits). See :meth:`add_voter` for errors."""
+        """Remove ``node_id`` from the cluster (any role). See :meth:`add_voter` for errors.
+
+        Removing the leader: once the change applies, the leader accepts no more proposals and
+        hands over as soon as a quorum of the remaining voters has reported the change
+        committed (it tells the most up-to-date of them to campaign at once). Called on the
+        leader for itself, this returns only after the hand-over (or at the timeout), so the
+        node may be shut down right after it."""
         return await self._change(ConfChangeType.REMOVE, node_id, "", timeout)
 
     async def _change(
@@ -434,6 +439,7 @@ class RaftNode:
         rt = self._rt
         rt.check_running()
         limit = _timeout(timeout, rt.config.proposal_timeout)
+        applied: ConfState | None = None
         with trio.move_on_after(limit):
             future: Future[Any] = Future()
             rt.inbox_send.send_nowait(ConfChangeReq(change, future))
@@ -445,8 +451,22 @@ class RaftNode:
                 conf: ConfState = decode(payload, ConfState)
                 return conf
             assert isinstance(result, ConfState)
-            return result
+            applied = result
+            if self.id not in result.voters and self.id not in result.voters_outgoing:
+                await self._handed_over()
+        if applied is not None:
+            return applied
         raise AmbiguousOutcome(f"no outcome for the membership change within {limit} s")
+
+    async def _handed_over(self) -> None:
+        """Wait until this node no longer leads (a leader that applied its own removal hands
+        over first: see :meth:`remove`). Returns at once on any other node."""
+        watch = self._rt.watch
+        while True:
+            seen = watch.version
+            if self._rt.core.role != Role.LEADER:
+                return
+            await watch.wait_changed(seen)
 
     # -- leadership ----------------------------------------------------------------------------
 

@@ -9,7 +9,14 @@ import pytest
 from core_helpers import drain, ents, make_core
 
 from trioraft.core.encoding import encode_conf_change
-from trioraft.core.messages import AppendRequest, TimeoutNow, VoteRequest, VoteResponse
+from trioraft.core.messages import (
+    AppendRequest,
+    HeartbeatRequest,
+    Message,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
 from trioraft.core.ready import Role
 from trioraft.core.types import (
     NONE,
@@ -245,6 +252,95 @@ def test_leader_removed_while_followers_lag_still_commits_the_removal() -> None:
     c.propose_conf_change(1, cc((R, 1)))
     c.stabilize()
     assert {c.core(i).conf_state.voters for i in (2, 3)} == {frozenset({2, 3})}
+
+
+def _lose_commit_messages(c: Cluster, src: int, index: int, count: int) -> list[Message]:
+    """Drop the first ``count`` messages from ``src`` that tell a node ``index`` is committed
+    (per destination); returns the ones dropped."""
+    lost: list[Message] = []
+
+    def lose(m: Message) -> bool:
+        if (
+            m.src == src
+            and isinstance(m, AppendRequest | HeartbeatRequest)
+            and m.commit >= index
+            and sum(1 for x in lost if x.dst == m.dst) < count
+        ):
+            lost.append(m)
+            return True
+        return False
+
+    c.drop(lose)
+    return lost
+
+
+def test_removed_leader_hands_over_only_once_the_remaining_voter_knows_the_commit() -> None:
+    # {1, 2} -> {2}. The messages telling 2 that its change committed are lost; were 1 to stop
+    # leading when it applies its removal, and then be shut down (it has left), 2 would hold
+    # the entry without its commit and need 1's vote forever (audit, eighth session).
+    c = Cluster(ids=[1, 2], seed=7)
+    c.elect(1)
+    c.stabilize()
+    idx = c.propose_conf_change(1, cc((R, 1)))
+    lost = _lose_commit_messages(c, 1, idx, count=2)
+    c.stabilize()
+    assert len(lost) == 2 and c.core(2).commit < idx
+    # 1 applied its removal: it leads on, only to hand over, and takes no proposals.
+    assert c.core(1).conf_state.voters == {2} and c.core(1).role == Role.LEADER
+    with pytest.raises(ProposalDropped):
+        c.propose(1, b"no")
+    c.advance(1)  # the next heartbeat gets through
+    c.stabilize()
+    assert c.core(1).role == Role.FOLLOWER
+    # ... and 2 was told to campaign at once (TimeoutNow), not after an election timeout.
+    assert c.leader() == 2 and c.core(2).conf_state.voters == {2}
+    c.crash(1)  # decommissioned
+    c.propose(2, b"alone")
+    c.stabilize()
+    assert c.applied(2)[-1][1] == b"alone"
+    c.check_invariants()
+
+
+def test_replacing_a_majority_with_the_leader_survives_lost_commits_and_shutdown() -> None:
+    # {1, 2, 3} -> {3, 4, 5} through joint consensus, led by 1. The first messages carrying
+    # the leave-joint commit are lost; then 1 and 2 (both gone from the configuration) are
+    # shut down as soon as 1 has handed over. 3, 4 and 5 must elect a leader without them.
+    c = Cluster(ids=[1, 2, 3], seed=7)
+    c.elect(1)
+    c.stabilize()
+    c.add_node(4)
+    c.add_node(5)
+    enter = c.propose_conf_change(1, cc((V, 4), (V, 5), (R, 1), (R, 2)))
+    _lose_commit_messages(c, 1, enter + 1, count=1)  # the automatic leave is at enter + 1
+    c.stabilize()
+    for _ in range(5):
+        if c.core(1).role == Role.FOLLOWER:
+            break
+        c.advance(1)
+        c.stabilize()
+    assert c.core(1).role == Role.FOLLOWER
+    assert c.core(1).conf_state == ConfState(voters=frozenset({3, 4, 5}))
+    c.crash(1)
+    c.crash(2)
+    c.advance(60)
+    new = c.leader()
+    assert new in (3, 4, 5)
+    c.propose(new, b"new majority")
+    c.stabilize()
+    assert all(c.applied(i)[-1][1] == b"new majority" for i in (3, 4, 5))
+    c.check_invariants()
+
+
+def test_removed_leader_cut_off_from_the_remaining_voters_steps_down_on_check_quorum() -> None:
+    c = cluster()
+    c.stabilize()
+    idx = c.propose_conf_change(1, cc((R, 1)))
+    _lose_commit_messages(c, 1, idx, count=10**6)
+    c.stabilize()
+    assert c.core(1).role == Role.LEADER  # waiting to hand over
+    c.advance(2 * c.core(1).config.election_ticks)
+    assert c.core(1).role == Role.FOLLOWER
+    c.check_invariants()
 
 
 def test_conf_change_refused_during_transfer() -> None:

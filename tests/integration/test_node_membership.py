@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from trioraft import ProposalDropped
+from trioraft.core.ready import Role
 from trioraft.core.types import (
     ConfChange,
     ConfChangeSingle,
@@ -80,8 +81,15 @@ async def test_remove_the_leader(autojump_clock: trio.testing.MockClock) -> None
         leader = await cluster.wait_for_leader()
         await leader.propose(b"x")
         await leader.remove(leader.id)
+        # It returned after the hand-over: the node no longer leads, and it told the most
+        # up-to-date remaining voter to campaign at once, so a successor is elected well
+        # within one election timeout, even with the removed node stopped right away.
+        assert leader.role != Role.LEADER
+        removed_at = trio.current_time()
         await cluster.stop(leader.id)
         new = await cluster.wait_for_leader()
+        config = leader.config
+        assert trio.current_time() - removed_at < config.election_ticks * config.tick_interval
         assert new.id != leader.id
         assert new.status().conf.voters == frozenset({1, 2, 3}) - {leader.id}
         await new.propose(b"y")

@@ -103,12 +103,15 @@ class HeartbeatRequest:
 
 @attrs.frozen(kw_only=True)
 class HeartbeatResponse:
-    """Reply to :class:`HeartbeatRequest`, echoing its context."""
+    """Reply to :class:`HeartbeatRequest`, echoing its context. ``commit`` is the follower's
+    commit index after taking the heartbeat's (a leader leaving the configuration waits for a
+    quorum of the remaining voters to report the change committed)."""
 
     src: NodeId
     dst: NodeId
     term: int
     context: bytes = b""
+    commit: int = 0
 
 
 @attrs.frozen(kw_only=True)

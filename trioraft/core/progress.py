@@ -106,6 +106,8 @@ class Progress:
         self.is_learner = is_learner
         #: highest commit index sent to the follower (appends and heartbeats)
         self.sent_commit = 0
+        #: highest commit index the follower reported having (heartbeat responses)
+        self.known_commit = 0
 
     def __repr__(self) -> str:
         return (

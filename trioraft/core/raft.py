@@ -153,6 +153,9 @@ class RaftCore:
         self._needs_bcast = False
         self._lead_transferee: NodeId = NONE
         self._pending_conf_index = 0
+        #: while a leader removed from the voters waits to hand over: the index of the change
+        #: that removed it (0 otherwise; see _switch_to_config)
+        self._leaving_index = 0
         #: index of this leader's first entry (its no-op)
         self._term_start_index = 0
         self._uncommitted_size = 0
@@ -725,6 +728,7 @@ class RaftCore:
                 pr.match = min(last, self._log.unstable.offset - 1)
             self._trk.progress[i] = pr
         self._pending_conf_index = 0
+        self._leaving_index = 0
         self._uncommitted_size = 0
         self._read_only.reset()
         self._pending_reads = []
@@ -1139,7 +1143,13 @@ class RaftCore:
         elif isinstance(m, HeartbeatRequest):
             self._log.commit_to(min(m.commit, self._log.last_index()))
             self._send(
-                HeartbeatResponse(src=self._id, dst=m.src, term=self._term, context=m.context)
+                HeartbeatResponse(
+                    src=self._id,
+                    dst=m.src,
+                    term=self._term,
+                    context=m.context,
+                    commit=self._log.committed,
+                )
             )
         else:
             self._handle_snapshot(m)
@@ -1405,6 +1415,10 @@ class RaftCore:
     def _handle_heartbeat_response(self, m: HeartbeatResponse, pr: Progress) -> None:
         pr.recent_active = True
         pr.msg_app_flow_paused = False
+        if m.commit > pr.known_commit:
+            pr.known_commit = m.commit
+            if self._leaving_index and self._maybe_hand_over():
+                return
         if pr.match < self._log.last_index() or pr.state == ProgressState.PROBE:
             self._send_append(m.src)
         if not m.context:
@@ -1646,24 +1660,53 @@ class RaftCore:
             logger.error("%d: cannot apply conf change at %d (%s): %s", self._id, index, cc, exc)
             return
         logger.info("%d: applied conf change at %d: %s", self._id, index, cfg)
-        self._switch_to_config(cfg)
+        self._switch_to_config(cfg, index)
 
-    def _switch_to_config(self, cfg: TrackerConfig) -> None:
+    # A leader that applies its own removal (or demotion) hands over instead of stepping down
+    # at once. Theory of operation: the remaining voters hold the change's entry, but only
+    # a leader's messages tell them it is committed, and until they apply it their own
+    # configuration still counts the departing leader's vote. Were it to stop sending the
+    # moment it applied the change, a single lost message and a prompt shutdown of the
+    # departed node (the usual next step) could leave them waiting for its vote forever: with
+    # {1, 2} -> {2}, or {1, 2, 3} -> {3, 4, 5} through joint consensus. So it stays leader of
+    # its term, accepting no proposals, heartbeating as usual, and counting the commit index
+    # each remaining voter reports in its heartbeat responses; once a quorum of the new
+    # configuration reports the change committed, it sends TimeoutNow to the most up-to-date
+    # of them (a prompt election instead of an election timeout) and becomes a follower.
+    # Check-quorum still deposes it if the remaining voters stop answering.
+
+    def _switch_to_config(self, cfg: TrackerConfig, index: int = 0) -> None:
         self._trk.set_config(cfg, self._log.last_index())
         if not self._is_voter() and self._role != Role.FOLLOWER:
-            # A leader removed or demoted stops leading; a (pre-)candidate stops campaigning: it
-            # can still collect a quorum of the *new* configuration (the remaining voters'
-            # votes), but a node outside the voters must never lead. The term stays.
-            logger.info(
-                "%d [term %d]: removed or demoted while %s; stepping down",
-                self._id,
-                self._term,
-                self._role.value,
-            )
-            self._become_follower(self._term, NONE)
-            return
+            if self._role == Role.LEADER and index and cfg.voters.ids():
+                self._leaving_index = max(self._leaving_index, index)
+                logger.info(
+                    "%d [term %d]: removed or demoted by the change at %d; handing over once a"
+                    " quorum of %s knows it committed",
+                    self._id,
+                    self._term,
+                    index,
+                    sorted(cfg.voters.ids()),
+                )
+            else:
+                # A (pre-)candidate stops campaigning: it could still collect a quorum of the
+                # *new* configuration, but a node outside the voters must never lead. (A
+                # leader without a change index: a configuration from a snapshot, which a
+                # leader never restores.) The term stays.
+                logger.info(
+                    "%d [term %d]: removed or demoted while %s; stepping down",
+                    self._id,
+                    self._term,
+                    self._role.value,
+                )
+                self._become_follower(self._term, NONE)
+                return
         if self._role != Role.LEADER or not cfg.voters.incoming.voters:
             return
+        if self._leaving_index:
+            if self._maybe_hand_over():
+                return
+            self._bcast_heartbeat(b"")
         self._recheck_reads()
         if self._maybe_commit():
             self._on_commit_advanced()
@@ -1673,6 +1716,35 @@ class RaftCore:
                     self._maybe_send_append(i, send_if_empty=False)
         if self._lead_transferee != NONE and self._lead_transferee not in cfg.voters.ids():
             self._abort_leader_transfer()
+
+    def _maybe_hand_over(self) -> bool:
+        """A leaving leader (see above): True, having stepped down, once a quorum of the
+        configuration's voters reported a commit index at or past the change that removed it."""
+        leaving = self._leaving_index
+        informed = {
+            i: pr.known_commit >= leaving
+            for i, pr in self._trk.progress.items()
+            if i != self._id and not pr.is_learner
+        }
+        if self._trk.config.voters.vote_result(informed) != VoteResult.WON:
+            return False
+        last = self._log.last_index()
+        best = max(
+            (i for i, ok in informed.items() if ok and self._trk.progress[i].match == last),
+            key=lambda i: self._trk.progress[i].known_commit,
+            default=NONE,
+        )
+        logger.info(
+            "%d [term %d]: the voters know of our removal at %d; stepping down%s",
+            self._id,
+            self._term,
+            leaving,
+            f", TimeoutNow to {best}" if best != NONE else "",
+        )
+        if best != NONE:
+            self._send_timeout_now(best)
+        self._become_follower(self._term, NONE)
+        return True
 
     def _propose_auto_leave(self) -> None:
         cc = ConfChange()

@@ -289,6 +289,7 @@ def _enc_heartbeat_response(m: Any) -> dict[str, object]:
         "dst": m.dst,
         "term": m.term,
         "context": m.context,
+        "commit": m.commit,
         "type": "HeartbeatResponse",
     }
 
@@ -397,8 +398,8 @@ def _dec_append_response(m: dict[str, object]) -> Message | None:
 _HBREQ_KEYS = frozenset({"src", "dst", "term", "commit", "context", "type"})
 _HB_REQUIRED = frozenset({"src", "dst", "term", "type"})
 _HBREQ_INTS = ("src", "dst", "term", "commit")
-_HBRESP_KEYS = frozenset({"src", "dst", "term", "context", "type"})
-_HBRESP_INTS = ("src", "dst", "term")
+_HBRESP_KEYS = frozenset({"src", "dst", "term", "context", "commit", "type"})
+_HBRESP_INTS = ("src", "dst", "term", "commit")
 
 
 def _dec_heartbeat_request(m: dict[str, object]) -> Message | None:
@@ -427,6 +428,7 @@ def _dec_heartbeat_response(m: dict[str, object]) -> Message | None:
         dst=m["dst"],  # type: ignore[arg-type]
         term=m["term"],  # type: ignore[arg-type]
         context=context,
+        commit=m.get("commit", 0),  # type: ignore[arg-type]
     )
 
 
