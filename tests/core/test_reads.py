@@ -151,6 +151,33 @@ def test_lease_lasts_election_ticks_minus_two_after_the_acknowledged_send() -> N
     assert drain(c, st).read_states == []  # 9 ticks ago: expired
 
 
+def test_lease_read_falls_back_to_read_index_when_the_round_trip_outlasts_the_lease() -> None:
+    # Every heartbeat is answered 9 ticks after it was sent: more than the lease's window
+    # (election_ticks - 2 = 8), so the lease can never become valid, although the leader keeps
+    # its quorum. A read used to wait for the lease forever (audit, eighth session); after an
+    # election timeout it is confirmed through ReadIndex, which works at any round trip.
+    c, st = lease_leader()
+    rtt = 9
+    sent: list[tuple[int, HeartbeatRequest]] = []
+    got: list[tuple[int, ReadState]] = []
+    asked = 15
+    for now in range(1, 80):
+        c.tick()
+        if now == asked:
+            c.read_index(b"slow")
+        d = drain(c, st)
+        got += [(now, r) for r in d.read_states]
+        sent += [(now, m) for m in d.of(HeartbeatRequest)]
+        for at, m in [x for x in sent if now - x[0] >= rtt]:
+            sent.remove((at, m))
+            hb_ack(c, m.dst, m.context)
+        got += [(now, r) for r in drain(c, st).read_states]
+    assert c.role == Role.LEADER
+    assert [r for _, r in got] == [ReadState(1, b"slow")]
+    # one election timeout of waiting for the lease, then one ReadIndex round trip
+    assert got[0][0] <= asked + 10 + rtt
+
+
 def test_restarted_voter_refuses_votes_for_an_election_timeout_in_lease_mode() -> None:
     """A voter that acknowledged the leader, crashed and restarted at once must not help elect
     another leader while that leader's lease (based on its acknowledgement) may still run."""

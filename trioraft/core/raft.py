@@ -172,6 +172,8 @@ class RaftCore:
         self._leader_contact_elapsed = 0 if lease else config.election_ticks
         self._lease_acks: dict[NodeId, int] = {}
         self._lease_reads: list[tuple[NodeId, bytes]] = []
+        #: our clock when the oldest read in ``_lease_reads`` began to wait
+        self._lease_wait_since = 0
         self._lease_revoked = False
 
         self._become_follower(self._term, NONE)
@@ -798,6 +800,7 @@ class RaftCore:
     def _tick_heartbeat(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        self._lease_fallback()
         if self._election_elapsed >= self._config.election_ticks:
             self._election_elapsed = 0
             if self._config.check_quorum:
@@ -1563,9 +1566,13 @@ class RaftCore:
                 return
             # Renew the lease: a quorum echoing this heartbeat makes it valid again.
             if not self._lease_reads:
+                self._lease_wait_since = self._clock
                 self._bcast_heartbeat(self._lease_context())
             self._lease_reads.append((src, context))
             return
+        self._read_index(src, context)
+
+    def _read_index(self, src: NodeId, context: bytes) -> None:
         key = self._read_only.add_request(self._log.committed, src, context, self._id)
         self._bcast_heartbeat(key)
 
@@ -1602,9 +1609,31 @@ class RaftCore:
         return _LEASE_CONTEXT + self._clock.to_bytes(8, "big")
 
     def _heartbeat_context(self) -> bytes:
-        if self._config.read_only == ReadOnlyOption.LEASE_BASED and not self._lease_revoked:
-            return self._lease_context()
-        return self._read_only.last_pending_key()
+        # A pending ReadIndex request (also in lease mode: see _lease_fallback) goes first: its
+        # confirmation must not depend on one heartbeat getting through.
+        key = self._read_only.last_pending_key()
+        if key or self._config.read_only != ReadOnlyOption.LEASE_BASED or self._lease_revoked:
+            return key
+        return self._lease_context()
+
+    def _lease_fallback(self) -> None:
+        # Reads have waited an election timeout for the lease: the heartbeat round trip may
+        # exceed the lease's window for good (it must be under election_ticks - 2 ticks),
+        # while ReadIndex works whatever the round trip. Confirm them that way instead.
+        if (
+            self._lease_reads
+            and self._clock - self._lease_wait_since >= self._config.election_ticks
+        ):
+            logger.info(
+                "%d [term %d]: no lease after %d ticks; %d read(s) fall back to ReadIndex",
+                self._id,
+                self._term,
+                self._clock - self._lease_wait_since,
+                len(self._lease_reads),
+            )
+            waiting, self._lease_reads = self._lease_reads, []
+            for src, ctx in waiting:
+                self._read_index(src, ctx)
 
     def _lease_valid(self) -> bool:
         if self._lease_revoked or self._lead_transferee != NONE:
