@@ -263,16 +263,19 @@ class Snapshotter:
         try:
             try:
                 stored = await self._take(reason)
-            except trio.Cancelled:
-                for w in waiters:
-                    w.set_exception(NodeStopped(f"node {self._id} stopped"))
-                raise
             except Exception as exc:
                 for w in waiters:
                     failure = SnapshotFailed(f"snapshot failed: {exc!r}")
                     failure.__cause__ = exc
                     w.set_exception(failure)
                 return
+            except BaseException:
+                # Cancelled (the node stops), also wrapped in an exception group by a saver
+                # that runs its own nursery: the waiters are out of self._manual already, so
+                # run()'s cleanup would not reach them.
+                for w in waiters:
+                    w.set_exception(NodeStopped(f"node {self._id} stopped"))
+                raise
             for w in waiters:
                 w.set_result(stored)
         finally:
