@@ -227,7 +227,9 @@ _LIBC = _load_libc()
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child
-    """Children die with the benchmark even if it is SIGKILLed (Linux prctl)."""
+    """Children die with the benchmark even if it is SIGKILLed (Linux prctl). The signal
+    comes when the *thread* that started the child exits: benchmarks start children from the
+    main thread."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 

@@ -588,7 +588,11 @@ def find_source_root() -> Path:
 
 
 def _linux_parent_death_signal() -> Callable[[], None] | None:
-    """A preexec hook so children die with the process that started them (Linux only)."""
+    """A preexec hook so children die with the thread that started them (Linux only).
+
+    Linux sends the parent-death signal when the *thread* that forked the child exits, not
+    only when the whole process does: start nodes from a thread that outlives them (the main
+    thread), or they get SIGTERM when a short-lived starting thread ends."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -701,7 +705,10 @@ class ProcessCluster:
         return cmd
 
     def start(self, node_id: int, *, join: bool = False, extra: Sequence[str] = ()) -> NodeProcess:
-        """Start node ``node_id`` (its log goes to ``<workdir>/node-<id>.log``)."""
+        """Start node ``node_id`` (its log goes to ``<workdir>/node-<id>.log``).
+
+        The node gets SIGTERM when the calling thread exits (Linux's parent-death signal is
+        per thread): call this from a thread that outlives the node, such as the main one."""
         node = self.nodes[node_id]
         if node.alive():
             return node
