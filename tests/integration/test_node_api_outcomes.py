@@ -113,3 +113,37 @@ async def test_waiters_that_stop_waiting_for_the_applied_index_are_forgotten(
             await trio.testing.wait_all_tasks_blocked()
             await node.propose(b"x")
         assert node.applied_index >= index
+
+
+@pytest.mark.parametrize("timeout", [3.0, None], ids=["with-timeout", "without-timeout"])
+async def test_proposal_the_dying_raft_actor_had_taken_gets_node_stopped(
+    autojump_clock: trio.testing.MockClock, timeout: float | None
+) -> None:
+    # A node that crashes (an actor raises) cancels its actors: the deadline timer among them,
+    # and the raft actor, possibly with requests it had taken from its inbox and not yet handed
+    # to the core. Their proposers waited forever (found by the eighth session's crash-point
+    # sweep of a leader under load). Here the request is swallowed as the dying actor would.
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        rt = leader._rt
+        swallowed: list[Any] = []
+        rt.inbox_send.send_nowait = swallowed.append  # type: ignore[method-assign]
+        assert rt.raft is not None
+        rt.raft.handle_now = lambda req: False  # type: ignore[method-assign]
+        outcome: list[BaseException] = []
+
+        async def propose() -> None:
+            try:
+                await leader.propose(b"lost", timeout=timeout)
+            except Exception as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(propose)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(swallowed) == 1 and not outcome
+            with trio.fail_after(60):
+                await cluster.stop(leader.id)
+                while not outcome:
+                    await trio.sleep(1)
+        assert type(outcome[0]).__name__ == "NodeStopped", outcome

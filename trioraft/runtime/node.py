@@ -290,6 +290,9 @@ class NodeRuntime:
         stop = NodeStopped(f"node {self.id} stopped" + (f": {error!r}" if error else ""))
         self.proposals.fail_all(stop)
         self.reads.fail_all(stop)
+        # Every proposal's future is also held by the deadline timer, including one that a
+        # dying actor took from its inbox and never handed on: fail whatever is left.
+        self.deadlines.fail_all(stop)
         # Requests still queued for the raft actor will never be handled: fail them too (a
         # proposer waiting without a timeout would otherwise wait forever).
         while True:

@@ -334,9 +334,9 @@ class Deadlines:
         return len(self._heap)
 
     def add(self, deadline: float, future: Future[Any], error: Callable[[], BaseException]) -> None:
-        """Fail ``future`` with ``error()`` at ``deadline`` unless it is resolved by then."""
-        if deadline == float("inf"):
-            return
+        """Fail ``future`` with ``error()`` at ``deadline`` unless it is resolved by then.
+
+        Futures without a deadline (``inf``) are held too, for :meth:`fail_all`."""
         heap = self._heap
         if len(heap) >= self._compact_at:
             # With one fixed timeout, deadlines only grow: a resolved request would otherwise
@@ -348,6 +348,15 @@ class Deadlines:
         if not heap or deadline < heap[0][0]:
             self._wake.set()
         heapq.heappush(heap, (deadline, next(self._seq), future, error))
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every future still unresolved with ``error`` (the node stopped: the timer task
+        is gone, and a request may have been lost with the actor that was handling it)."""
+        heap, self._heap = self._heap, []
+        for _, _, future, _ in heap:
+            if not future.done():
+                future.abandoned = True
+                future.set_exception(error)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The timer task; runs until cancelled."""
