@@ -127,6 +127,10 @@ def _proposal_expired(limit: float) -> Callable[[], BaseException]:
     return expired
 
 
+def _never() -> BaseException:  # pragma: no cover - registered with an infinite deadline
+    raise AssertionError("an infinite deadline never expires")
+
+
 class RaftNode:
     """A running Raft node. Obtain one from :func:`open_raft_node`; every method must be called
     from the Trio run that opened it, while the ``async with`` block is open.
@@ -442,6 +446,8 @@ class RaftNode:
         applied: ConfState | None = None
         with trio.move_on_after(limit):
             future: Future[Any] = Future()
+            # (held by the deadline timer too, so that a node that dies fails it: see shutdown)
+            rt.deadlines.add(math.inf, future, _never)
             rt.inbox_send.send_nowait(ConfChangeReq(change, future))
             result = await self._wait(future)
             if isinstance(result, Forward):
@@ -460,11 +466,12 @@ class RaftNode:
 
     async def _handed_over(self) -> None:
         """Wait until this node no longer leads (a leader that applied its own removal hands
-        over first: see :meth:`remove`). Returns at once on any other node."""
-        watch = self._rt.watch
+        over first: see :meth:`remove`) or has stopped. Returns at once on any other node."""
+        rt = self._rt
+        watch = rt.watch
         while True:
             seen = watch.version
-            if self._rt.core.role != Role.LEADER:
+            if rt.stopped or rt.core.role != Role.LEADER:
                 return
             await watch.wait_changed(seen)
 
@@ -493,6 +500,7 @@ class RaftNode:
         with trio.move_on_after(limit):
             if rt.watch.leader != target:
                 future: Future[Any] = Future()
+                rt.deadlines.add(math.inf, future, _never)
                 rt.inbox_send.send_nowait(TransferReq(target, future))
                 result = await self._wait(future)
                 if isinstance(result, Forward):

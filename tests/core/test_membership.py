@@ -12,6 +12,7 @@ from trioraft.core.encoding import encode_conf_change
 from trioraft.core.messages import (
     AppendRequest,
     HeartbeatRequest,
+    HeartbeatResponse,
     Message,
     TimeoutNow,
     VoteRequest,
@@ -341,6 +342,46 @@ def test_removed_leader_cut_off_from_the_remaining_voters_steps_down_on_check_qu
     c.advance(2 * c.core(1).config.election_ticks)
     assert c.core(1).role == Role.FOLLOWER
     c.check_invariants()
+
+
+def test_a_leader_handing_over_confirms_reads_by_the_new_quorum_not_alone() -> None:
+    # {1, 2} -> {2} is a singleton configuration, but not 1's: while 1 hands over (2's
+    # reports are lost), then is cut off, 2 elects itself and commits a write. 1 answered
+    # reads alone, at its stale commit index (review, eighth session); it must not.
+    c = Cluster(ids=[1, 2], seed=7)
+    c.elect(1)
+    c.stabilize()
+    c.propose(1, b"a")
+    c.stabilize()
+    c.propose_conf_change(1, cc((R, 1)))
+    c.drop(lambda m: isinstance(m, HeartbeatResponse) and m.src == 2)
+    c.stabilize()
+    assert c.core(1).role == Role.LEADER and c.core(1).conf_state.voters == {2}
+    c.heal()
+    c.partition([1], [2])
+    for _ in range(100):
+        if c.core(2).role == Role.LEADER:
+            break
+        c.advance(1)
+    write = c.propose(2, b"new")
+    c.stabilize()
+    assert c.core(2).commit >= write
+    c.read_index(1, b"r")
+    c.stabilize()
+    assert c.read_states(1) == []
+
+
+def test_a_leader_demoted_to_learner_takes_no_proposals_while_handing_over() -> None:
+    c = cluster()
+    c.stabilize()
+    c.propose_conf_change(1, cc((L, 1)))
+    c.drop(lambda m: isinstance(m, HeartbeatResponse))
+    c.stabilize()
+    assert c.core(1).role == Role.LEADER and c.core(1).conf_state.learners == {1}
+    with pytest.raises(ProposalDropped):
+        c.propose(1, b"no")
+    with pytest.raises(ProposalDropped):
+        c.propose_conf_change(1, cc((V, 1)))
 
 
 def test_conf_change_refused_during_transfer() -> None:

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from trioraft import ProposalDropped
+from trioraft.core.ready import Role
 from trioraft.core.types import ConfChange, ConfState
 from trioraft.runtime.items import TransferReq
 from trioraft.runtime.proposals import Future
@@ -147,3 +148,58 @@ async def test_proposal_the_dying_raft_actor_had_taken_gets_node_stopped(
                 while not outcome:
                     await trio.sleep(1)
         assert type(outcome[0]).__name__ == "NodeStopped", outcome
+
+
+@pytest.mark.parametrize("op", ["remove", "transfer"])
+async def test_membership_and_transfer_requests_the_dying_raft_actor_had_taken_get_node_stopped(
+    autojump_clock: trio.testing.MockClock, op: str
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        other = next(i for i in (1, 2, 3) if i != leader.id)
+        rt = leader._rt
+        swallowed: list[Any] = []
+        rt.inbox_send.send_nowait = swallowed.append  # type: ignore[method-assign]
+        outcome: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                if op == "remove":
+                    await leader.remove(other, timeout=None)
+                else:
+                    await leader.transfer_leadership(other, timeout=None)
+            except Exception as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(swallowed) == 1 and not outcome
+            with trio.fail_after(60):
+                await cluster.stop(leader.id)
+                while not outcome:
+                    await trio.sleep(1)
+        assert type(outcome[0]).__name__ == "NodeStopped", outcome
+
+
+async def test_remove_of_itself_returns_when_the_node_stops_during_the_hand_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        core = leader._rt.core
+        core._maybe_hand_over = lambda: False  # type: ignore[method-assign]  # never done
+        outcome: list[object] = []
+
+        async def remove() -> None:
+            outcome.append(await leader.remove(leader.id, timeout=None))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remove)
+            await cluster.wait_until(lambda: leader.id not in leader.status().conf.voters)
+            assert not outcome and leader.role == Role.LEADER  # waiting for the hand-over
+            with trio.fail_after(60):
+                await cluster.stop(leader.id)
+                while not outcome:
+                    await trio.sleep(1)
+        assert leader.id not in outcome[0].voters  # type: ignore[attr-defined]

@@ -1476,8 +1476,10 @@ class RaftCore:
                 self._send_append(i)
 
     def _check_leader_can_propose(self) -> None:
-        if self._id not in self._trk.progress:
-            raise ProposalDropped("no-leader", "this leader was removed from the configuration")
+        if self._leaving_index or self._id not in self._trk.progress:
+            raise ProposalDropped(
+                "no-leader", "this leader was removed or demoted and is handing over"
+            )
         if self._lead_transferee != NONE:
             raise ProposalDropped("transfer", f"leadership moving to {self._lead_transferee}")
 
@@ -1557,7 +1559,10 @@ class RaftCore:
         self._admit_read(src, context)
 
     def _admit_read(self, src: NodeId, context: bytes) -> None:
-        if self._trk.is_singleton():
+        # Only the configuration's one voter may answer on its own: a leader that removed or
+        # demoted itself (handing over) may share a singleton configuration with the voter
+        # that will succeed it, and must confirm reads by a quorum of that configuration.
+        if self._trk.is_singleton() and self._is_voter():
             self._respond_read(src, context, self._log.committed)
             return
         if self._config.read_only == ReadOnlyOption.LEASE_BASED and not self._lease_revoked:

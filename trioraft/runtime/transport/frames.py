@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 #: Bumped on any incompatible change of the frames below; peers must agree exactly.
-PROTOCOL_VERSION: Final = 1
+#: 2: HeartbeatResponse carries the follower's commit index (a removed leader hands over on it)
+PROTOCOL_VERSION: Final = 2
 
 PURPOSES: Final = frozenset({"raft", "call", "snapshot"})
 
