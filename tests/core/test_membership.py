@@ -344,6 +344,45 @@ def test_removed_leader_cut_off_from_the_remaining_voters_steps_down_on_check_qu
     c.check_invariants()
 
 
+def test_the_remaining_voter_reports_a_removal_committed_only_once_that_is_durable() -> None:
+    # {1, 2} -> {2}: 2 learns from a heartbeat that the removal committed. Its report (which
+    # lets 1 hand over and be shut down for good) used to leave before that commit index was
+    # durable: a crash of 2 then left it needing 1's vote forever (review, eighth session).
+    c = Cluster(ids=[1, 2], seed=7)
+    c.elect(1)
+    c.stabilize()
+    idx = c.propose_conf_change(1, cc((R, 1)))
+    _lose_commit_messages(c, 1, idx, count=10**6)
+    c.stabilize()
+    assert c.core(2).commit < idx
+    c.heal()
+    c.auto_persist = False
+    c.tick(1, 1)  # a heartbeat carrying the commit
+    while c.process(1):
+        pass
+    c.persist(1)
+    c.deliver()
+    while c.process(2):
+        pass
+    assert c.core(2).commit >= idx and c.nodes[2].storage.hard_state.commit < idx
+    c.deliver()
+    while c.process(1):
+        pass
+    assert c.core(1).role == Role.LEADER  # no report yet: still waiting to hand over
+    c.persist(2)  # the commit is durable on 2: now it reports
+    c.deliver()
+    while c.process(1):
+        pass
+    assert c.core(1).role == Role.FOLLOWER
+    c.crash(2)  # before anything else reaches its disk
+    c.crash(1)  # decommissioned
+    c.network.clear()
+    c.auto_persist = True
+    c.restart(2)
+    c.advance(60)
+    assert c.leader() == 2 and c.core(2).conf_state.voters == {2}
+
+
 def test_a_leader_handing_over_confirms_reads_by_the_new_quorum_not_alone() -> None:
     # {1, 2} -> {2} is a singleton configuration, but not 1's: while 1 hands over (2's
     # reports are lost), then is cut off, 2 elects itself and commits a write. 1 answered

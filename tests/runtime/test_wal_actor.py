@@ -252,3 +252,25 @@ async def test_persist_now_writes_only_with_an_adaptive_disk() -> None:
         assert actor.persist_now(job(1, (), HardState(term=0, commit=1)))
         nursery.cancel_scope.cancel()
     assert wal.ops == [("save", [], HardState(term=0, commit=1))]  # written on the clean stop
+
+
+async def test_a_commit_only_hard_state_is_saved_when_the_job_asks_for_a_sync() -> None:
+    # A commit index covering a configuration change that the node is about to report must
+    # be durable (Ready.sync_hard_state); other commit-only hard states ride along later.
+    wal = FakeWal()
+    jobs_send, jobs_recv = trio.open_memory_channel[Any](math.inf)
+    inbox_send, inbox_recv = trio.open_memory_channel[Any](math.inf)
+    actor = WalActor(1, wal, INLINE_DISK, jobs_recv, inbox_send)
+    jobs_send.send_nowait(job(1, ents(1, 2), HardState(term=1, commit=0)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await inbox_recv.receive()
+        jobs_send.send_nowait(job(2, (), HardState(term=1, commit=1)))
+        await inbox_recv.receive()
+        assert len(wal.ops) == 1  # deferred
+        synced = PersistJob(3, HardState(term=1, commit=2), (), None, (), sync=True)
+        jobs_send.send_nowait(synced)
+        await inbox_recv.receive()
+        # saved before the acknowledgement (not by the final write on the way out)
+        assert wal.ops[-1] == ("save", [], HardState(term=1, commit=2))
+        nursery.cancel_scope.cancel()

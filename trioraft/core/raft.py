@@ -156,6 +156,8 @@ class RaftCore:
         #: while a leader removed from the voters waits to hand over: the index of the change
         #: that removed it (0 otherwise; see _switch_to_config)
         self._leaving_index = 0
+        #: the next Ready's hard state must be synced (see Ready.sync_hard_state)
+        self._sync_commit = False
         #: index of this leader's first entry (its no-op)
         self._term_start_index = 0
         self._uncommitted_size = 0
@@ -551,6 +553,7 @@ class RaftCore:
             messages=tuple(self._msgs),
             persisted_messages=tuple(self._msgs_after_persist),
             read_states=tuple(self._read_states),
+            sync_hard_state=self._sync_commit and hs_changed,
             needs_ack=bool(
                 entries
                 or snapshot is not None
@@ -563,6 +566,7 @@ class RaftCore:
         self._msgs_after_persist = []
         self._self_after_persist = []
         self._read_states = []
+        self._sync_commit = False
         if rd.needs_ack:
             self._unacked.append(
                 _ReadyRecord(
@@ -695,7 +699,11 @@ class RaftCore:
         return self._log.term_or_zero(self._log.committed) == self._term
 
     def _has_unapplied_conf_changes(self) -> bool:
-        lo, hi = self._log.applied + 1, self._log.committed + 1
+        return self._conf_change_between(self._log.applied, self._log.committed)
+
+    def _conf_change_between(self, after: int, upto: int) -> bool:
+        """Is there a configuration change among the entries ``after + 1 .. upto``?"""
+        lo, hi = after + 1, upto + 1
         while lo < hi:
             try:
                 ents = self._log.slice(lo, hi, self._log.max_applying_bytes)
@@ -1144,16 +1152,20 @@ class RaftCore:
         if isinstance(m, AppendRequest):
             self._handle_append_entries(m)
         elif isinstance(m, HeartbeatRequest):
+            before = self._log.committed
             self._log.commit_to(min(m.commit, self._log.last_index()))
-            self._send(
-                HeartbeatResponse(
-                    src=self._id,
-                    dst=m.src,
-                    term=self._term,
-                    context=m.context,
-                    commit=self._log.committed,
-                )
+            committed = self._log.committed
+            response = HeartbeatResponse(
+                src=self._id, dst=m.src, term=self._term, context=m.context, commit=committed
             )
+            if committed > before and self._conf_change_between(before, committed):
+                # A leader that removed itself hands over on this report and may then be shut
+                # down for good; were our commit index lost in a crash, we would need its vote
+                # again to commit the change. So it is reported once it is durable.
+                self._sync_commit = True
+                self._msgs_after_persist.append(response)
+            else:
+                self._send(response)
         else:
             self._handle_snapshot(m)
 

@@ -61,6 +61,10 @@ class Ready:
         read_states: results of local ``read_index`` calls.
         needs_ack: the core waits for ``on_persisted(number)`` (it must persist something,
             release ``persisted_messages``, or count its own acknowledgement).
+        sync_hard_state: make ``hard_state`` durable (fsync) even if only its commit index
+            moved, before sending ``persisted_messages``: the commit covers a configuration
+            change that this node is about to report (a commit index is otherwise re-learned
+            from the leader after a crash, so it need not be synced on its own).
     """
 
     number: int
@@ -73,6 +77,7 @@ class Ready:
     persisted_messages: tuple[Message, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     needs_ack: bool = False
+    sync_hard_state: bool = False
 
     @property
     def must_persist(self) -> bool:

@@ -154,13 +154,14 @@ class PersistJob:
 
     ``acked``: the raft actor already acknowledged this job (it needed no write and nothing
     was in flight); the WAL actor only records its hard state and reports nothing back for it.
+    ``sync``: the hard state must be written and synced even if only the commit moved.
 
     A plain slotted class, not frozen attrs like the rest: every node builds one per Ready on
     the hot path (about a microsecond less each), and it never reaches the wire or the disk
     (treat it as immutable all the same).
     """
 
-    __slots__ = ("acked", "entries", "hard_state", "messages", "number", "snapshot")
+    __slots__ = ("acked", "entries", "hard_state", "messages", "number", "snapshot", "sync")
 
     def __init__(
         self,
@@ -170,6 +171,7 @@ class PersistJob:
         snapshot: SnapshotMeta | None,
         messages: tuple[Message, ...],
         acked: bool = False,
+        sync: bool = False,
     ) -> None:
         self.number = number
         self.hard_state = hard_state
@@ -177,6 +179,9 @@ class PersistJob:
         self.snapshot = snapshot
         self.messages = messages
         self.acked = acked
+        #: write and sync the hard state even if only its commit index moved
+        #: (``Ready.sync_hard_state``)
+        self.sync = sync
 
     def __repr__(self) -> str:
         return (

@@ -536,6 +536,7 @@ class RaftActor:
                 self._wal_inflight == 0
                 and not rd.entries
                 and rd.snapshot is None
+                and not rd.sync_hard_state
                 and (hs is None or (hs.term == durable.term and hs.vote == durable.vote))
             ):
                 # Nothing is in flight and this Ready needs no write (at most the commit index
@@ -557,7 +558,13 @@ class RaftActor:
                 and not (committed and not applied and self._role == Role.LEADER)
                 and self._persist_now(
                     job := PersistJob(
-                        rd.number, hs, rd.entries, None, rd.persisted_messages, acked=True
+                        rd.number,
+                        hs,
+                        rd.entries,
+                        None,
+                        rd.persisted_messages,
+                        acked=True,
+                        sync=rd.sync_hard_state,
                     )
                 )
             ):
@@ -577,6 +584,7 @@ class RaftActor:
                         entries=rd.entries,
                         snapshot=rd.snapshot,
                         messages=rd.persisted_messages,
+                        sync=rd.sync_hard_state,
                     )
                 )
         if committed and not applied:

@@ -166,7 +166,7 @@ class WalActor:
         hs = job.hard_state
         written = self._written_hs
         must_write = bool(job.entries) or (
-            hs is not None and (hs.term != written.term or hs.vote != written.vote)
+            hs is not None and (job.sync or hs.term != written.term or hs.vote != written.vote)
         )
         if must_write and (disk is None or not disk.loop_is_idle()):
             return False
@@ -226,7 +226,7 @@ class WalActor:
                 if hs is not None:
                     self._pending_hs = hs
                     w = self._written_hs
-                    if hs.term != w.term or hs.vote != w.vote:
+                    if item.sync or hs.term != w.term or hs.vote != w.vote:
                         must_write = True
                 if not item.acked:
                     done.append(item)
