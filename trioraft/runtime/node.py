@@ -115,6 +115,7 @@ class NodeRuntime:
         self.wal = wal
         self.store = store
         self.transport = transport
+        self._adopt_stream_settings(config, transport)
         self.disk = disk
         self._recovered = recovered
         self.stopped = False
@@ -305,6 +306,28 @@ class NodeRuntime:
                 future.set_exception(stop)
         self.waiters.wake_all()
         self.watch.update(0, self.watch.term, self.watch.role)
+
+    def _adopt_stream_settings(self, config: Config, transport: Transport) -> None:
+        # The snapshot-streaming settings live in Config; a transport built without its own
+        # takes them, so that setting them in Config is enough.
+        adopt = getattr(transport, "adopt_stream_settings", None)
+        if adopt is None:
+            return
+        opts = config.transport_options()
+        if adopt(opts["stream_options"], opts["snapshot_rate"]):
+            return
+        defaults = Config(id=config.id)
+        if (
+            config.snapshot_window_chunks != defaults.snapshot_window_chunks
+            or config.snapshot_stall_timeout != defaults.snapshot_stall_timeout
+            or config.snapshot_throttle_bytes_per_s != defaults.snapshot_throttle_bytes_per_s
+        ):
+            log.warning(
+                "node %d: the transport was given its own snapshot-stream options; Config's "
+                "snapshot window, throttle and stall timeout are not used (pass "
+                "**config.transport_options() to the transport, or neither)",
+                self.id,
+            )
 
     def check_running(self) -> None:
         """Raise :class:`NodeStopped` if the node is stopped."""

@@ -29,7 +29,7 @@ async def test_an_oversized_length_prefix_closes_before_the_body_is_sent(
 ) -> None:
     with trio.fail_after(LIMIT):
         c = await make_cluster(nursery, ids=(1, 2))
-        limit = c.t[2]._max_frame
+        limit = c.t[2]._stream.max_frame_size
         s = await raw_connect(c.t[2].port)
         await s.send_all(_hello(1, 2) + _framed(RaftFrame(msg=hb(1, 2, 1))))
         await c.h[2].wait_messages(1)
@@ -44,7 +44,7 @@ async def test_an_oversized_length_prefix_closes_before_the_body_is_sent(
 async def test_a_frame_of_exactly_the_limit_is_accepted(nursery: trio.Nursery) -> None:
     with trio.fail_after(LIMIT):
         c = await make_cluster(nursery, ids=(1, 2))
-        limit = c.t[2]._max_frame
+        limit = c.t[2]._stream.max_frame_size
 
         def request(size: int) -> AppendRequest:
             return AppendRequest(

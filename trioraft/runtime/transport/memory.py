@@ -45,15 +45,15 @@ from trioraft.runtime.transport.framing import (
     FrameError,
 )
 from trioraft.runtime.transport.streaming import (
-    CHUNK_FRAME_OVERHEAD,
     ActiveStreams,
     ReceiveOptions,
     SnapshotReceiver,
     StreamOptions,
+    StreamSettings,
     StreamStats,
     send_snapshot,
 )
-from trioraft.runtime.transport.util import Throttle, TransportStats
+from trioraft.runtime.transport.util import TransportStats
 
 __all__ = ["LinkFaults", "MemoryNetwork", "MemoryTransport"]
 
@@ -458,14 +458,8 @@ class MemoryTransport:
         self._peers: set[int] | None = set(peers) if peers is not None else None
         self._removed: set[int] = set()
         self._disk: DiskExecutor = disk or ThreadDisk()
-        self._stream_options = stream_options or StreamOptions()
         # Frames always fit this node's own chunks (plus their envelope).
-        self.max_frame_size = max(
-            max_frame_size, self._stream_options.chunk_size + 2 * CHUNK_FRAME_OVERHEAD
-        )
-        self._throttle = (
-            Throttle(snapshot_rate, self._stream_options.chunk_size) if snapshot_rate else None
-        )
+        self._stream = StreamSettings(stream_options, snapshot_rate, max_frame_size)
         self._on_unreachable = on_unreachable
         self._receiver = SnapshotReceiver(
             node_id, disk=self._disk, options=receive_options, stats=self.stats
@@ -598,13 +592,24 @@ class MemoryTransport:
                 reader,
                 request,
                 disk=self._disk,
-                options=self._stream_options,
-                throttle=self._throttle,
+                options=self._stream.options,
+                throttle=self._stream.throttle,
                 rng=self.network.rng,
                 peer=peer,
             )
 
         await self._streams.send_counted(peer, run, self.stats, self.last_stream)
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame this transport accepts (fits its own snapshot chunks)."""
+        return self._stream.max_frame_size
+
+    def adopt_stream_settings(self, options: StreamOptions, rate: float | None) -> bool:
+        """Use a node's ``Config`` snapshot-streaming settings (``Config.transport_options``):
+        called by the node at start. A transport given its own ``stream_options`` or
+        ``snapshot_rate`` keeps them. Returns True if the settings were taken."""
+        return self._stream.adopt(options, rate)
 
     def cancel_snapshot(self, peer: int) -> bool:
         """Aborts the stream to ``peer`` (it raises :class:`SnapshotAborted`)."""

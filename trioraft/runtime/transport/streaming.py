@@ -99,6 +99,7 @@ __all__ = [
     "ReceiveOptions",
     "SnapshotReceiver",
     "StreamOptions",
+    "StreamSettings",
     "StreamStats",
     "send_snapshot",
 ]
@@ -245,6 +246,35 @@ class StreamOptions:
             raise ValueError("stall_timeout must be > 0")
         if not 0 < self.retry_initial <= self.retry_max:
             raise ValueError("need 0 < retry_initial <= retry_max")
+
+
+class StreamSettings:
+    """A transport's outgoing snapshot-stream settings: the options, the throttle, and the
+    largest frame it must accept (its own chunks plus their envelope).
+
+    ``explicit`` is False when the transport was built without its own options, in which case
+    the node that uses it applies its ``Config``'s (:meth:`adopt`)."""
+
+    def __init__(
+        self, options: StreamOptions | None, rate: float | None, max_frame_size: int
+    ) -> None:
+        self.explicit = options is not None or rate is not None
+        self._base_max_frame = max_frame_size
+        self._set(options or StreamOptions(), rate)
+
+    def _set(self, options: StreamOptions, rate: float | None) -> None:
+        self.options = options
+        self.throttle = Throttle(rate, options.chunk_size) if rate else None
+        self.max_frame_size = max(
+            self._base_max_frame, options.chunk_size + 2 * CHUNK_FRAME_OVERHEAD
+        )
+
+    def adopt(self, options: StreamOptions, rate: float | None) -> bool:
+        """Take the node's settings unless the transport was given its own; True if taken."""
+        if self.explicit:
+            return False
+        self._set(options, rate)
+        return True
 
 
 @attrs.frozen(kw_only=True)

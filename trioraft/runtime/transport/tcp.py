@@ -62,17 +62,16 @@ from trioraft.runtime.transport.framing import (
     FrameError,
 )
 from trioraft.runtime.transport.streaming import (
-    CHUNK_FRAME_OVERHEAD,
     ActiveStreams,
     ReceiveOptions,
     SnapshotReceiver,
     StreamOptions,
+    StreamSettings,
     StreamStats,
     send_snapshot,
 )
 from trioraft.runtime.transport.util import (
     Backoff,
-    Throttle,
     TransportStats,
     format_address,
     parse_address,
@@ -184,14 +183,8 @@ class TcpTransport:
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._backoff = (backoff_initial, backoff_max)
-        self._stream_options = stream_options or StreamOptions()
         # Frames always fit this node's own chunks (plus their envelope).
-        self._max_frame = max(
-            max_frame_size, self._stream_options.chunk_size + 2 * CHUNK_FRAME_OVERHEAD
-        )
-        self._throttle = (
-            Throttle(snapshot_rate, self._stream_options.chunk_size) if (snapshot_rate) else None
-        )
+        self._stream = StreamSettings(stream_options, snapshot_rate, max_frame_size)
         self._disk: DiskExecutor = disk or ThreadDisk()
         self._allow_unknown = allow_unknown_peers
         self._on_unreachable = on_unreachable
@@ -369,13 +362,19 @@ class TcpTransport:
                 reader,
                 request,
                 disk=self._disk,
-                options=self._stream_options,
-                throttle=self._throttle,
+                options=self._stream.options,
+                throttle=self._stream.throttle,
                 rng=self._rng,
                 peer=peer,
             )
 
         await self._streams.send_counted(peer, run, self.stats, self.last_stream)
+
+    def adopt_stream_settings(self, options: StreamOptions, rate: float | None) -> bool:
+        """Use a node's ``Config`` snapshot-streaming settings (``Config.transport_options``):
+        called by the node at start. A transport given its own ``stream_options`` or
+        ``snapshot_rate`` keeps them. Returns True if the settings were taken."""
+        return self._stream.adopt(options, rate)
 
     def cancel_snapshot(self, peer: int) -> bool:
         """Aborts the stream to ``peer`` (it raises :class:`SnapshotAborted`)."""
@@ -476,7 +475,7 @@ class TcpTransport:
                         stream, self._ssl_client, server_hostname=self._server_hostname or host
                     )
                     await stream.do_handshake()
-                conn = FramedStream(stream, max_frame_size=self._max_frame)
+                conn = FramedStream(stream, max_frame_size=self._stream.max_frame_size)
                 await conn.send(
                     Hello(
                         version=PROTOCOL_VERSION,
@@ -722,7 +721,7 @@ class TcpTransport:
                     await conn.send(HelloAck(ok=False, node_id=self.node_id, reason=refusal))
                 return
             await conn.send(HelloAck(ok=True, node_id=self.node_id))
-            conn.max_frame_size = self._max_frame
+            conn.max_frame_size = self._stream.max_frame_size
             src = hello.node_id
             with trio.CancelScope() as scope:
                 scopes = self._inbound.setdefault(src, set())
