@@ -44,8 +44,11 @@ class ProposalDropped(RaftError):
     """The proposal was certainly not appended to the log; it is safe to retry.
 
     Attributes:
-        reason: a short machine-readable reason, e.g. ``"no-leader"``, ``"transfer"``,
-            ``"uncommitted-limit"``, ``"conf-change-pending"``, ``"too-large"``.
+        reason: a short machine-readable reason: ``"no-leader"``, ``"transfer"``,
+            ``"uncommitted-limit"``, ``"conf-change-pending"``, ``"too-large"``,
+            ``"superseded"``, ``"unreachable"``, ``"invalid-conf-change"``,
+            ``"invalid-target"``.
+        detail: a human-readable explanation (may be empty).
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -91,8 +94,10 @@ class ConfigError(RaftError, ValueError):
 
     Attributes:
         field: the name of the offending configuration field.
+        detail: what is wrong with it.
     """
 
     def __init__(self, field: str, detail: str) -> None:
         self.field = field
+        self.detail = detail
         super().__init__(f"invalid config {field!r}: {detail}")

@@ -27,7 +27,7 @@ from trioraft.codec import decode, encode
 from trioraft.config import Config
 from trioraft.core.ready import ProgressInfo, Role
 from trioraft.core.types import ConfChange, ConfChangeSingle, ConfChangeType, ConfState
-from trioraft.errors import AmbiguousOutcome, NodeStopped, NotLeader, Timeout
+from trioraft.errors import AmbiguousOutcome, NodeStopped, NotLeader, ProposalDropped, Timeout
 from trioraft.runtime.disk import DiskExecutor, ThreadDisk
 from trioraft.runtime.idle import tasks_runnable
 from trioraft.runtime.items import (
@@ -389,8 +389,11 @@ class RaftNode:
         :meth:`add_learner` then :meth:`promote` for a node that must catch up first.
 
         Args:
+            node_id: the node to add (a positive id).
             address: the node's transport address, recorded in the log so every member
                 (and every future member) can reach it.
+            timeout: seconds to wait for the change to apply (default
+                ``Config.proposal_timeout``; None waits as long as it takes).
 
         Returns:
             the configuration after the change applied.
@@ -410,7 +413,18 @@ class RaftNode:
         return await self._change(ConfChangeType.ADD_LEARNER, node_id, address, timeout)
 
     async def promote(self, node_id: int, *, timeout: float | None = DEFAULT) -> ConfState:
-        """Promote learner ``node_id`` to voter. See :meth:`add_voter` for errors."""
+        """Promote learner ``node_id`` to voter. See :meth:`add_voter` for the other errors.
+
+        Raises:
+            ProposalDropped: ``"invalid-conf-change"`` when ``node_id`` is not a learner in
+                this node's applied configuration (a voter already, or not a member: use
+                :meth:`add_voter` with its address), nothing is proposed.
+        """
+        conf = self._rt.fsm.conf
+        if node_id not in conf.learners and node_id not in conf.learners_next:
+            raise ProposalDropped(
+                "invalid-conf-change", f"node {node_id} is not a learner (configuration {conf})"
+            )
         return await self._change(ConfChangeType.ADD_VOTER, node_id, "", timeout)
 
     async def remove(self, node_id: int, *, timeout: float | None = DEFAULT) -> ConfState:
@@ -437,8 +451,21 @@ class RaftNode:
         recorded as the node's address only for a single-node change: add new nodes with
         :meth:`add_learner` (and their address) first.
 
+        Args:
+            change: the change (a single change, or several through joint consensus).
+            timeout: seconds to wait for the change to apply (default
+                ``Config.proposal_timeout``; None waits as long as it takes).
+            forward: on a follower, forward the change to the leader.
+
         Returns:
             the configuration after the change applied.
+
+        Raises:
+            NotLeader: not the leader and not forwarding.
+            ProposalDropped: certainly not proposed: ``"conf-change-pending"``,
+                ``"invalid-conf-change"``, ``"transfer"``, ``"no-leader"``, ``"unreachable"``.
+            AmbiguousOutcome: no outcome within the timeout; the change may still apply.
+            NodeStopped: the node stopped meanwhile.
         """
         rt = self._rt
         rt.check_running()
@@ -492,6 +519,7 @@ class RaftNode:
             Timeout: ``target`` did not become leader in time (the transfer may have been
                 aborted by the core after an election timeout; a transfer whose caller timed
                 out before the raft actor got to it is never started).
+            NodeStopped: the node stopped meanwhile.
         """
         rt = self._rt
         rt.check_running()
@@ -564,6 +592,9 @@ class RaftNode:
         timeout (or restarted less than one ago) does not campaign (it logs why): its vote for
         itself would undercut the lease that leader's reads rely on. Use
         :meth:`transfer_leadership` to move leadership safely.
+
+        Raises:
+            NodeStopped: the node is stopped.
         """
         self._rt.check_running()
         self._rt.inbox_send.send_nowait(CampaignReq())

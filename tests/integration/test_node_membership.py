@@ -181,3 +181,17 @@ async def test_a_node_removed_by_a_joint_change_is_dropped_when_the_joint_state_
         for n in others:
             assert victim not in n.status().members
             assert victim in cluster.handles[n.id].transport._removed
+
+
+async def test_promote_refuses_a_node_that_is_not_a_learner(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # promote(99) used to add node 99 as a voter with no address: a typo raised the quorum
+    # with a member that can never answer (docs-vs-code check, eighth session).
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        for target in (99, leader.id):
+            with pytest.raises(ProposalDropped) as exc:
+                await leader.promote(target)
+            assert exc.value.reason == "invalid-conf-change"
+        assert leader.status().conf.voters == frozenset({1, 2, 3})
