@@ -6,13 +6,14 @@ comes with forwarding off), and waiters for the applied index that stop waiting 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from trioraft import ProposalDropped
+from trioraft import ProposalDropped, RaftNode
 from trioraft.core.ready import Role
 from trioraft.core.types import ConfChange, ConfState
 from trioraft.runtime.items import TransferReq
@@ -116,16 +117,14 @@ async def test_waiters_that_stop_waiting_for_the_applied_index_are_forgotten(
         assert node.applied_index >= index
 
 
-@pytest.mark.parametrize("timeout", [3.0, None], ids=["with-timeout", "without-timeout"])
-async def test_proposal_the_dying_raft_actor_had_taken_gets_node_stopped(
-    autojump_clock: trio.testing.MockClock, timeout: float | None
-) -> None:
-    # A node that crashes (an actor raises) cancels its actors: the deadline timer among them,
-    # and the raft actor, possibly with requests it had taken from its inbox and not yet handed
-    # to the core. Their proposers waited forever (found by the eighth session's crash-point
-    # sweep of a leader under load). Here the request is swallowed as the dying actor would.
+async def _request_swallowed_by_a_dying_raft_actor(
+    make_request: Callable[[RaftNode, int], Awaitable[object]],
+) -> BaseException:
+    """Start a request on the leader whose raft actor swallows it (as one that dies after
+    taking it from its inbox would), stop the node, and return what the caller got."""
     async with open_cluster(3) as cluster:
         leader = await cluster.wait_for_leader()
+        other = next(i for i in (1, 2, 3) if i != leader.id)
         rt = leader._rt
         swallowed: list[Any] = []
         rt.inbox_send.send_nowait = swallowed.append  # type: ignore[method-assign]
@@ -133,41 +132,9 @@ async def test_proposal_the_dying_raft_actor_had_taken_gets_node_stopped(
         rt.raft.handle_now = lambda req: False  # type: ignore[method-assign]
         outcome: list[BaseException] = []
 
-        async def propose() -> None:
-            try:
-                await leader.propose(b"lost", timeout=timeout)
-            except Exception as exc:
-                outcome.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(propose)
-            await trio.testing.wait_all_tasks_blocked()
-            assert len(swallowed) == 1 and not outcome
-            with trio.fail_after(60):
-                await cluster.stop(leader.id)
-                while not outcome:
-                    await trio.sleep(1)
-        assert type(outcome[0]).__name__ == "NodeStopped", outcome
-
-
-@pytest.mark.parametrize("op", ["remove", "transfer"])
-async def test_membership_and_transfer_requests_the_dying_raft_actor_had_taken_get_node_stopped(
-    autojump_clock: trio.testing.MockClock, op: str
-) -> None:
-    async with open_cluster(3) as cluster:
-        leader = await cluster.wait_for_leader()
-        other = next(i for i in (1, 2, 3) if i != leader.id)
-        rt = leader._rt
-        swallowed: list[Any] = []
-        rt.inbox_send.send_nowait = swallowed.append  # type: ignore[method-assign]
-        outcome: list[BaseException] = []
-
         async def call() -> None:
             try:
-                if op == "remove":
-                    await leader.remove(other, timeout=None)
-                else:
-                    await leader.transfer_leadership(other, timeout=None)
+                await make_request(leader, other)
             except Exception as exc:
                 outcome.append(exc)
 
@@ -179,7 +146,34 @@ async def test_membership_and_transfer_requests_the_dying_raft_actor_had_taken_g
                 await cluster.stop(leader.id)
                 while not outcome:
                     await trio.sleep(1)
-        assert type(outcome[0]).__name__ == "NodeStopped", outcome
+        return outcome[0]
+
+
+@pytest.mark.parametrize("timeout", [3.0, None], ids=["with-timeout", "without-timeout"])
+async def test_proposal_the_dying_raft_actor_had_taken_gets_node_stopped(
+    autojump_clock: trio.testing.MockClock, timeout: float | None
+) -> None:
+    # A node that crashes (an actor raises) cancels its actors: the deadline timer among them,
+    # and the raft actor, possibly with requests it had taken from its inbox and not yet handed
+    # to the core. Their callers waited forever (found by the eighth session's crash-point
+    # sweep of a leader under load).
+    got = await _request_swallowed_by_a_dying_raft_actor(
+        lambda node, _: node.propose(b"lost", timeout=timeout)
+    )
+    assert type(got).__name__ == "NodeStopped", got
+
+
+@pytest.mark.parametrize("op", ["remove", "transfer"])
+async def test_membership_and_transfer_requests_the_dying_raft_actor_had_taken_get_node_stopped(
+    autojump_clock: trio.testing.MockClock, op: str
+) -> None:
+    def request(node: RaftNode, other: int) -> Awaitable[object]:
+        if op == "remove":
+            return node.remove(other, timeout=None)
+        return node.transfer_leadership(other, timeout=None)
+
+    got = await _request_swallowed_by_a_dying_raft_actor(request)
+    assert type(got).__name__ == "NodeStopped", got
 
 
 async def test_remove_of_itself_returns_when_the_node_stops_during_the_hand_over(
