@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from trioraft.config import Config
+
 __all__ = [
     "ExampleFlags",
     "FlagError",
@@ -107,6 +109,16 @@ def raft_address(url: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` only where the default is a real value: a flag whose default
+    is None (resolved later) or a plain switch states its behaviour in its own help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str, *, name: str, snapshot_interval: float) -> argparse.ArgumentParser:
     """The argument parser of an example.
 
@@ -118,7 +130,7 @@ def build_parser(prog: str, *, name: str, snapshot_interval: float) -> argparse.
     p = argparse.ArgumentParser(
         prog=prog,
         description=f"trioraft {name} example node (flags compatible with etcd's raftexample).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--id", type=int, default=1, help="node id (1-based position in --cluster)")
     p.add_argument(
@@ -128,19 +140,22 @@ def build_parser(prog: str, *, name: str, snapshot_interval: float) -> argparse.
     )
     p.add_argument("--port", type=int, default=9121, help="HTTP port (0 picks a free one)")
     p.add_argument("--http-host", default="127.0.0.1", help="address the HTTP server binds")
-    p.add_argument("--join", action="store_true", help="join an existing cluster")
+    p.add_argument("--join", action="store_true", help="join an existing cluster (default: off)")
     p.add_argument("--data-dir", default=None, help=f"data directory (default: {name}-<id>)")
+    library = attrs.fields(Config)
     p.add_argument(
         "--snapshot-entries",
         type=int,
         default=None,
-        help="snapshot after this many applied entries (default: library default)",
+        help="snapshot after this many applied entries, 0 disables (default: "
+        f"{library.snapshot_entries.default}, the library's)",
     )
     p.add_argument(
         "--catchup-entries",
         type=int,
         default=None,
-        help="entries kept after compaction for slow followers (default: library default)",
+        help="entries kept after compaction for slow followers (default: "
+        f"{library.catchup_entries.default}, the library's)",
     )
     p.add_argument(
         "--snapshot-interval",
