@@ -4,6 +4,7 @@ auto-leave, one pending change at a time, and removing the leader."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from core_helpers import drain, ents, make_core
@@ -18,7 +19,7 @@ from trioraft.core.messages import (
     VoteRequest,
     VoteResponse,
 )
-from trioraft.core.ready import Role
+from trioraft.core.ready import Ready, Role
 from trioraft.core.types import (
     NONE,
     ConfChange,
@@ -346,8 +347,9 @@ def test_removed_leader_cut_off_from_the_remaining_voters_steps_down_on_check_qu
 
 def test_the_remaining_voter_reports_a_removal_committed_only_once_that_is_durable() -> None:
     # {1, 2} -> {2}: 2 learns from a heartbeat that the removal committed. Its report (which
-    # lets 1 hand over and be shut down for good) used to leave before that commit index was
-    # durable: a crash of 2 then left it needing 1's vote forever (review, eighth session).
+    # lets 1 hand over and be shut down for good) used to carry that commit index before it
+    # was durable: a crash of 2 then left it needing 1's vote forever (review, eighth
+    # session). Reports carry the durable commit, and one covering a change is synced at once.
     c = Cluster(ids=[1, 2], seed=7)
     c.elect(1)
     c.stabilize()
@@ -368,11 +370,17 @@ def test_the_remaining_voter_reports_a_removal_committed_only_once_that_is_durab
     c.deliver()
     while c.process(1):
         pass
-    assert c.core(1).role == Role.LEADER  # no report yet: still waiting to hand over
-    c.persist(2)  # the commit is durable on 2: now it reports
+    assert c.core(1).role == Role.LEADER  # 2 reported its durable commit: still waiting
+    c.persist(2)  # the commit is durable on 2 (synced at once: it covers a conf change)
+    assert c.nodes[2].storage.hard_state.commit >= idx
     c.deliver()
-    while c.process(1):
-        pass
+    c.tick(1, 1)  # the next heartbeat's response reports it
+    for _ in range(3):
+        while c.process(1) or c.process(2):
+            pass
+        c.persist(1)
+        c.persist(2)
+        c.deliver()
     assert c.core(1).role == Role.FOLLOWER
     c.crash(2)  # before anything else reaches its disk
     c.crash(1)  # decommissioned
@@ -381,6 +389,73 @@ def test_the_remaining_voter_reports_a_removal_committed_only_once_that_is_durab
     c.restart(2)
     c.advance(60)
     assert c.leader() == 2 and c.core(2).conf_state.voters == {2}
+
+
+class _DeferredCommitCluster(Cluster):
+    """The runtime's durability rule in the harness: the WAL writes a hard state only with
+    entries, a term/vote change, a snapshot or ``Ready.sync_hard_state``; a hard state that
+    only moves the commit index waits for the next write (lost in a crash before it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.pending_hs: dict[int, HardState] = {}
+        #: (node, reported commit, durable commit when sent) of every HeartbeatResponse
+        self.reports: list[tuple[int, int, int]] = []
+        super().__init__(*args, **kwargs)
+
+    def _persist_ready(self, node: Any, core: Any, rd: Ready) -> None:
+        hs = rd.hard_state
+        durable = node.storage.hard_state
+        write = bool(rd.entries) or rd.snapshot is not None or rd.sync_hard_state
+        write = write or (hs is not None and (hs.term, hs.vote) != (durable.term, durable.vote))
+        super()._persist_ready(node, core, rd)
+        if hs is not None and not write:
+            self.pending_hs[node.id] = hs
+            node.storage.set_hard_state(durable)
+        elif write:
+            if hs is None and node.id in self.pending_hs:
+                node.storage.set_hard_state(self.pending_hs[node.id])
+            self.pending_hs.pop(node.id, None)
+        self._note(node.id, rd.persisted_messages)
+
+    def process(self, node_id: int) -> Ready | None:
+        rd = super().process(node_id)
+        if rd is not None:
+            self._note(node_id, rd.messages)
+        return rd
+
+    def _note(self, node_id: int, messages: tuple[Message, ...]) -> None:
+        durable = self.nodes[node_id].storage.hard_state.commit
+        for m in messages:
+            if isinstance(m, HeartbeatResponse):
+                self.reports.append((node_id, m.commit, durable))
+
+
+@pytest.mark.parametrize("ids", [[1, 2], [1, 2, 3]])
+def test_followers_report_only_a_durable_commit_to_a_leader_handing_over(ids: list[int]) -> None:
+    # No message is lost: the followers learn the removal's commit from the leader's urgent
+    # append, a Ready that only moves their commit index. Their heartbeat responses used to
+    # report it before it reached the disk; 1 handed over on them, and a crash of 2 (with 1
+    # shut down) left {1, 2} -> {2} needing 1's vote forever (second review, eighth session).
+    c = _DeferredCommitCluster(ids=ids, seed=7)
+    c.elect(1)
+    c.stabilize()
+    idx = c.propose_conf_change(1, cc((R, 1)))
+    c.reports.clear()
+    for _ in range(20):
+        c.tick(1, 1)
+        c.stabilize()
+        if c.core(1).role != Role.LEADER:
+            break
+    assert c.core(1).role == Role.FOLLOWER  # handed over
+    assert [r for r in c.reports if r[1] > r[2]] == []  # never more than is on disk
+    assert any(r[1] >= idx for r in c.reports)  # and the removal's commit was reported
+    if ids == [1, 2]:
+        c.crash(2)  # loses whatever was not written
+        c.crash(1)  # decommissioned
+        c.network.clear()
+        c.restart(2)
+        c.advance(60)
+        assert c.leader() == 2 and c.core(2).conf_state.voters == {2}
 
 
 def test_a_leader_handing_over_confirms_reads_by_the_new_quorum_not_alone() -> None:

@@ -89,6 +89,10 @@ class _ReadyRecord:
     last_entry: tuple[int, int] | None  # (index, term) of the last entry handed out
     snapshot_index: int | None
     self_messages: list[Message]
+    #: the hard state's commit index, when this Ready had to be synced (None otherwise)
+    durable_commit: int | None = None
+    #: tell the leader the durable commit once acknowledged (it covers a conf change)
+    report_commit: bool = False
 
 
 def _payload_size(entries: list[Entry] | tuple[Entry, ...]) -> int:
@@ -156,8 +160,6 @@ class RaftCore:
         #: while a leader removed from the voters waits to hand over: the index of the change
         #: that removed it (0 otherwise; see _switch_to_config)
         self._leaving_index = 0
-        #: the next Ready's hard state must be synced (see Ready.sync_hard_state)
-        self._sync_commit = False
         #: index of this leader's first entry (its no-op)
         self._term_start_index = 0
         self._uncommitted_size = 0
@@ -180,6 +182,9 @@ class RaftCore:
 
         self._become_follower(self._term, NONE)
         self._prev_hs = self._hard_state()
+        #: the commit index of the newest hard state known to be on disk (synced): the
+        #: restored one, then that of each acknowledged Ready that had to be synced
+        self._durable_commit = self._log.committed
         self._prev_ss = self._soft_state()
         logger.info(
             "%d: started [term %d, commit %d, applied %d, last index %d, config %s]",
@@ -535,13 +540,24 @@ class RaftCore:
         )
         if hs_changed:
             hs = self._hard_state()
+        committed = tuple(self._log.next_committed_ents())
+        # A configuration change among the entries handed out to apply: their commit index
+        # must reach the disk now rather than with the next write (see _durable_commit), so
+        # the hard state goes out again if unchanged, to be synced.
+        sync = any(e.kind == EntryKind.CONF_CHANGE for e in committed)
+        if sync and not hs_changed:
+            hs_changed = True
+            hs = self._hard_state()
+        prev = self._prev_hs
+        must_sync = bool(
+            entries or snapshot is not None or sync or hs.term != prev.term or hs.vote != prev.vote
+        )
         ss = self._prev_ss
         if ss.leader != self._lead or ss.role != self._role:
             ss = self._soft_state()
             new_ss: SoftState | None = ss
         else:
             new_ss = None
-        committed = tuple(self._log.next_committed_ents())
         self_msgs = self._self_after_persist
         rd = Ready(
             number=number,
@@ -553,7 +569,7 @@ class RaftCore:
             messages=tuple(self._msgs),
             persisted_messages=tuple(self._msgs_after_persist),
             read_states=tuple(self._read_states),
-            sync_hard_state=self._sync_commit and hs_changed,
+            sync_hard_state=sync,
             needs_ack=bool(
                 entries
                 or snapshot is not None
@@ -566,7 +582,6 @@ class RaftCore:
         self._msgs_after_persist = []
         self._self_after_persist = []
         self._read_states = []
-        self._sync_commit = False
         if rd.needs_ack:
             self._unacked.append(
                 _ReadyRecord(
@@ -574,6 +589,8 @@ class RaftCore:
                     last_entry=(entries[-1].index, entries[-1].term) if entries else None,
                     snapshot_index=snapshot.index if snapshot is not None else None,
                     self_messages=self_msgs,
+                    durable_commit=hs.commit if must_sync else None,
+                    report_commit=sync,
                 )
             )
         self._log.unstable.accept_in_progress()
@@ -614,8 +631,26 @@ class RaftCore:
                 )
             if rec.last_entry is not None:
                 self._log.stable_to(*rec.last_entry)
+            if rec.durable_commit is not None and rec.durable_commit > self._durable_commit:
+                self._durable_commit = rec.durable_commit
+                if rec.report_commit:
+                    self._report_durable_commit()
             for m in rec.self_messages:
                 self._step(m)
+
+    def _report_durable_commit(self) -> None:
+        # A configuration change's commit just reached the disk: a leader that removed itself
+        # may be waiting for exactly this report to hand over, so send it now rather than with
+        # the next heartbeat's response.
+        if self._role == Role.FOLLOWER and self._lead not in (NONE, self._id):
+            self._send(
+                HeartbeatResponse(
+                    src=self._id,
+                    dst=self._lead,
+                    term=self._term,
+                    commit=min(self._durable_commit, self._log.committed),
+                )
+            )
 
     def on_applied(self, index: int) -> None:
         """The state machine applied every handed-out committed entry up to ``index``.
@@ -1152,20 +1187,19 @@ class RaftCore:
         if isinstance(m, AppendRequest):
             self._handle_append_entries(m)
         elif isinstance(m, HeartbeatRequest):
-            before = self._log.committed
             self._log.commit_to(min(m.commit, self._log.last_index()))
-            committed = self._log.committed
-            response = HeartbeatResponse(
-                src=self._id, dst=m.src, term=self._term, context=m.context, commit=committed
+            # The commit index reported is the durable one: a leader that removed itself
+            # hands over on these reports and may then be shut down for good; were the
+            # commit of its removal lost in a crash here, we would need its vote again.
+            self._send(
+                HeartbeatResponse(
+                    src=self._id,
+                    dst=m.src,
+                    term=self._term,
+                    context=m.context,
+                    commit=min(self._durable_commit, self._log.committed),
+                )
             )
-            if committed > before and self._conf_change_between(before, committed):
-                # A leader that removed itself hands over on this report and may then be shut
-                # down for good; were our commit index lost in a crash, we would need its vote
-                # again to commit the change. So it is reported once it is durable.
-                self._sync_commit = True
-                self._msgs_after_persist.append(response)
-            else:
-                self._send(response)
         else:
             self._handle_snapshot(m)
 

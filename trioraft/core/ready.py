@@ -61,10 +61,11 @@ class Ready:
         read_states: results of local ``read_index`` calls.
         needs_ack: the core waits for ``on_persisted(number)`` (it must persist something,
             release ``persisted_messages``, or count its own acknowledgement).
-        sync_hard_state: make ``hard_state`` durable (fsync) even if only its commit index
-            moved, before sending ``persisted_messages``: the commit covers a configuration
-            change that this node is about to report (a commit index is otherwise re-learned
-            from the leader after a crash, so it need not be synced on its own).
+        sync_hard_state: make ``hard_state`` durable (fsync) with this Ready even if only its
+            commit index moved: the committed entries include a configuration change, whose
+            commit this node reports to a leader that may be leaving (a commit index is
+            otherwise re-learned from the leader after a crash, so it need not be synced on
+            its own).
     """
 
     number: int

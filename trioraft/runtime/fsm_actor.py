@@ -116,6 +116,7 @@ class FsmActor:
         on_installed: Callable[[Any], None] = lambda _: None,
         static_peers: dict[int, str] | None = None,
         chunk_bytes: int = 1 << 20,
+        leader: Callable[[], int] = lambda: 0,
     ) -> None:
         self._id = node_id
         self._sm = state_machine
@@ -142,6 +143,10 @@ class FsmActor:
         #: node id -> transport address at ``applied``
         self.members: dict[int, str] = {}
         self._removed_peers: set[int] = set()
+        self._leader = leader
+        #: nodes that left the configuration while leading: still heard (and answered) until
+        #: another node leads, since a leader that removed itself hands over first
+        self._leaving_leaders: set[int] = set()
         #: snapshots received from a leader and loaded
         self.snapshots_installed = 0
 
@@ -299,6 +304,8 @@ class FsmActor:
         self._report()
 
     def _report(self, *, raft: bool = True) -> None:
+        if self._leaving_leaders:
+            self._drop_leaving_leaders()
         if raft:
             self._raft_inbox.send_nowait(Applied(self.applied))
         self._waiters.advance(self.applied)
@@ -314,6 +321,7 @@ class FsmActor:
             nid = single.node_id
             if single.type == ConfChangeType.REMOVE:
                 continue  # gone once it leaves every part of the configuration (below)
+            self._leaving_leaders.discard(nid)
             if address and len(cc.changes) == 1:
                 self.members[nid] = address
             if nid != self._id and (
@@ -327,10 +335,25 @@ class FsmActor:
         log.info("node %d: membership change at %d applied: %s", self._id, index, self.conf)
 
     def _forget(self, gone: Set[int], members: dict[int, str]) -> None:
-        # Nodes that left the configuration: out of the address book and the transport.
+        # Nodes that left the configuration: out of the address book and the transport. A
+        # leader that removed itself stays reachable until another node leads: it hands over
+        # on our reports of the change's commit, and its TimeoutNow must get through.
+        leader = self._leader()
         for nid in gone:
             members.pop(nid, None)
-            if nid != self._id:
+            if nid == self._id:
+                continue
+            if nid == leader:
+                self._leaving_leaders.add(nid)
+                continue
+            self._peers.remove_peer(nid)
+            self._removed_peers.add(nid)
+
+    def _drop_leaving_leaders(self) -> None:
+        leader = self._leader()
+        for nid in [n for n in self._leaving_leaders if n != leader]:
+            self._leaving_leaders.discard(nid)
+            if nid not in self.conf.all_nodes():
                 self._peers.remove_peer(nid)
                 self._removed_peers.add(nid)
 
