@@ -416,11 +416,17 @@ class RaftNode:
         """Promote learner ``node_id`` to voter. See :meth:`add_voter` for the other errors.
 
         Raises:
-            ProposalDropped: ``"invalid-conf-change"`` when ``node_id`` is not a learner in
-                this node's applied configuration (a voter already, or not a member: use
-                :meth:`add_voter` with its address), nothing is proposed.
+            ProposalDropped: ``"invalid-conf-change"`` when ``node_id`` is not a learner (a
+                voter already, or not a member: use :meth:`add_voter` with its address);
+                nothing is proposed. On a follower the check waits for a read barrier first,
+                so a learner just added through another node counts.
         """
         conf = self._rt.fsm.conf
+        if node_id not in conf.learners and not self.is_leader:
+            # A follower's applied configuration may lag the leader's (a learner just added
+            # through it): catch up to the leader's commit before judging.
+            await self.read_barrier(timeout=timeout)
+            conf = self._rt.fsm.conf
         if node_id not in conf.learners and node_id not in conf.learners_next:
             raise ProposalDropped(
                 "invalid-conf-change", f"node {node_id} is not a learner (configuration {conf})"

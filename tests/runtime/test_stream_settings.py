@@ -59,3 +59,13 @@ async def test_a_transport_given_its_own_options_keeps_them_and_the_node_warns(
     settings = transport._stream  # type: ignore[attr-defined]
     assert settings.options == own and settings.throttle is None
     assert "not used" in caplog.text
+
+
+async def test_a_transport_given_the_configs_own_options_is_not_warned_about(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = Config(id=1, **TUNED)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="trioraft.runtime.node"):
+        transport, _ = await _open(config.transport_options())
+    assert transport._stream.throttle is not None  # type: ignore[attr-defined]
+    assert "not used" not in caplog.text

@@ -170,6 +170,7 @@ class NodeRuntime:
             on_installed=self.snapshotter.on_installed,
             static_peers=config.peers,
             chunk_bytes=config.snapshot_chunk_bytes,
+            leader=lambda: self.watch.leader,
         )
         # With the default worker threads, the WAL's group commits run inline when the event
         # loop has nothing else to do and in a lean thread hand-off otherwise (AdaptiveDisk).
@@ -314,14 +315,7 @@ class NodeRuntime:
         if adopt is None:
             return
         opts = config.transport_options()
-        if adopt(opts["stream_options"], opts["snapshot_rate"]):
-            return
-        defaults = Config(id=config.id)
-        if (
-            config.snapshot_window_chunks != defaults.snapshot_window_chunks
-            or config.snapshot_stall_timeout != defaults.snapshot_stall_timeout
-            or config.snapshot_throttle_bytes_per_s != defaults.snapshot_throttle_bytes_per_s
-        ):
+        if not adopt(opts["stream_options"], opts["snapshot_rate"]):
             log.warning(
                 "node %d: the transport was given its own snapshot-stream options; Config's "
                 "snapshot window, throttle and stall timeout are not used (pass "

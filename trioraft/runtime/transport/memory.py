@@ -608,7 +608,8 @@ class MemoryTransport:
     def adopt_stream_settings(self, options: StreamOptions, rate: float | None) -> bool:
         """Use a node's ``Config`` snapshot-streaming settings (``Config.transport_options``):
         called by the node at start. A transport given its own ``stream_options`` or
-        ``snapshot_rate`` keeps them. Returns True if the settings were taken."""
+        ``snapshot_rate`` keeps them. Returns True if the transport streams with these
+        settings (taken, or its own are the same)."""
         return self._stream.adopt(options, rate)
 
     def cancel_snapshot(self, peer: int) -> bool:

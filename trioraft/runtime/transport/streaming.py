@@ -264,15 +264,17 @@ class StreamSettings:
 
     def _set(self, options: StreamOptions, rate: float | None) -> None:
         self.options = options
+        self.rate = rate
         self.throttle = Throttle(rate, options.chunk_size) if rate else None
         self.max_frame_size = max(
             self._base_max_frame, options.chunk_size + 2 * CHUNK_FRAME_OVERHEAD
         )
 
     def adopt(self, options: StreamOptions, rate: float | None) -> bool:
-        """Take the node's settings unless the transport was given its own; True if taken."""
+        """Take the node's settings unless the transport was given its own. True if the
+        transport now streams with them (taken, or given the same ones)."""
         if self.explicit:
-            return False
+            return self.options == options and self.rate == rate
         self._set(options, rate)
         return True
 
