@@ -383,10 +383,13 @@ def test_history_recorder() -> None:
         history.ok(t_fail, KvOutput())
 
     ops = history.operations()
+    # Events at one clock reading are ordered as recorded: the failed put's call came after
+    # the get's return at 3.0, and the ambiguous put's after that.
+    after_3 = math.nextafter(math.nextafter(3.0, math.inf), math.inf)
     assert [(op.input, op.call_time, op.return_time) for op in ops] == [
         (KvPut("k", "a"), 0.0, 2.0),
         (KvGet("k"), 1.0, 3.0),
-        (KvPut("k", "b"), 3.0, math.inf),
+        (KvPut("k", "b"), after_3, math.inf),
         (KvGet("k"), 4.0, math.inf),
     ]
     assert ops[2].output is UNKNOWN and ops[3].output is UNKNOWN
@@ -428,6 +431,19 @@ def test_patch_ambiguous_drops_unapplied_and_caps_applied() -> None:
     assert check_operations(KV, patch_ambiguous([*ops, late_read], position)).verdict is (
         Verdict.ILLEGAL
     )
+
+
+def test_history_orders_events_recorded_at_the_same_clock_reading() -> None:
+    # Under MockClock time stands still while tasks run: a read invoked right after a write
+    # completed, at the same reading, follows it. It used to count as concurrent, so a stale
+    # read there passed (linearizability checker audit, eighth session).
+    history = History[KvInput, KvOutput](lambda: 7.0)
+    c = history.new_client()
+    w = history.invoke(c, KvPut("k", "new"))
+    history.ok(w, KvOutput())
+    r = history.invoke(c, KvGet("k"))
+    history.ok(r, KvOutput(value=None))
+    assert check_operations(KV, history.operations()).verdict is Verdict.ILLEGAL
 
 
 def test_history_keeps_tags() -> None:

@@ -739,12 +739,19 @@ class History(Generic[I, O]):
     Use one clock for all clients of the history, read in the client process (e.g.
     ``trio.current_time``): timestamps from different clocks can produce false violations.
 
+    Events recorded at the same clock reading (common under ``MockClock``, where time stands
+    still while tasks run) are ordered as they were recorded: each timestamp is strictly
+    later than the previous one. Otherwise a call recorded after another operation's response
+    at the same instant would count as concurrent with it, and a stale read right after a
+    completed write would pass.
+
     Args:
         clock: returns the current time; it must never go backwards.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
+        self._last = -math.inf
         self._next_token = 0
         self._next_client = 0
         self._pending: dict[int, _Pending[I]] = {}
@@ -767,8 +774,15 @@ class History(Generic[I, O]):
         """
         token = self._next_token
         self._next_token += 1
-        self._pending[token] = _Pending(client, inp, self._clock(), tag)
+        self._pending[token] = _Pending(client, inp, self._now(), tag)
         return token
+
+    def _now(self) -> float:
+        now = self._clock()
+        if now <= self._last:
+            now = math.nextafter(self._last, math.inf)
+        self._last = now
+        return now
 
     def _take(self, token: int) -> _Pending[I]:
         try:
@@ -778,7 +792,7 @@ class History(Generic[I, O]):
 
     def ok(self, token: int, output: O) -> None:
         """Record a definite response, just after it arrived."""
-        now = self._clock()
+        now = self._now()
         p = self._take(token)
         self._done.append((token, Operation(p.client, p.input, p.call_time, output, now, p.tag)))
 
