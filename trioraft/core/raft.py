@@ -544,7 +544,8 @@ class RaftCore:
         # A configuration change among the entries handed out to apply: their commit index
         # must reach the disk now rather than with the next write (see _durable_commit), so
         # the hard state goes out again if unchanged, to be synced.
-        sync = any(e.kind == EntryKind.CONF_CHANGE for e in committed)
+        conf_entries = [e for e in committed if e.kind == EntryKind.CONF_CHANGE]
+        sync = bool(conf_entries)
         if sync and not hs_changed:
             hs_changed = True
             hs = self._hard_state()
@@ -595,12 +596,11 @@ class RaftCore:
             )
         self._log.unstable.accept_in_progress()
         self._log.accept_applying(committed)
-        for e in committed:
-            if e.kind == EntryKind.CONF_CHANGE:
-                try:
-                    self._pending_conf.append((e.index, decode_conf_change(e.data)))
-                except DecodeError as exc:
-                    logger.error("%d: undecodable conf change at %d: %s", self._id, e.index, exc)
+        for e in conf_entries:
+            try:
+                self._pending_conf.append((e.index, decode_conf_change(e.data)))
+            except DecodeError as exc:
+                logger.error("%d: undecodable conf change at %d: %s", self._id, e.index, exc)
         if self._role == Role.LEADER and committed:
             self._reduce_uncommitted_size(_payload_size(committed))
         self._prev_hs = hs

@@ -52,7 +52,8 @@ class Ready:
     Attributes:
         number: strictly increasing from 1.
         soft_state: the leader or role changed (None otherwise).
-        hard_state: term/vote/commit changed; persist it (None otherwise).
+        hard_state: term/vote/commit changed, or unchanged but handed out again to be synced
+            (``sync_hard_state``); persist it (None otherwise).
         entries: log entries to persist.
         snapshot: a received snapshot to install (its files are already in the store).
         committed_entries: entries to apply, all already durable locally.
