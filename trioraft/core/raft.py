@@ -1750,8 +1750,10 @@ class RaftCore:
     # departed node (the usual next step) could leave them waiting for its vote forever: with
     # {1, 2} -> {2}, or {1, 2, 3} -> {3, 4, 5} through joint consensus. So it stays leader of
     # its term, accepting no proposals, heartbeating as usual, and counting the commit index
-    # each remaining voter reports in its heartbeat responses; once a quorum of the new
-    # configuration reports the change committed, it sends TimeoutNow to the most up-to-date
+    # each remaining voter reports in its heartbeat responses (the commit it has on disk, so
+    # that a crash cannot take it back; a follower syncs a commit that covers a configuration
+    # change at once and reports it unasked); once a quorum of the new configuration reports
+    # the change committed, it sends TimeoutNow to the most up-to-date
     # of them (a prompt election instead of an election timeout) and becomes a follower.
     # Check-quorum still deposes it if the remaining voters stop answering.
 
