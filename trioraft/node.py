@@ -416,21 +416,22 @@ class RaftNode:
         """Promote learner ``node_id`` to voter. See :meth:`add_voter` for the other errors.
 
         Raises:
-            ProposalDropped: ``"invalid-conf-change"`` when ``node_id`` is not a learner (a
-                voter already, or not a member: use :meth:`add_voter` with its address);
-                nothing is proposed. On a follower the check waits for a read barrier first,
-                so a learner just added through another node counts.
+            ProposalDropped: ``"invalid-conf-change"`` when this node leads and ``node_id`` is
+                not a learner of its configuration (a voter already, or not a member: use
+                :meth:`add_voter` with its address); nothing is proposed. (A follower forwards
+                the change unchecked: its applied configuration may lag the leader's.)
         """
-        conf = self._rt.fsm.conf
-        if node_id not in conf.learners and not self.is_leader:
-            # A follower's applied configuration may lag the leader's (a learner just added
-            # through it): catch up to the leader's commit before judging.
-            await self.read_barrier(timeout=timeout)
-            conf = self._rt.fsm.conf
-        if node_id not in conf.learners and node_id not in conf.learners_next:
-            raise ProposalDropped(
-                "invalid-conf-change", f"node {node_id} is not a learner (configuration {conf})"
-            )
+        rt = self._rt
+        core = rt.core
+        if self.is_leader and not core.conf_change_pending:
+            # The leader's applied configuration is the latest one here; with a change still
+            # to apply, the core refuses with the retryable "conf-change-pending" instead.
+            conf = core.conf_state
+            if node_id not in conf.learners and node_id not in conf.learners_next:
+                raise ProposalDropped(
+                    "invalid-conf-change",
+                    f"node {node_id} is not a learner (configuration {conf})",
+                )
         return await self._change(ConfChangeType.ADD_VOTER, node_id, "", timeout)
 
     async def remove(self, node_id: int, *, timeout: float | None = DEFAULT) -> ConfState:

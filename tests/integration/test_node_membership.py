@@ -214,3 +214,18 @@ async def test_promote_through_a_follower_that_has_not_applied_the_learner_yet(
         assert 4 not in follower.status().conf.learners  # the leader's answer came first
         conf = await follower.promote(4)
         assert 4 in conf.voters
+
+
+async def test_promote_on_a_leader_with_a_change_to_apply_is_left_to_the_core(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A new leader has not applied its predecessor's last change yet (a learner just added):
+    # promote() must not call that learner "not a learner" from the stale configuration; the
+    # core refuses with the retryable "conf-change-pending" (final review, eighth session).
+    async with open_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        core = leader._rt.core
+        core._pending_conf_index = core.last_index + 1  # as if a change were still to apply
+        with pytest.raises(ProposalDropped) as exc:
+            await leader.promote(4)
+        assert exc.value.reason == "conf-change-pending"

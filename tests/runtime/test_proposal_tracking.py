@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -156,6 +158,20 @@ def test_deadlines_drop_resolved_requests_long_before_their_deadline() -> None:
             live.pop(0).set_result(i)
     assert len(d) <= 2 * Deadlines.COMPACT_MIN + 1
     assert all(not f.done() for f in live)
+
+
+def test_deadlines_drop_abandoned_requests_without_a_deadline() -> None:
+    from trioraft.runtime.proposals import Deadlines
+
+    # A request without a timeout whose caller gave up is dropped unanswered by the raft
+    # actor; with an infinite deadline it used to stay held until the node stopped (final
+    # review, eighth session).
+    d = Deadlines()
+    for _ in range(20 * Deadlines.COMPACT_MIN):
+        f: Future[int] = Future()
+        d.add(math.inf, f, lambda: AmbiguousOutcome("never"))
+        f.abandoned = True
+    assert len(d) <= 2 * Deadlines.COMPACT_MIN + 1
 
 
 async def test_slots_limit_without_yielding(autojump_clock: trio.testing.MockClock) -> None:

@@ -255,6 +255,13 @@ class RaftCore:
         return self._trk.conf_state()
 
     @property
+    def conf_change_pending(self) -> bool:
+        """A leader's configuration change (or a new leader's possible one among entries it
+        has not applied yet) is still to be applied: :attr:`conf_state` may be about to
+        change, and a new change would be refused as ``"conf-change-pending"``."""
+        return self._pending_conf_index > self._log.applied
+
+    @property
     def lead_transferee(self) -> NodeId:
         """Target of an ongoing leadership transfer (0 = none)."""
         return self._lead_transferee

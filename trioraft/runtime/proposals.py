@@ -342,7 +342,9 @@ class Deadlines:
             # With one fixed timeout, deadlines only grow: a resolved request would otherwise
             # stay (with its result) until its deadline reaches the top, i.e. rate x timeout
             # entries. Dropping them when the heap doubles keeps it at ~2x the live requests.
-            heap[:] = [e for e in heap if not e[2].done()]
+            # (Also those whose caller stopped waiting: a request dropped unanswered because
+            # it was abandoned would otherwise stay forever with an infinite deadline.)
+            heap[:] = [e for e in heap if not (e[2].done() or e[2].abandoned)]
             heapq.heapify(heap)
             self._compact_at = max(self.COMPACT_MIN, 2 * len(heap))
         if not heap or deadline < heap[0][0]:
