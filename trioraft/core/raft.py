@@ -741,11 +741,7 @@ class RaftCore:
         return self._log.term_or_zero(self._log.committed) == self._term
 
     def _has_unapplied_conf_changes(self) -> bool:
-        return self._conf_change_between(self._log.applied, self._log.committed)
-
-    def _conf_change_between(self, after: int, upto: int) -> bool:
-        """Is there a configuration change among the entries ``after + 1 .. upto``?"""
-        lo, hi = after + 1, upto + 1
+        lo, hi = self._log.applied + 1, self._log.committed + 1
         while lo < hi:
             try:
                 ents = self._log.slice(lo, hi, self._log.max_applying_bytes)
